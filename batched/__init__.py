@@ -1,0 +1,48 @@
+"""Dynamic batching for async Python, on anyio: asyncio, uvloop and trio alike.
+
+Many tasks each ``await`` one item; a :class:`Batcher` gathers them into batches,
+calls one batch function, and hands each caller its own result.
+"""
+
+from __future__ import annotations
+
+from ._batcher import Batcher as Batcher
+from ._errors import BatchedError as BatchedError
+from ._errors import BatcherClosed as BatcherClosed
+from ._errors import BatchSizeMismatch as BatchSizeMismatch
+from ._errors import Failure as Failure
+from ._errors import QueueFull as QueueFull
+from ._stats import BatchStats as BatchStats
+from ._strategies import ByLength as ByLength
+from ._strategies import ByPriority as ByPriority
+from ._strategies import Entry as Entry
+from ._strategies import Fifo as Fifo
+from ._strategies import Pool as Pool
+from ._strategies import PriorityStrategy as PriorityStrategy
+from ._strategies import Strategy as Strategy
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "BatchSizeMismatch",
+    "BatchStats",
+    "BatchedError",
+    "Batcher",
+    "BatcherClosed",
+    "ByLength",
+    "ByPriority",
+    "Entry",
+    "Failure",
+    "Fifo",
+    "Pool",
+    "PriorityStrategy",
+    "QueueFull",
+    "Strategy",
+]
+
+# Show the public path in reprs and tracebacks, not the private module.
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("batched."):
+        _obj.__module__ = "batched"
+del _name, _obj

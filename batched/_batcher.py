@@ -1,0 +1,255 @@
+"""``Batcher``: the public face of dynamic batching."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
+
+import anyio.lowlevel
+
+from ._call import CLOSED, Call
+from ._engine import OPEN, Engine
+from ._errors import BatcherClosed
+from ._settings import check_length, make_settings
+from ._stats import BatchStats, _Recorder
+from ._strategies import Entry, Fifo, PriorityStrategy, Strategy
+
+if TYPE_CHECKING:
+    from types import TracebackType
+    from typing import Self
+
+__all__ = ["Batcher"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+BatchFunction = Callable[[list[T]], Awaitable[Sequence[R]]] | Callable[[list[T]], Sequence[R]]
+
+
+def _check_priority(priority: object) -> None:
+    if isinstance(priority, bool) or not isinstance(priority, int | float):
+        msg = f"'priority' must be a number (lower is more urgent): {priority!r}"
+        raise TypeError(msg)
+    if math.isnan(priority):
+        msg = f"'priority' must not be NaN: {priority!r}"
+        raise ValueError(msg)
+
+
+@final
+class Batcher(Generic[T, R]):
+    """Gather single calls into batches for one batch function.
+
+    ``fn(list[T]) -> Sequence[R]`` gets each batch and returns one result per item, in
+    order; each caller gets its own result. ``fn`` may be ``async def`` (or an object
+    with an ``async def __call__``, or a partial of either) or a plain function, which
+    runs in a worker thread. Use the batcher inside ``async with``: it owns a task group
+    that lives exactly as long as the block.
+
+    :param batch_size: the most items in one batch
+    :param timeout_ms: batching policy: how long a partial batch may wait for more items,
+        measured from its oldest item's arrival (0: send what waits at once)
+    :param max_batch_length: the most summed ``length_fn(item)`` in one batch; an item
+        longer than this alone travels alone
+    :param length_fn: an item's length (default: ``len``; a mapping's first value's
+        ``len``; else 1)
+    :param strategy: the order of waiting items: :class:`Fifo`, :class:`ByLength`,
+        :class:`ByPriority`, a :class:`PriorityStrategy` or your own :class:`Strategy`
+    :param small_batch_threshold: items of calls with at most this many items leave
+        before items of larger calls
+    :param max_wait_ms: an item that has waited this long leaves before every item that
+        arrived after it, whatever the strategy
+    :param max_queue_size: the most items accepted and not yet in a running batch;
+        further calls wait for room (or raise :exc:`QueueFull` with ``wait=False``)
+    :param max_concurrent_batches: how many batches may run at once
+    :param isolate_errors: when ``fn`` raises, split the batch in halves and retry until
+        the failing items stand alone; ``fn`` must accept being called again on subsets
+    """
+
+    __slots__ = ("_engine", "_length_fn", "_settings", "_stats")
+
+    def __init__(
+        self,
+        fn: BatchFunction[T, R],
+        *,
+        batch_size: int = 32,
+        timeout_ms: float = 5.0,
+        max_batch_length: int | None = None,
+        length_fn: Callable[[T], int] | None = None,
+        strategy: Strategy | PriorityStrategy = Fifo(),  # noqa: B008 - frozen, shared safely
+        small_batch_threshold: int = 8,
+        max_wait_ms: float = 1000.0,
+        max_queue_size: int | None = None,
+        max_concurrent_batches: int = 1,
+        isolate_errors: bool = False,
+    ) -> None:
+        self._settings = make_settings(
+            fn,
+            batch_size=batch_size,
+            timeout_ms=timeout_ms,
+            max_batch_length=max_batch_length,
+            length_fn=length_fn,
+            strategy=strategy,
+            small_batch_threshold=small_batch_threshold,
+            max_wait_ms=max_wait_ms,
+            max_queue_size=max_queue_size,
+            max_concurrent_batches=max_concurrent_batches,
+            isolate_errors=isolate_errors,
+        )
+        self._length_fn = self._settings.length_fn
+        self._engine: Engine | None = None
+        self._stats = _Recorder()
+
+    def __repr__(self) -> str:
+        s = self._settings
+        state = "open" if self._engine is not None else "closed"
+        return (
+            f"<Batcher {getattr(s.fn, '__qualname__', s.fn)!r} {state} "
+            f"batch_size={s.batch_size} timeout_ms={s.timeout_ms}>"
+        )
+
+    @property
+    def stats(self) -> BatchStats:
+        """A snapshot of the counters (see :class:`BatchStats`)."""
+        engine = self._engine
+        return self._stats.snapshot(engine.queued if engine is not None else 0)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        """Start the batcher's task group; blocks only until its collector runs.
+
+        :raises RuntimeError: if the batcher is already open
+        """
+        if self._engine is not None:
+            msg = "this Batcher is already open: enter it in one `async with` at a time"
+            raise RuntimeError(msg)
+        engine = Engine(self._settings, self._stats)
+        await engine.start()
+        self._engine = engine
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        """Close the batcher.
+
+        On a normal exit this blocks until every accepted item has been processed (no
+        batch waits out ``timeout_ms``); callers still waiting for queue room get
+        :exc:`BatcherClosed`. On an exception or cancellation every waiting caller gets
+        :exc:`BatcherClosed` at once, running async batches are cancelled, a running sync
+        ``fn`` is waited for, and the exception propagates unchanged.
+        """
+        engine = self._engine
+        if engine is None:
+            msg = "this Batcher is not open"
+            raise RuntimeError(msg)
+        try:
+            return await engine.stop(exc)
+        finally:
+            self._engine = None
+
+    # -- calls -------------------------------------------------------------------------
+
+    def _closed_error(self, engine: Engine | None) -> BatcherClosed:
+        if engine is None:
+            return BatcherClosed("the Batcher is not open: call it inside `async with batcher:`")
+        return BatcherClosed("the Batcher is closed")
+
+    def _length(self, item: Any) -> int:
+        length_fn = self._length_fn
+        if length_fn is None:
+            return 1
+        try:
+            return check_length(length_fn(item), item, length_fn)
+        except Exception as exc:
+            exc.add_note(f"raised by length_fn={length_fn!r} for item {item!r}")
+            raise
+
+    async def __call__(self, item: T, *, priority: float = 0, wait: bool = True) -> R:
+        """Submit one item and wait for its result.
+
+        :param priority: lower is more urgent (read by :class:`ByPriority`)
+        :param wait: when ``max_queue_size`` is full, raise :exc:`QueueFull` instead of
+            waiting for room
+        :raises BatcherClosed: if the batcher is not open, or closes while the call waits
+        :raises QueueFull: with ``wait=False``, when there is no room
+        """
+        engine = self._engine
+        stats = self._stats
+        stats.submitted += 1
+        try:
+            if engine is None or engine.state != OPEN:
+                raise self._closed_error(engine)
+            if type(priority) is not int:
+                _check_priority(priority)
+            length = 1 if self._length_fn is None else self._length(item)
+            call = engine.make_call(item, length, priority, engine.clock(), None)
+            engine.submit(call, wait)
+        except BaseException as exc:
+            if not isinstance(exc, anyio.WouldBlock):  # QueueFull is counted as rejected
+                stats.failed += 1
+            raise
+        try:
+            await call.wait()
+        except BaseException:
+            engine.abandon(call)
+            raise
+        if call.error is None:
+            stats.completed += 1
+            return call.result  # type: ignore[no-any-return]
+        return self._outcome(engine, call)  # type: ignore[no-any-return]
+
+    async def many(self, items: Iterable[T], *, priority: float = 0, wait: bool = True) -> list[R]:
+        """Submit many items as one call; their results in the same order.
+
+        The items may travel in different batches. If any fails, this raises the
+        exception of the first failing item (in input order) once all are settled.
+        """
+        engine = self._engine
+        stats = self._stats
+        items = list(items)
+        stats.submitted += len(items)
+        try:
+            if engine is None or engine.state != OPEN:
+                raise self._closed_error(engine)
+            if type(priority) is not int:
+                _check_priority(priority)
+            if not items:
+                await anyio.lowlevel.checkpoint()
+                return []
+            if len(items) == 1:  # one item travels as a single call does
+                item = items[0]
+                call = engine.make_call(item, self._length(item), priority, engine.clock(), None)
+            else:
+                entries = [Entry(item, self._length(item), priority) for item in items]
+                call = engine.make_call(None, 0, priority, engine.clock(), entries)
+            engine.submit(call, wait)
+        except BaseException as exc:
+            if not isinstance(exc, anyio.WouldBlock):
+                stats.failed += len(items)
+            raise
+        try:
+            await call.wait()
+        except BaseException:
+            engine.abandon(call)
+            raise
+        result = self._outcome(engine, call)
+        return result if call.entries is not None else [result]
+
+    def _outcome(self, engine: Engine, call: Call) -> Any:
+        stats = self._stats
+        error = call.error
+        if error is None:
+            stats.completed += call.n
+            return call.result
+        stats.failed += call.n
+        if error is CLOSED:
+            msg = "the Batcher closed before this call was done"
+            raise BatcherClosed(msg) from engine.cause
+        # One exception object reaches every caller of the batch: reset its traceback so
+        # it does not grow by one caller's frames per raise.
+        raise error.with_traceback(call.error_tb)  # type: ignore[union-attr]

@@ -1,0 +1,172 @@
+"""One call's request: its entries, its outcome, and how its caller is woken.
+
+A call of many items is one request with one wake-up. A call of one item is also its
+own pool entry, so the per-item path allocates one object. The wake-up is the only part
+that differs per backend: an asyncio future, or a parked trio task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, final
+
+from ._strategies import Entry
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable
+    from types import TracebackType
+
+# Call states. ROOM: waiting for queue room; QUEUED: accepted, not all items settled;
+# DONE: the outcome is set; CANCELLED: the caller left before the outcome.
+ROOM = 0
+QUEUED = 1
+DONE = 2
+CANCELLED = 3
+
+
+@final
+class _Closed:
+    """Marks an outcome of ``BatcherClosed``, made fresh for each caller when raised."""
+
+    __slots__ = ()
+
+
+CLOSED = _Closed()
+
+
+class Call(Entry):
+    """The request of one call; with one item, also that item's entry."""
+
+    __slots__ = (
+        "entries",
+        "error",
+        "error_index",
+        "error_tb",
+        "in_queue",
+        "n",
+        "remaining",
+        "result",
+        "started",
+        "state",
+        "waiter",
+    )
+
+    def __init__(
+        self, item: Any, length: int, priority: float, started: float, entries: list[Entry] | None
+    ) -> None:
+        # Entry's fields, set here to spare a super() call on the hot path.
+        self.item = item
+        self.length = length
+        self.priority = priority
+        self._call = self
+        self._index = 0
+        self._pool = None
+        self.started = started
+        self.state = ROOM
+        self.error: BaseException | _Closed | None = None
+        self.error_index = 0  # meaningful once error is set
+        self.error_tb: TracebackType | None = None
+        self.waiter: Any = None
+        if entries is None:
+            self.entries: list[Entry] | None = None
+            self.n = self.remaining = self.in_queue = 1
+            self.result: Any = None
+        else:
+            self.entries = entries
+            self.n = self.remaining = self.in_queue = len(entries)
+            self.result = [None] * len(entries)
+            for index, entry in enumerate(entries):
+                entry._call = self
+                entry._index = index
+
+    def set_result(self, index: int, value: Any) -> None:
+        if self.entries is None:
+            self.result = value
+        else:
+            self.result[index] = value
+        self.remaining -= 1
+        if not self.remaining:
+            self.state = DONE
+            self.wake()
+
+    def set_error(self, index: int, error: BaseException, tb: TracebackType | None) -> None:
+        if self.error is None or index < self.error_index:
+            self.error = error
+            self.error_index = index
+            self.error_tb = tb
+        self.remaining -= 1
+        if not self.remaining:
+            self.state = DONE
+            self.wake()
+
+    def close(self) -> None:
+        """Settle the whole call with ``BatcherClosed`` now."""
+        self.error = CLOSED
+        self.state = DONE
+        self.wake()
+
+    def wake(self) -> None:
+        raise NotImplementedError
+
+    def wait(self) -> Awaitable[Any]:
+        """What the caller awaits until ``wake``; a cancel point, as every await is."""
+        raise NotImplementedError
+
+
+@final
+class AsyncioCall(Call):
+    __slots__ = ()
+
+    def wake(self) -> None:
+        future = self.waiter
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    def wait(self) -> Awaitable[Any]:
+        # The future itself, not a coroutine around it: one frame less on every resume.
+        self.waiter = future = asyncio.get_running_loop().create_future()
+        return future
+
+
+def _make_trio_call() -> type[Call]:
+    import trio
+
+    reschedule = trio.lowlevel.reschedule
+    current_task = trio.lowlevel.current_task
+    wait_task_rescheduled = trio.lowlevel.wait_task_rescheduled
+    succeeded = trio.lowlevel.Abort.SUCCEEDED
+
+    @final
+    class TrioCall(Call):
+        __slots__ = ()
+
+        def wake(self) -> None:
+            task = self.waiter
+            if task is not None:
+                self.waiter = None
+                reschedule(task)
+
+        def _abort(self, _: Any) -> trio.lowlevel.Abort:
+            self.waiter = None
+            return succeeded
+
+        def wait(self) -> Awaitable[Any]:
+            self.waiter = current_task()
+            return wait_task_rescheduled(self._abort)
+
+    return TrioCall
+
+
+_trio_call: type[Call] | None = None
+
+
+def call_class() -> type[Call]:
+    """The call class for the backend running in this thread."""
+    global _trio_call
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        if _trio_call is None:
+            _trio_call = _make_trio_call()
+        return _trio_call
+    return AsyncioCall

@@ -1,0 +1,521 @@
+"""The loop-bound half of a ``Batcher``: intake, collector, pools and dispatcher.
+
+``Batcher.__aenter__`` makes one engine and ``__aexit__`` ends it, so nothing bound to
+an event loop outlives the ``async with`` block or leaks into the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import math
+from collections import deque
+from collections.abc import Mapping, Sequence, Set
+from typing import TYPE_CHECKING, Any, final
+
+import anyio
+import anyio.to_thread
+
+from ._call import CANCELLED, DONE, QUEUED, ROOM, Call, call_class
+from ._errors import BatchSizeMismatch, Failure, QueueFull
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from anyio.abc import TaskGroup, TaskStatus
+
+    from ._settings import Settings
+    from ._stats import _Recorder
+    from ._strategies import Entry, Pool
+
+OPEN = 1
+CLOSING = 2
+CLOSED = 3
+
+_NOT_RESULTS = (str, bytes, bytearray, memoryview, Mapping, Set)
+
+
+@final
+class _Batch:
+    """A cut batch; also the token it holds the execution slot with."""
+
+    __slots__ = ("abandons", "entries")
+
+    def __init__(self) -> None:
+        self.entries: list[Entry] = []
+        self.abandons = 0  # the engine's count of departures when the batch was cut
+
+
+def _clock() -> Callable[[], float]:
+    # The same clock anyio.current_time() reads, without its per-call dispatch.
+    try:
+        return asyncio.get_running_loop().time
+    except RuntimeError:
+        import trio
+
+        return trio.lowlevel.current_clock().current_time
+
+
+def check_results(out: object, n: int) -> Sequence[Any]:
+    """The batch function's output as a sequence of ``n`` results, or an error."""
+    kind = type(out)
+    if kind is not list and kind is not tuple:
+        if isinstance(out, _NOT_RESULTS) or not (
+            hasattr(kind, "__len__") and hasattr(kind, "__getitem__")
+        ):
+            msg = (
+                f"the batch function must return a list, a tuple or an array-like of results, "
+                f"not {kind.__qualname__}"
+            )
+            raise TypeError(msg)
+        try:
+            size = len(out)  # type: ignore[arg-type]
+            out = [out[i] for i in range(min(size, n))]  # type: ignore[index]
+        except TypeError:
+            msg = f"the batch function returned a {kind.__qualname__} without a length"
+            raise TypeError(msg) from None
+    else:
+        size = len(out)  # type: ignore[arg-type]
+    if size != n:
+        raise BatchSizeMismatch(n, size)
+    return out  # type: ignore[return-value]
+
+
+@final
+class Engine:
+    __slots__ = (
+        "abandons",
+        "batch_size",
+        "bulk",
+        "cause",
+        "clock",
+        "fn",
+        "is_async",
+        "isolate",
+        "limiter",
+        "make_call",
+        "max_len",
+        "max_queue",
+        "max_wait",
+        "queued",
+        "receive",
+        "room",
+        "room_waiting",
+        "running",
+        "send",
+        "seq",
+        "small",
+        "state",
+        "stats",
+        "tg",
+        "thread_limiter",
+        "threshold",
+        "timeout",
+        "waiting",
+        "waiting_len",
+    )
+
+    def __init__(self, settings: Settings, stats: _Recorder) -> None:
+        self.fn = settings.fn
+        self.is_async = settings.is_async
+        self.batch_size = settings.batch_size
+        self.timeout = settings.timeout_ms / 1000.0
+        self.max_wait = settings.max_wait_ms / 1000.0
+        self.max_len: float = (
+            math.inf if settings.max_batch_length is None else settings.max_batch_length
+        )
+        self.max_queue = settings.max_queue_size
+        self.threshold = settings.small_batch_threshold
+        self.isolate = settings.isolate_errors
+        self.stats = stats
+        self.small: Pool = settings.strategy.new_pool()
+        self.bulk: Pool = settings.strategy.new_pool()
+        self.send, self.receive = anyio.create_memory_object_stream[Call](math.inf)
+        self.limiter = anyio.CapacityLimiter(settings.max_concurrent_batches)
+        self.thread_limiter = anyio.CapacityLimiter(settings.max_concurrent_batches)
+        self.make_call = call_class()
+        self.clock = _clock()
+        self.state = OPEN
+        self.queued = 0  # items accepted and not yet cut: the stream and the pools
+        self.waiting = 0  # items in the pools
+        self.waiting_len = 0
+        self.room: deque[Call] = deque()  # calls waiting for queue room, FIFO
+        self.room_waiting = 0
+        self.running: set[_Batch] = set()
+        self.seq = 0
+        self.abandons = 0  # callers that left, so a batch knows whether to re-check its own
+        self.cause: BaseException | None = None
+        self.tg: TaskGroup | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self.tg = tg
+        try:
+            await tg.start(self._collector)
+        except BaseException as exc:
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+
+    async def stop(self, exc: BaseException | None) -> bool | None:
+        tg = self.tg
+        assert tg is not None
+        if exc is None:
+            # Drain: refuse new calls, finish what was accepted, then let the tasks end.
+            self.state = CLOSING
+            self._close_room()
+            self.send.close()
+            await tg.__aexit__(None, None, None)
+            self.state = CLOSED
+            return None
+        self.fail_all()
+        tg.cancel_scope.cancel()
+        if isinstance(exc, anyio.get_cancelled_exc_class()):
+            # The task group's scope may own this cancellation and must see it to absorb it.
+            return await tg.__aexit__(type(exc), exc, exc.__traceback__)
+        # Any other exception propagates unchanged, never wrapped in an ExceptionGroup.
+        await tg.__aexit__(None, None, None)
+        return None
+
+    def _close_room(self) -> None:
+        room = self.room
+        while room:
+            call = room.popleft()
+            if call.state == ROOM:
+                call.close()
+        self.room_waiting = 0
+
+    def fail_all(self, cause: BaseException | None = None) -> None:
+        """Release every caller still waiting with ``BatcherClosed``, now."""
+        self.state = CLOSED
+        self.abandons += 1
+        if cause is not None and self.cause is None:
+            self.cause = cause
+        self._close_room()
+        try:
+            while True:
+                call = self.receive.receive_nowait()
+                if call.state == QUEUED:
+                    call.close()
+        except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+            pass
+        for pool in (self.small, self.bulk):
+            for entry in pool.cut(len(pool), math.inf):
+                entry._pool = None
+                if entry._call.state == QUEUED:
+                    entry._call.close()
+        for batch in self.running:
+            for entry in batch.entries:
+                if entry._call.state == QUEUED:
+                    entry._call.close()
+        self.queued = self.waiting = self.waiting_len = 0
+
+    # -- the caller's side -------------------------------------------------------------
+
+    def submit(self, call: Call, wait: bool) -> None:
+        """Accept the call, or queue it for room; ``QueueFull`` if it may not wait."""
+        max_queue = self.max_queue
+        if max_queue is not None and (
+            self.room_waiting or (self.queued and self.queued + call.n > max_queue)
+        ):
+            if not wait:
+                self.stats.rejected += call.n
+                msg = (
+                    f"no room for {call.n} item(s): {self.queued} of max_queue_size="
+                    f"{max_queue} are taken and {self.room_waiting} call(s) wait for room"
+                )
+                raise QueueFull(msg)
+            self.room.append(call)
+            self.room_waiting += 1
+            return
+        self._accept(call, call.started)
+
+    def _accept(self, call: Call, now: float) -> None:
+        call.state = QUEUED
+        entries = call.entries
+        if entries is None:
+            call.arrival = now
+            call.seq = self.seq
+            self.seq += 1
+            self.queued += 1
+        else:
+            seq = self.seq
+            for entry in entries:
+                entry.arrival = now
+                entry.seq = seq
+                seq += 1
+            self.seq = seq
+            self.queued += call.n
+        self.send.send_nowait(call)
+
+    def _grant_room(self) -> None:
+        room, max_queue = self.room, self.max_queue
+        assert max_queue is not None
+        while room:
+            call = room[0]
+            if call.state != ROOM:
+                room.popleft()
+                continue
+            if self.queued and self.queued + call.n > max_queue:
+                return
+            room.popleft()
+            self.room_waiting -= 1
+            self._accept(call, self.clock())
+
+    def abandon(self, call: Call) -> None:
+        """The caller left (cancelled): drop its waiting items and free their room."""
+        self.stats.cancelled += call.n
+        self.abandons += 1
+        state = call.state
+        call.state = CANCELLED
+        if state == ROOM:
+            self.room_waiting -= 1
+        elif state == QUEUED:
+            for entry in call.entries or (call,):
+                pool = entry._pool
+                if pool is not None:
+                    pool.remove(entry)
+                    entry._pool = None
+                    self.waiting -= 1
+                    self.waiting_len -= entry.length
+            self.queued -= call.in_queue
+            call.in_queue = 0
+        if self.room and self.state == OPEN:
+            self._grant_room()
+
+    # -- the collector -----------------------------------------------------------------
+
+    async def _collector(self, *, task_status: TaskStatus[None]) -> None:
+        task_status.started()
+        try:
+            await self._collect()
+        except BaseException as exc:
+            self.fail_all(None if isinstance(exc, anyio.get_cancelled_exc_class()) else exc)
+            raise
+
+    def _pool_call(self, call: Call) -> None:
+        if call.state != QUEUED:
+            return  # its caller left while it was in the stream
+        pool = self.small if call.n <= self.threshold else self.bulk
+        entries = call.entries
+        if entries is None:
+            pool.add(call)
+            call._pool = pool
+            self.waiting += 1
+            self.waiting_len += call.length
+            return
+        length = 0
+        for entry in entries:
+            pool.add(entry)
+            entry._pool = pool
+            length += entry.length
+        self.waiting += call.n
+        self.waiting_len += length
+
+    def _drain(self) -> bool:
+        """Move everything the stream holds into the pools; True once it has ended."""
+        receive_nowait, pool_call = self.receive.receive_nowait, self._pool_call
+        try:
+            while True:
+                pool_call(receive_nowait())
+        except anyio.WouldBlock:
+            return False
+        except anyio.EndOfStream:
+            return True
+
+    def _oldest(self) -> Entry | None:
+        a, b = self.small.oldest(), self.bulk.oldest()
+        if a is None or (b is not None and b.seq < a.seq):
+            return b
+        return a
+
+    async def _collect(self) -> None:
+        receive = self.receive
+        draining = False
+        while True:
+            if not self.waiting:
+                if draining:
+                    return
+                try:
+                    self._pool_call(await receive.receive())
+                except anyio.EndOfStream:
+                    return
+                draining = self._drain()
+                continue
+            batch = _Batch()
+            await self.limiter.acquire_on_behalf_of(batch)
+            cut = False
+            while True:
+                draining = self._drain() or draining
+                if not self.waiting:
+                    break
+                if draining or self.waiting >= self.batch_size or self.waiting_len >= self.max_len:
+                    cut = True
+                    break
+                oldest = self._oldest()
+                assert oldest is not None
+                deadline = oldest.arrival + self.timeout
+                if self.clock() >= deadline:
+                    cut = True
+                    break
+                with anyio.CancelScope(deadline=deadline):
+                    try:
+                        self._pool_call(await receive.receive())
+                    except anyio.EndOfStream:
+                        draining = True
+            if cut:
+                batch.entries = self._cut(self.clock())
+                batch.abandons = self.abandons
+                self.running.add(batch)
+                if self.room:
+                    self._grant_room()
+                assert self.tg is not None
+                self.tg.start_soon(self._run, batch)
+            else:
+                self.limiter.release_on_behalf_of(batch)
+
+    def _cut(self, now: float) -> list[Entry]:
+        """Take the next batch, applying the rules: overdue, small calls, strategy."""
+        room, budget = self.batch_size, self.max_len
+        batch: list[Entry] = []
+        limit = now - self.max_wait
+        while room:
+            entry = self._oldest()
+            if entry is None or entry.arrival > limit:
+                break
+            if entry.length > budget:
+                if not batch:
+                    batch.append(entry)  # oversize: it travels alone
+                    entry._pool.remove(entry)  # type: ignore[union-attr]
+                room = 0
+                break
+            entry._pool.remove(entry)  # type: ignore[union-attr]
+            batch.append(entry)
+            room -= 1
+            budget -= entry.length
+        for pool in (self.small, self.bulk):
+            if not room:
+                break
+            got = pool.cut(room, budget)
+            batch += got
+            room -= len(got)
+            if budget != math.inf:
+                budget -= sum(entry.length for entry in got)
+            if room and len(pool):
+                # The pool stopped on the budget; the whole cut stops with it.
+                if not batch:
+                    batch = pool.cut(1, math.inf)
+                break
+        length = 0
+        for entry in batch:
+            entry._pool = None
+            entry._call.in_queue -= 1
+            length += entry.length
+        self.waiting -= len(batch)
+        self.waiting_len -= length
+        self.queued -= len(batch)
+        return batch
+
+    # -- the dispatcher ----------------------------------------------------------------
+
+    async def _invoke(self, items: list[Any]) -> object:
+        if self.is_async:
+            return await self.fn(items)
+        out = await anyio.to_thread.run_sync(self.fn, items, limiter=self.thread_limiter)
+        if inspect.isawaitable(out):  # a plain function that hands back a coroutine
+            out = await out
+        return out
+
+    async def _compute(self, entries: list[Entry]) -> tuple[Sequence[Any] | None, Exception | None]:
+        """Run the batch function once; its results, or the error for all of ``entries``."""
+        try:
+            out = await self._invoke([entry.item for entry in entries])
+        except Exception as exc:
+            if self.isolate and len(entries) > 1:
+                await self._isolate(entries)
+                return None, None
+            return None, exc
+        try:
+            return check_results(out, len(entries)), None
+        except (BatchSizeMismatch, TypeError) as exc:
+            return None, exc  # the output's shape is fn's bug, not an item's: never split
+
+    async def _isolate(self, entries: list[Entry]) -> None:
+        """Split a failed batch in halves until the failing items stand alone."""
+        half = len(entries) // 2
+        for part in (entries[:half], entries[half:]):
+            results, error = await self._compute(part)
+            if results is not None:
+                _deliver(part, results)
+            elif error is not None:
+                _fail(part, error)
+
+    async def _run(self, batch: _Batch) -> None:
+        released = False
+        try:
+            live = batch.entries
+            if batch.abandons != self.abandons:  # a caller left since the cut: skip its items
+                live = [entry for entry in live if entry._call.state == QUEUED]
+                if not live:
+                    return  # every caller left before the batch started
+            clock = self.clock
+            start = clock()
+            self.stats.wait.add_since(start, [entry.arrival for entry in live])
+            results, error = await self._compute(live)
+            self._count_batch(len(live), clock() - start)
+            # Free the slot before handing back, so the next batch is not held up.
+            self.limiter.release_on_behalf_of(batch)
+            released = True
+            if results is not None:
+                _deliver(live, results)
+            elif error is not None:
+                _fail(live, error)
+            self.stats.latency.add_since(clock(), [entry._call.started for entry in live])
+        except anyio.get_cancelled_exc_class():
+            for entry in batch.entries:
+                if entry._call.state == QUEUED:
+                    entry._call.close()
+            raise
+        except BaseException as exc:
+            self.fail_all(exc)
+            raise
+        finally:
+            self.running.discard(batch)
+            if not released:
+                self.limiter.release_on_behalf_of(batch)
+
+    def _count_batch(self, size: int, seconds: float) -> None:
+        stats = self.stats
+        stats.batches += 1
+        stats.processed += size
+        stats.busy_seconds += seconds
+
+
+def _deliver(entries: list[Entry], results: Sequence[Any]) -> None:
+    for entry, result in zip(entries, results, strict=True):
+        call = entry._call
+        if call.state != QUEUED:
+            continue
+        if type(result) is Failure:
+            exc = result.exception
+            call.set_error(entry._index, exc, exc.__traceback__)
+        elif call.entries is None:  # one item: settle it here, sparing a call per item
+            call.result = result
+            call.state = DONE
+            call.wake()
+        else:
+            call.set_result(entry._index, result)
+
+
+def _fail(entries: list[Entry], error: BaseException) -> None:
+    tb = error.__traceback__
+    for entry in entries:
+        call = entry._call
+        if call.state == QUEUED:
+            call.set_error(entry._index, error, tb)
+
+
+__all__ = ["CLOSED", "CLOSING", "DONE", "OPEN", "Engine", "check_results"]

@@ -1,0 +1,201 @@
+"""Validation of a batcher's settings, with errors that name the setting, rule and value."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import operator
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from ._strategies import ByPriority, Fifo, PriorityStrategy, Strategy
+
+__all__ = [
+    "Settings",
+    "check_fn",
+    "check_length",
+    "default_length",
+    "is_async_callable",
+    "make_settings",
+    "non_negative_float",
+    "optional_positive_int",
+    "positive_int",
+    "to_strategy",
+]
+
+
+def _int(name: str, value: object) -> int:
+    try:
+        if isinstance(value, bool):
+            raise TypeError  # a bool is an int to operator.index, not a size
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        msg = f"{name!r} must be an int: {value!r}"
+        raise TypeError(msg) from None
+
+
+def positive_int(name: str, value: object) -> int:
+    number = _int(name, value)
+    if number < 1:
+        msg = f"{name!r} must be >= 1: {value!r}"
+        raise ValueError(msg)
+    return number
+
+
+def optional_positive_int(name: str, value: object) -> int | None:
+    return None if value is None else positive_int(name, value)
+
+
+def non_negative_int(name: str, value: object) -> int:
+    number = _int(name, value)
+    if number < 0:
+        msg = f"{name!r} must be >= 0: {value!r}"
+        raise ValueError(msg)
+    return number
+
+
+def non_negative_float(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        msg = f"{name!r} must be a number of milliseconds: {value!r}"
+        raise TypeError(msg)
+    number = float(value)
+    if not math.isfinite(number) or number < 0:
+        msg = f"{name!r} must be a finite number >= 0: {value!r}"
+        raise ValueError(msg)
+    return number
+
+
+def to_strategy(value: object) -> Strategy:
+    if isinstance(value, PriorityStrategy):
+        return value.to_strategy()
+    if isinstance(value, type) or not isinstance(value, Strategy):
+        msg = (
+            f"'strategy' must be a strategy instance such as batched.Fifo() "
+            f"or a batched.PriorityStrategy: {value!r}"
+        )
+        raise TypeError(msg)
+    return value
+
+
+def _unwrap(fn: Any) -> Any:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return fn
+
+
+def is_async_callable(fn: object) -> bool:
+    """Whether calling ``fn`` gives an awaitable: ``async def``, an object with an
+    ``async def __call__``, or a ``functools.partial`` of either."""
+    target = _unwrap(fn)
+    if inspect.iscoroutinefunction(target):
+        return True
+    call = getattr(type(target), "__call__", None)  # noqa: B004 - we want the class's
+    return not inspect.isroutine(target) and inspect.iscoroutinefunction(call)
+
+
+def check_fn(fn: object) -> None:
+    if not callable(fn):
+        msg = f"'fn' must be callable: {fn!r}"
+        raise TypeError(msg)
+    target = _unwrap(fn)
+    if inspect.isasyncgenfunction(target) or inspect.isgeneratorfunction(target):
+        msg = (
+            f"'fn' must return a list of results, not be a generator function: {fn!r} "
+            f"(collect the results into a list and return it)"
+        )
+        raise TypeError(msg)
+
+
+def check_optional_callable(name: str, value: object) -> None:
+    if value is not None and not callable(value):
+        msg = f"{name!r} must be callable or None: {value!r}"
+        raise TypeError(msg)
+
+
+def default_length(item: object) -> int:
+    """``len`` of the item; for a mapping, ``len`` of its first value; else 1."""
+    if isinstance(item, Mapping):
+        for value in item.values():
+            return len(value) if hasattr(value, "__len__") else 1
+        return 0
+    if hasattr(item, "__len__"):
+        return len(item)
+    return 1
+
+
+def check_length(length: object, item: object, length_fn: Callable[[Any], Any]) -> int:
+    """A length must be an int >= 0; say which item and which function broke that."""
+    if type(length) is int and length >= 0:
+        return length
+    try:
+        if isinstance(length, bool):
+            raise TypeError
+        number = operator.index(length)  # type: ignore[arg-type]
+    except TypeError:
+        msg = f"'length_fn' must return an int >= 0, got {length!r} for item {item!r}"
+        raise TypeError(msg) from None
+    if number < 0:
+        msg = f"'length_fn' must return an int >= 0, got {length!r} for item {item!r}"
+        raise ValueError(msg)
+    return int(number)
+
+
+@attrs.frozen
+class Settings:
+    """A batcher's validated settings (see ``Batcher`` for their meaning)."""
+
+    fn: Callable[..., Any]
+    is_async: bool
+    batch_size: int
+    timeout_ms: float
+    max_batch_length: int | None
+    length_fn: Callable[[Any], Any] | None
+    strategy: Strategy
+    small_batch_threshold: int
+    max_wait_ms: float
+    max_queue_size: int | None
+    max_concurrent_batches: int
+    isolate_errors: bool
+
+
+def make_settings(
+    fn: object,
+    *,
+    batch_size: object,
+    timeout_ms: object,
+    max_batch_length: object,
+    length_fn: object,
+    strategy: object,
+    small_batch_threshold: object,
+    max_wait_ms: object,
+    max_queue_size: object,
+    max_concurrent_batches: object,
+    isolate_errors: object,
+) -> Settings:
+    check_fn(fn)
+    check_optional_callable("length_fn", length_fn)
+    if not isinstance(isolate_errors, bool):
+        msg = f"'isolate_errors' must be a bool: {isolate_errors!r}"
+        raise TypeError(msg)
+    chosen = to_strategy(strategy)
+    max_length = optional_positive_int("max_batch_length", max_batch_length)
+    # Lengths cost a call per item: compute them only where something reads them.
+    if length_fn is None and (max_length is not None or not isinstance(chosen, Fifo | ByPriority)):
+        length_fn = default_length
+    return Settings(
+        fn=fn,  # type: ignore[arg-type]
+        is_async=is_async_callable(fn),
+        batch_size=positive_int("batch_size", batch_size),
+        timeout_ms=non_negative_float("timeout_ms", timeout_ms),
+        max_batch_length=max_length,
+        length_fn=length_fn,  # type: ignore[arg-type]
+        strategy=chosen,
+        small_batch_threshold=non_negative_int("small_batch_threshold", small_batch_threshold),
+        max_wait_ms=non_negative_float("max_wait_ms", max_wait_ms),
+        max_queue_size=optional_positive_int("max_queue_size", max_queue_size),
+        max_concurrent_batches=positive_int("max_concurrent_batches", max_concurrent_batches),
+        isolate_errors=isolate_errors,
+    )
