@@ -34,6 +34,17 @@ class _Closed:
 CLOSED = _Closed()
 
 
+@final
+class _Intake:
+    """Where an accepted entry is before the collector moves it into a pool."""
+
+    __slots__ = ()
+
+
+# An entry's ``_pool``: None (not accepted yet, or already cut), INTAKE, or its pool.
+INTAKE: Any = _Intake()
+
+
 class Call(Entry):
     """The request of one call; with one item, also that item's entry."""
 
@@ -42,7 +53,6 @@ class Call(Entry):
         "error",
         "error_index",
         "error_tb",
-        "in_queue",
         "n",
         "remaining",
         "result",
@@ -69,11 +79,11 @@ class Call(Entry):
         self.waiter: Any = None
         if entries is None:
             self.entries: list[Entry] | None = None
-            self.n = self.remaining = self.in_queue = 1
+            self.n = self.remaining = 1
             self.result: Any = None
         else:
             self.entries = entries
-            self.n = self.remaining = self.in_queue = len(entries)
+            self.n = self.remaining = len(entries)
             self.result = [None] * len(entries)
             for index, entry in enumerate(entries):
                 entry._call = self

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, final
 import anyio
 import anyio.to_thread
 
-from ._call import CANCELLED, DONE, QUEUED, ROOM, Call, call_class
+from ._call import CANCELLED, DONE, INTAKE, QUEUED, ROOM, Call, call_class
 from ._errors import BatchSizeMismatch, Failure, QueueFull
 
 if TYPE_CHECKING:
@@ -37,13 +37,28 @@ _NOT_RESULTS = (str, bytes, bytearray, memoryview, Mapping, Set)
 
 @final
 class _Batch:
-    """A cut batch; also the token it holds the execution slot with."""
+    """A cut batch, from the cut until its callers have their outcomes."""
 
     __slots__ = ("abandons", "entries")
 
+    def __init__(self, entries: list[Entry], abandons: int) -> None:
+        self.entries = entries
+        self.abandons = abandons  # the engine's count of departures at the cut
+
+
+@final
+class _Worker:
+    """An execution slot: a task that runs one batch at a time, handed over by an event.
+
+    Workers are started on demand, up to ``max_concurrent_batches``, and kept: spawning
+    a task per batch would cost more than the hand-over.
+    """
+
+    __slots__ = ("batch", "event")
+
     def __init__(self) -> None:
-        self.entries: list[Entry] = []
-        self.abandons = 0  # the engine's count of departures when the batch was cut
+        self.batch: _Batch | None = None
+        self.event = anyio.Event()
 
 
 def _clock() -> Callable[[], float]:
@@ -89,14 +104,17 @@ class Engine:
         "bulk",
         "cause",
         "clock",
+        "collecting",
+        "fatal",
         "fn",
+        "idle",
         "is_async",
         "isolate",
-        "limiter",
         "make_call",
         "max_len",
         "max_queue",
         "max_wait",
+        "max_workers",
         "queued",
         "receive",
         "room",
@@ -104,6 +122,7 @@ class Engine:
         "running",
         "send",
         "seq",
+        "slot_freed",
         "small",
         "state",
         "stats",
@@ -113,6 +132,7 @@ class Engine:
         "timeout",
         "waiting",
         "waiting_len",
+        "workers",
     )
 
     def __init__(self, settings: Settings, stats: _Recorder) -> None:
@@ -131,7 +151,11 @@ class Engine:
         self.small: Pool = settings.strategy.new_pool()
         self.bulk: Pool = settings.strategy.new_pool()
         self.send, self.receive = anyio.create_memory_object_stream[Call](math.inf)
-        self.limiter = anyio.CapacityLimiter(settings.max_concurrent_batches)
+        self.max_workers = settings.max_concurrent_batches
+        self.workers = 0  # worker tasks alive
+        self.collecting = True  # the collector may still hand out batches
+        self.idle: list[_Worker] = []  # workers waiting for a batch
+        self.slot_freed: anyio.Event | None = None  # set when a worker goes idle
         self.thread_limiter = anyio.CapacityLimiter(settings.max_concurrent_batches)
         self.make_call = call_class()
         self.clock = _clock()
@@ -144,7 +168,8 @@ class Engine:
         self.running: set[_Batch] = set()
         self.seq = 0
         self.abandons = 0  # callers that left, so a batch knows whether to re-check its own
-        self.cause: BaseException | None = None
+        self.cause: BaseException | None = None  # what BatcherClosed is chained to
+        self.fatal: BaseException | None = None  # raised from __aexit__
         self.tg: TaskGroup | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -163,22 +188,42 @@ class Engine:
     async def stop(self, exc: BaseException | None) -> bool | None:
         tg = self.tg
         assert tg is not None
-        if exc is None:
-            # Drain: refuse new calls, finish what was accepted, then let the tasks end.
-            self.state = CLOSING
-            self._close_room()
-            self.send.close()
-            await tg.__aexit__(None, None, None)
+        suppress: bool | None = None
+        try:
+            if exc is None:
+                # Drain: refuse new calls, finish what was accepted, then let tasks end.
+                self.state = CLOSING
+                self._close_room()
+                self.send.close()
+                await tg.__aexit__(None, None, None)
+            else:
+                self.fail_all()
+                tg.cancel_scope.cancel()
+                if isinstance(exc, anyio.get_cancelled_exc_class()):
+                    # The task group's scope may own this cancellation: it must see it.
+                    suppress = await tg.__aexit__(type(exc), exc, exc.__traceback__)
+                else:
+                    # Any other exception propagates unchanged, never in an ExceptionGroup.
+                    await tg.__aexit__(None, None, None)
+        finally:
             self.state = CLOSED
-            return None
-        self.fail_all()
-        tg.cancel_scope.cancel()
-        if isinstance(exc, anyio.get_cancelled_exc_class()):
-            # The task group's scope may own this cancellation and must see it to absorb it.
-            return await tg.__aexit__(type(exc), exc, exc.__traceback__)
-        # Any other exception propagates unchanged, never wrapped in an ExceptionGroup.
-        await tg.__aexit__(None, None, None)
-        return None
+            self.send.close()
+            self.receive.close()
+        if self.fatal is not None:
+            raise self.fatal
+        return suppress
+
+    def crash(self, exc: BaseException) -> None:
+        """A BaseException from ``fn``, or a fault in the collector, ends the batcher.
+
+        It is raised from ``__aexit__`` in the task that owns the batcher, so it never
+        escapes a worker task (asyncio would re-raise a KeyboardInterrupt out of the loop).
+        """
+        if self.fatal is None:
+            self.fatal = exc
+        self.fail_all(exc)
+        assert self.tg is not None
+        self.tg.cancel_scope.cancel()
 
     def _close_room(self) -> None:
         room = self.room
@@ -239,6 +284,7 @@ class Engine:
         if entries is None:
             call.arrival = now
             call.seq = self.seq
+            call._pool = INTAKE
             self.seq += 1
             self.queued += 1
         else:
@@ -246,6 +292,7 @@ class Engine:
             for entry in entries:
                 entry.arrival = now
                 entry.seq = seq
+                entry._pool = INTAKE
                 seq += 1
             self.seq = seq
             self.queued += call.n
@@ -276,13 +323,14 @@ class Engine:
         elif state == QUEUED:
             for entry in call.entries or (call,):
                 pool = entry._pool
-                if pool is not None:
+                if pool is None:
+                    continue  # already cut into a batch
+                if pool is not INTAKE:
                     pool.remove(entry)
-                    entry._pool = None
                     self.waiting -= 1
                     self.waiting_len -= entry.length
-            self.queued -= call.in_queue
-            call.in_queue = 0
+                entry._pool = None
+                self.queued -= 1
         if self.room and self.state == OPEN:
             self._grant_room()
 
@@ -292,9 +340,11 @@ class Engine:
         task_status.started()
         try:
             await self._collect()
-        except BaseException as exc:
-            self.fail_all(None if isinstance(exc, anyio.get_cancelled_exc_class()) else exc)
+        except anyio.get_cancelled_exc_class():
+            self.fail_all()
             raise
+        except BaseException as exc:
+            self.crash(exc)
 
     def _pool_call(self, call: Call) -> None:
         if call.state != QUEUED:
@@ -332,7 +382,39 @@ class Engine:
             return b
         return a
 
+    async def _slot(self) -> _Worker | None:
+        """Wait for a free execution slot: an idle worker, or room to start one (None)."""
+        while not self.idle:
+            if self.workers < self.max_workers:
+                self.workers += 1
+                return None
+            self.slot_freed = event = anyio.Event()
+            await event.wait()
+        return self.idle.pop()
+
+    def _free_slot(self, worker: _Worker) -> None:
+        """The worker's batch function returned: it may take the next batch."""
+        worker.event = anyio.Event()
+        if not self.collecting:
+            worker.event.set()  # no batch will come: let the worker end
+            return
+        self.idle.append(worker)
+        event = self.slot_freed
+        if event is not None:
+            self.slot_freed = None
+            event.set()
+
     async def _collect(self) -> None:
+        try:
+            await self._collect_batches()
+        finally:
+            # Idle workers wait for a batch that will not come: let them end.
+            self.collecting = False
+            for worker in self.idle:
+                worker.event.set()
+            self.idle.clear()
+
+    async def _collect_batches(self) -> None:
         receive = self.receive
         draining = False
         while True:
@@ -345,8 +427,7 @@ class Engine:
                     return
                 draining = self._drain()
                 continue
-            batch = _Batch()
-            await self.limiter.acquire_on_behalf_of(batch)
+            worker = await self._slot()
             cut = False
             while True:
                 draining = self._drain() or draining
@@ -366,16 +447,22 @@ class Engine:
                         self._pool_call(await receive.receive())
                     except anyio.EndOfStream:
                         draining = True
-            if cut:
-                batch.entries = self._cut(self.clock())
-                batch.abandons = self.abandons
-                self.running.add(batch)
-                if self.room:
-                    self._grant_room()
+            if not cut:
+                if worker is None:
+                    self.workers -= 1
+                else:
+                    self.idle.append(worker)
+                continue
+            batch = _Batch(self._cut(self.clock()), self.abandons)
+            self.running.add(batch)
+            if self.room:
+                self._grant_room()
+            if worker is None:
                 assert self.tg is not None
-                self.tg.start_soon(self._run, batch)
+                self.tg.start_soon(self._worker, batch)
             else:
-                self.limiter.release_on_behalf_of(batch)
+                worker.batch = batch
+                worker.event.set()
 
     def _cut(self, now: float) -> list[Entry]:
         """Take the next batch, applying the rules: overdue, small calls, strategy."""
@@ -389,10 +476,10 @@ class Engine:
             if entry.length > budget:
                 if not batch:
                     batch.append(entry)  # oversize: it travels alone
-                    entry._pool.remove(entry)  # type: ignore[union-attr]
+                    entry._pool.remove(entry)
                 room = 0
                 break
-            entry._pool.remove(entry)  # type: ignore[union-attr]
+            entry._pool.remove(entry)
             batch.append(entry)
             room -= 1
             budget -= entry.length
@@ -409,13 +496,10 @@ class Engine:
                 if not batch:
                     batch = pool.cut(1, math.inf)
                 break
-        length = 0
         for entry in batch:
             entry._pool = None
-            entry._call.in_queue -= 1
-            length += entry.length
         self.waiting -= len(batch)
-        self.waiting_len -= length
+        self.waiting_len -= sum([entry.length for entry in batch])
         self.queued -= len(batch)
         return batch
 
@@ -453,7 +537,19 @@ class Engine:
             elif error is not None:
                 _fail(part, error)
 
-    async def _run(self, batch: _Batch) -> None:
+    async def _worker(self, batch: _Batch) -> None:
+        worker = _Worker()
+        try:
+            while True:
+                await self._run(batch, worker)
+                await worker.event.wait()
+                if worker.batch is None:
+                    return  # the collector has ended
+                batch, worker.batch = worker.batch, None
+        finally:
+            self.workers -= 1
+
+    async def _run(self, batch: _Batch, worker: _Worker) -> None:
         released = False
         try:
             live = batch.entries
@@ -463,29 +559,30 @@ class Engine:
                     return  # every caller left before the batch started
             clock = self.clock
             start = clock()
-            self.stats.wait.add_since(start, [entry.arrival for entry in live])
             results, error = await self._compute(live)
             self._count_batch(len(live), clock() - start)
             # Free the slot before handing back, so the next batch is not held up.
-            self.limiter.release_on_behalf_of(batch)
+            self._free_slot(worker)
             released = True
             if results is not None:
                 _deliver(live, results)
             elif error is not None:
                 _fail(live, error)
-            self.stats.latency.add_since(clock(), [entry._call.started for entry in live])
+            stats = self.stats
+            stats.wait.extend([start - entry.arrival for entry in live])
+            end = clock()
+            stats.latency.extend([end - entry._call.started for entry in live])
         except anyio.get_cancelled_exc_class():
             for entry in batch.entries:
                 if entry._call.state == QUEUED:
                     entry._call.close()
             raise
         except BaseException as exc:
-            self.fail_all(exc)
-            raise
+            self.crash(exc)
         finally:
             self.running.discard(batch)
             if not released:
-                self.limiter.release_on_behalf_of(batch)
+                self._free_slot(worker)
 
     def _count_batch(self, size: int, seconds: float) -> None:
         stats = self.stats

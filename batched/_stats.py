@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
+from array import array
 from typing import TYPE_CHECKING, Any, final
 
 import attrs
@@ -21,8 +21,9 @@ class BatchStats:
 
     Counters count items, not calls, by what their caller got. ``submitted`` equals
     ``completed + failed + cancelled + rejected`` plus the items still waiting or running.
-    Percentiles are in milliseconds (``wait``: arrival to batch start; ``latency``:
-    arrival to result) and read 0.0 before the first sample.
+    Percentiles are in milliseconds over the most recent 8,192 items that went through
+    the batch function (``wait``: arrival to batch start; ``latency``: arrival to
+    result), and read 0.0 before the first sample.
     """
 
     submitted: int = 0
@@ -44,57 +45,45 @@ class BatchStats:
     latency_p99_ms: float = 0.0
 
 
-# Log-spaced buckets: each is 2% wider than the last, so a percentile read from the
-# histogram is within 1% of the true sample, in fixed memory, with no randomness.
-_GROWTH = 1.02
-_INV_LOG_GROWTH = 1.0 / math.log(_GROWTH)
-_FLOOR_S = 1e-6  # everything under 1 µs shares bucket 0
-_BUCKETS = 1 + int(math.log(86_400 / _FLOOR_S) * _INV_LOG_GROWTH)  # up to one day
-# Upper edges of the buckets: bisect_left(_EDGES, x) is the bucket of x, found in C.
-_EDGES = [_FLOOR_S * _GROWTH**i for i in range(_BUCKETS)]
+_WINDOW = 8192
 
 
 @final
-class _Histogram:
-    __slots__ = ("count", "counts")
+class _Window:
+    """The most recent samples, in fixed memory.
+
+    Adding is a slice copy per batch, in C; percentiles sort a copy when a snapshot is
+    taken, off the per-item path, and are exact over the window.
+    """
+
+    __slots__ = ("count", "next", "samples")
 
     def __init__(self) -> None:
-        self.counts = [0] * (_BUCKETS + 1)
-        self.count = 0
+        self.samples = array("d", bytes(8 * _WINDOW))
+        self.next = 0
+        self.count = 0  # samples held, up to the window size
 
-    def add(self, seconds: float) -> None:
-        self.counts[bisect_left(_EDGES, seconds)] += 1
-        self.count += 1
-
-    def add_since(self, now: float, starts: list[float]) -> None:
-        """Add ``now - start`` for each start: one call per batch, not per item."""
-        counts = self.counts
-        for start in starts:
-            counts[bisect_left(_EDGES, now - start)] += 1
-        self.count += len(starts)
+    def extend(self, values: list[float]) -> None:
+        n = len(values)
+        if n > _WINDOW:
+            values, n = values[-_WINDOW:], _WINDOW
+        start = self.next
+        end = start + n
+        if end <= _WINDOW:
+            self.samples[start:end] = array("d", values)
+        else:
+            head = _WINDOW - start
+            self.samples[start:] = array("d", values[:head])
+            self.samples[: n - head] = array("d", values[head:])
+        self.next = end % _WINDOW
+        self.count = min(_WINDOW, self.count + n)
 
     def percentiles_ms(self, quantiles: Sequence[float]) -> list[float]:
         if not self.count:
             return [0.0 for _ in quantiles]
-        out: list[float] = []
-        targets = iter([max(1, math.ceil(q * self.count)) for q in quantiles])
-        target = next(targets)
-        seen = 0
-        for index, n in enumerate(self.counts):
-            seen += n
-            while seen >= target:
-                out.append(_bucket_mid_ms(index))
-                target = next(targets, -1)
-                if target < 0:
-                    return out
-        return out  # pragma: no cover - the targets never exceed the count
-
-
-def _bucket_mid_ms(index: int) -> float:
-    if index == 0:
-        return 0.0
-    low = _FLOOR_S * _GROWTH ** (index - 1)
-    return low * math.sqrt(_GROWTH) * 1000.0
+        data = sorted(self.samples[: self.count])
+        # Nearest rank: the smallest sample with at least q of all samples at or below it.
+        return [data[max(0, math.ceil(q * len(data)) - 1)] * 1000.0 for q in quantiles]
 
 
 @final
@@ -123,8 +112,8 @@ class _Recorder:
         self.processed = 0
         self.batches = 0
         self.busy_seconds = 0.0
-        self.wait = _Histogram()
-        self.latency = _Histogram()
+        self.wait = _Window()
+        self.latency = _Window()
 
     def snapshot(self, queue_size: int, cache_stats: Any = None) -> BatchStats:
         quantiles = (0.5, 0.9, 0.99)

@@ -45,7 +45,7 @@ class Entry:
         self.seq = seq
         self._call: Any = None
         self._index = 0
-        self._pool: Pool | None = None
+        self._pool: Any = None  # managed by the batcher
 
     def __repr__(self) -> str:
         return (

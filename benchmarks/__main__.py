@@ -1,0 +1,40 @@
+"""Run the benchmarks: ``python -m benchmarks [--quick] [--out results.json]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+
+from . import burst
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks")
+    parser.add_argument("--quick", action="store_true", help="small sizes, a few seconds")
+    parser.add_argument("--out", help="write the results as JSON to this file")
+    args = parser.parse_args(argv)
+    n, repeats = (2_000, 3) if args.quick else (20_000, 7)
+    rows = burst.run(n=n, repeats=repeats)
+    for row in rows:
+        print(
+            f"{row['scenario']:8s} {row['backend']:15s} spawn {row['spawn_us_per_item']:6.2f} µs"
+            f"  batched {row['batched_us_per_item']:6.2f} µs  ratio {row['ratio']:.2f}"
+            f" (target <= {row['target_ratio']})"
+        )
+    if args.out:
+        meta = {
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "python": sys.version.split()[0],
+            "machine": platform.machine(),
+            "processor": platform.processor(),
+        }
+        with open(args.out, "w") as f:
+            json.dump({"meta": meta, "results": rows}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
