@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, final
 
 import anyio.lowlevel
 
@@ -24,7 +24,20 @@ __all__ = ["Batcher"]
 T = TypeVar("T")
 R = TypeVar("R")
 
-BatchFunction = Callable[[list[T]], Awaitable[Sequence[R]]] | Callable[[list[T]], Sequence[R]]
+R_co = TypeVar("R_co", covariant=True)
+
+
+class ResultsLike(Protocol[R_co]):
+    """What a batch function returns: a list, a tuple, or an array-like (numpy, torch)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int, /) -> R_co: ...
+
+
+BatchFunction = (
+    Callable[[list[T]], Awaitable[ResultsLike[R]]] | Callable[[list[T]], ResultsLike[R]]
+)
 
 
 def _check_priority(priority: object) -> None:

@@ -2,7 +2,9 @@
 
 A call of many items is one request with one wake-up. A call of one item is also its
 own pool entry, so the per-item path allocates one object. The wake-up is the only part
-that differs per backend: an asyncio future, or a parked trio task.
+that differs per backend: an asyncio future, or a parked trio task. ``Signal`` is the
+same wake-up for the engine's own tasks, in place of ``anyio.Event``, whose per-call
+backend lookup costs more than the hand-over itself.
 """
 
 from __future__ import annotations
@@ -123,6 +125,41 @@ class Call(Entry):
         raise NotImplementedError
 
 
+class Signal:
+    """A one-shot wake-up for one waiting task; ``set`` before ``wait`` is not lost."""
+
+    __slots__ = ("is_set", "waiter")
+
+    def __init__(self) -> None:
+        self.is_set = False
+        self.waiter: Any = None
+
+    def set(self) -> None:
+        raise NotImplementedError
+
+    def wait(self) -> Awaitable[Any]:
+        raise NotImplementedError
+
+
+@final
+class AsyncioSignal(Signal):
+    __slots__ = ()
+
+    def set(self) -> None:
+        self.is_set = True
+        future = self.waiter
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    def wait(self) -> Awaitable[Any]:
+        future = asyncio.get_running_loop().create_future()
+        if self.is_set:
+            future.set_result(None)
+        else:
+            self.waiter = future
+        return future
+
+
 @final
 class AsyncioCall(Call):
     __slots__ = ()
@@ -138,7 +175,7 @@ class AsyncioCall(Call):
         return future
 
 
-def _make_trio_call() -> type[Call]:
+def _make_trio_classes() -> tuple[type[Call], type[Signal]]:
     import trio
 
     reschedule = trio.lowlevel.reschedule
@@ -156,27 +193,50 @@ def _make_trio_call() -> type[Call]:
                 self.waiter = None
                 reschedule(task)
 
-        def _abort(self, _: Any) -> trio.lowlevel.Abort:
+        def __call__(self, _: Any) -> trio.lowlevel.Abort:
+            # The abort function of the wait: the call itself, to spare a bound method
+            # (a GC-tracked allocation) per call.
             self.waiter = None
             return succeeded
 
         def wait(self) -> Awaitable[Any]:
             self.waiter = current_task()
-            return wait_task_rescheduled(self._abort)
+            return wait_task_rescheduled(self)
 
-    return TrioCall
+    @final
+    class TrioSignal(Signal):
+        __slots__ = ()
+
+        def set(self) -> None:
+            self.is_set = True
+            task = self.waiter
+            if task is not None:
+                self.waiter = None
+                reschedule(task)
+
+        def __call__(self, _: Any) -> trio.lowlevel.Abort:
+            self.waiter = None
+            return succeeded
+
+        def wait(self) -> Awaitable[Any]:
+            if self.is_set:
+                return trio.lowlevel.checkpoint()  # noqa: ASYNC105 - awaited by the caller
+            self.waiter = current_task()
+            return wait_task_rescheduled(self)
+
+    return TrioCall, TrioSignal
 
 
-_trio_call: type[Call] | None = None
+_trio_classes: tuple[type[Call], type[Signal]] | None = None
 
 
-def call_class() -> type[Call]:
-    """The call class for the backend running in this thread."""
-    global _trio_call
+def backend_classes() -> tuple[type[Call], type[Signal]]:
+    """The call and signal classes for the backend running in this thread."""
+    global _trio_classes
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        if _trio_call is None:
-            _trio_call = _make_trio_call()
-        return _trio_call
-    return AsyncioCall
+        if _trio_classes is None:
+            _trio_classes = _make_trio_classes()
+        return _trio_classes
+    return AsyncioCall, AsyncioSignal

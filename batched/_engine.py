@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, final
 import anyio
 import anyio.to_thread
 
-from ._call import CANCELLED, DONE, INTAKE, QUEUED, ROOM, Call, call_class
+from ._call import CANCELLED, DONE, INTAKE, QUEUED, ROOM, Call, Signal, backend_classes
 from ._errors import BatchSizeMismatch, Failure, QueueFull
 
 if TYPE_CHECKING:
@@ -56,9 +56,9 @@ class _Worker:
 
     __slots__ = ("batch", "event")
 
-    def __init__(self) -> None:
+    def __init__(self, event: Signal) -> None:
         self.batch: _Batch | None = None
-        self.event = anyio.Event()
+        self.event = event
 
 
 def _clock() -> Callable[[], float]:
@@ -108,9 +108,11 @@ class Engine:
         "fatal",
         "fn",
         "idle",
+        "intake",
         "is_async",
         "isolate",
         "make_call",
+        "make_signal",
         "max_len",
         "max_queue",
         "max_wait",
@@ -155,9 +157,10 @@ class Engine:
         self.workers = 0  # worker tasks alive
         self.collecting = True  # the collector may still hand out batches
         self.idle: list[_Worker] = []  # workers waiting for a batch
-        self.slot_freed: anyio.Event | None = None  # set when a worker goes idle
+        self.slot_freed: Signal | None = None  # set when a worker goes idle
+        self.intake: Signal | None = None  # set when a call arrives for a waiting collector
         self.thread_limiter = anyio.CapacityLimiter(settings.max_concurrent_batches)
-        self.make_call = call_class()
+        self.make_call, self.make_signal = backend_classes()
         self.clock = _clock()
         self.state = OPEN
         self.queued = 0  # items accepted and not yet cut: the stream and the pools
@@ -194,7 +197,7 @@ class Engine:
                 # Drain: refuse new calls, finish what was accepted, then let tasks end.
                 self.state = CLOSING
                 self._close_room()
-                self.send.close()
+                self._close_intake()
                 await tg.__aexit__(None, None, None)
             else:
                 self.fail_all()
@@ -297,6 +300,10 @@ class Engine:
             self.seq = seq
             self.queued += call.n
         self.send.send_nowait(call)
+        intake = self.intake
+        if intake is not None:
+            self.intake = None
+            intake.set()
 
     def _grant_room(self) -> None:
         room, max_queue = self.room, self.max_queue
@@ -388,13 +395,13 @@ class Engine:
             if self.workers < self.max_workers:
                 self.workers += 1
                 return None
-            self.slot_freed = event = anyio.Event()
+            self.slot_freed = event = self.make_signal()
             await event.wait()
         return self.idle.pop()
 
     def _free_slot(self, worker: _Worker) -> None:
         """The worker's batch function returned: it may take the next batch."""
-        worker.event = anyio.Event()
+        worker.event = self.make_signal()
         if not self.collecting:
             worker.event.set()  # no batch will come: let the worker end
             return
@@ -414,18 +421,33 @@ class Engine:
                 worker.event.set()
             self.idle.clear()
 
+    async def _wait_intake(self) -> None:
+        """Sleep until a call is sent or the intake closes.
+
+        Callers wake the collector with a signal rather than through the stream's own
+        ``receive()``, whose event, task lookup and checkpoint per wake-up cost more than
+        a whole batch of one item; the stream stays the queue, drained without waiting.
+        """
+        self.intake = signal = self.make_signal()
+        try:
+            await signal.wait()
+        finally:
+            self.intake = None
+
+    def _close_intake(self) -> None:
+        self.send.close()
+        if self.intake is not None:
+            self.intake.set()
+
     async def _collect_batches(self) -> None:
-        receive = self.receive
         draining = False
         while True:
             if not self.waiting:
                 if draining:
                     return
-                try:
-                    self._pool_call(await receive.receive())
-                except anyio.EndOfStream:
-                    return
                 draining = self._drain()
+                if not self.waiting and not draining:
+                    await self._wait_intake()
                 continue
             worker = await self._slot()
             cut = False
@@ -443,10 +465,7 @@ class Engine:
                     cut = True
                     break
                 with anyio.CancelScope(deadline=deadline):
-                    try:
-                        self._pool_call(await receive.receive())
-                    except anyio.EndOfStream:
-                        draining = True
+                    await self._wait_intake()
             if not cut:
                 if worker is None:
                     self.workers -= 1
@@ -538,7 +557,7 @@ class Engine:
                 _fail(part, error)
 
     async def _worker(self, batch: _Batch) -> None:
-        worker = _Worker()
+        worker = _Worker(self.make_signal())
         try:
             while True:
                 await self._run(batch, worker)
