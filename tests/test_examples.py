@@ -1,0 +1,108 @@
+"""Every file in ``examples/`` runs, and ``python -m batched demo`` measures both modes."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
+TIMEOUT_S = 120
+
+# Output an example must print, beyond exiting 0. An example not listed here must still
+# exit 0 and print something.
+EXPECTED: dict[str, list[str]] = {
+    "quickstart.py": [
+        "--- asyncio ---",
+        "--- trio ---",
+        "40 single calls",
+        "many(): [[5.0, 33.0], [4.0, 24.0], [5.0, 30.0]]",
+        "stats: completed=43 ",
+    ],
+}
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    # Import this checkout's `batched`, installed or not.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        check=False,
+    )
+
+
+def _check_ok(proc: subprocess.CompletedProcess[str]) -> None:
+    assert proc.returncode == 0, (
+        f"exit status {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+    )
+    assert proc.stdout.strip(), f"printed nothing\n--- stderr\n{proc.stderr}"
+
+
+def test_examples_exist() -> None:
+    assert EXAMPLES, "examples/ holds no .py file"
+    missing = set(EXPECTED) - {path.name for path in EXAMPLES}
+    assert not missing, f"expected output listed for missing examples: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[path.name for path in EXAMPLES])
+def test_example_runs(path: Path) -> None:
+    proc = _run(str(path))
+    _check_ok(proc)
+    for text in EXPECTED.get(path.name, []):
+        assert text in proc.stdout, f"{text!r} not in the output:\n{proc.stdout}"
+
+
+def test_demo_prints_both_throughputs() -> None:
+    proc = _run("-m", "batched", "demo", "--callers", "200", "--quick")
+    _check_ok(proc)
+    out = proc.stdout
+    assert "200 concurrent callers" in out
+    for backend in ("asyncio", "trio"):  # trio is a test dependency: both must run
+        assert f"\n{backend}:\n" in out, out
+    single = re.findall(r"one call per item \(batch_size=1\)\s+([\d,]+) items/s", out)
+    batched = re.findall(r"batched \(batch_size=64\)\s+([\d,]+) items/s", out)
+    assert len(single) == len(batched) == 2, out
+    assert all(int(rate.replace(",", "")) > 0 for rate in single + batched), out
+    assert len(re.findall(r"speed-up: \d+\.\dx", out)) == 2, out
+    assert out.count("every caller got its own row: yes") == 2, out
+
+
+def test_demo_one_backend() -> None:
+    proc = _run("-m", "batched", "demo", "--callers", "50", "--quick", "--backend", "asyncio")
+    _check_ok(proc)
+    assert "asyncio:" in proc.stdout
+    assert "trio:" not in proc.stdout
+
+
+def test_demo_without_numpy_says_how_to_get_it() -> None:
+    code = (
+        "import sys; sys.modules['numpy'] = None\n"  # makes `import numpy` fail
+        "from batched.__main__ import main\n"
+        "raise SystemExit(main(['demo', '--quick']))\n"
+    )
+    proc = _run("-c", code)
+    assert proc.returncode == 1, proc.stderr
+    assert "pip install numpy" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [[], ["demo", "--callers", "0"], ["demo", "--timeout-ms", "nan"], ["nonsense"]],
+)
+def test_cli_rejects_bad_arguments(args: list[str]) -> None:
+    proc = _run("-m", "batched", *args)
+    assert proc.returncode == 2, proc.stderr
+    assert "usage: python -m batched" in proc.stderr
