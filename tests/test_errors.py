@@ -1,0 +1,351 @@
+"""The errors table of DESIGN.md: what callers get when fn fails (settings: test_validation.py)."""
+
+from __future__ import annotations
+
+import re
+import traceback
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import numpy as np
+import pytest
+
+import batched
+from batched import Batcher, BatcherClosed, BatchSizeMismatch, Failure
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
+
+pytestmark = pytest.mark.anyio
+
+
+class Boom(Exception):
+    """An error raised by a batch function."""
+
+
+class Fatal(BaseException):
+    """A BaseException that is not a cancellation, like SystemExit."""
+
+
+def tag(items: Sequence[Any]) -> list[tuple[str, Any]]:
+    return [("r", item) for item in items]
+
+
+async def gather(call: Callable[[Any], Awaitable[Any]], items: Sequence[Any]) -> dict[Any, Any]:
+    """Call ``call(item)`` for each item concurrently; map item -> result or exception."""
+    outcome: dict[Any, Any] = {}
+
+    async def one(item: Any) -> None:
+        try:
+            outcome[item] = await call(item)
+        except Exception as exc:
+            outcome[item] = exc
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            for item in items:
+                tg.start_soon(one, item)
+    return outcome
+
+
+def tb_len(exc: BaseException) -> int:
+    return len(traceback.extract_tb(exc.__traceback__))
+
+
+# -- fn raises ---------------------------------------------------------------------------
+
+
+async def test_fn_error_reaches_every_caller_and_later_batches_run() -> None:
+    """fn raises: every caller of that batch gets that same exception; later batches run."""
+    boom = Boom("first batch")
+    seen: list[list[int]] = []
+
+    async def fn(items: list[int]) -> list[tuple[str, int]]:
+        seen.append(list(items))
+        if len(seen) == 1:
+            raise boom
+        return tag(items)
+
+    async with Batcher(fn, batch_size=3, timeout_ms=10) as b:
+        outcome = await gather(b, [0, 1, 2])
+        assert all(outcome[x] is boom for x in range(3)), outcome
+        assert await gather(b, [3, 4, 5]) == {x: ("r", x) for x in (3, 4, 5)}
+    assert sorted(seen[0]) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("mode", ["raise", "failure"])
+async def test_error_traceback_does_not_grow_caller_after_caller(mode: str) -> None:
+    """One exception for a whole batch: every caller sees the same traceback length."""
+    boom = Boom("shared")
+    errors: list[Boom] = []
+    lengths: list[int] = []
+
+    async def fn(items: list[int]) -> list[Any]:
+        if mode == "raise":
+            raise boom
+        return [Failure(boom) for _ in items]
+
+    async def caller(b: Batcher[int, int], x: int) -> None:
+        try:
+            await b(x)
+        except Boom as exc:
+            errors.append(exc)
+            lengths.append(tb_len(exc))  # read now: the next caller re-raises the object
+
+    with anyio.fail_after(60):
+        async with Batcher(fn, batch_size=6, timeout_ms=10) as b, anyio.create_task_group() as tg:
+            for x in range(6):
+                tg.start_soon(caller, b, x)
+    assert len(errors) == 6
+    assert all(e is boom for e in errors)
+    assert len(set(lengths)) == 1, lengths
+
+
+@pytest.mark.parametrize("mode", ["raise", "failure"])
+async def test_error_traceback_does_not_grow_across_batches_sharing_the_object(
+    mode: str,
+) -> None:
+    """The same exception object failing batch after batch keeps one traceback length.
+
+    Re-raising a stored exception chains onto its old traceback in plain Python too, so
+    the test clears it between batches, as a fresh raise would start: any growth left
+    is state the batcher carried from one batch to the next.
+    """
+    shared = Boom("shared")
+
+    async def fn(items: list[int]) -> list[Any]:
+        if mode == "raise":
+            raise shared
+        return [Failure(shared) for _ in items]
+
+    lengths: list[int] = []
+    async with Batcher(fn, batch_size=2, timeout_ms=10) as b:
+        for _ in range(4):
+            shared.with_traceback(None)
+            outcome = await gather(b, [1, 2])
+            assert outcome[1] is shared
+            assert outcome[2] is shared
+            lengths.append(tb_len(shared))
+    assert len(set(lengths)) == 1, lengths
+
+
+async def test_failure_in_a_slot_fails_that_caller_alone() -> None:
+    """Failure(exc) in a slot: that caller alone gets exc, the others their results."""
+    bad = KeyError("item 2")
+
+    async def fn(items: list[int]) -> list[Any]:
+        return [Failure(bad) if x == 2 else ("r", x) for x in items]
+
+    async with Batcher(fn, batch_size=4, timeout_ms=10) as b:
+        outcome = await gather(b, [0, 1, 2, 3])
+        many = await gather(b.many, [(10, 2, 11)])
+    assert outcome[2] is bad
+    assert {x: outcome[x] for x in (0, 1, 3)} == {x: ("r", x) for x in (0, 1, 3)}
+    assert many[(10, 2, 11)] is bad  # a many call raises its first failing item's error
+
+
+async def test_isolate_errors_fails_only_the_failing_items() -> None:
+    """isolate_errors=True: fn is retried on halves; only failing items' callers get the error."""
+    bad = {2, 5}
+    calls: list[list[int]] = []
+
+    async def fn(items: list[int]) -> list[tuple[str, int]]:
+        calls.append(list(items))
+        if bad & set(items):
+            raise Boom(f"bad among {items}")
+        return tag(items)
+
+    async with Batcher(fn, batch_size=8, timeout_ms=10, isolate_errors=True) as b:
+        outcome = await gather(b, range(8))
+        assert await b(9) == ("r", 9)
+    for x in range(8):
+        if x in bad:
+            assert isinstance(outcome[x], Boom), outcome
+            assert str(x) in str(outcome[x])
+        else:
+            assert outcome[x] == ("r", x), outcome
+    assert sorted(calls[0]) == list(range(8))
+    assert all(set(c) < set(calls[0]) for c in calls[1:-1]), calls  # only proper subsets
+    assert [2] in calls
+    assert [5] in calls  # each failing item was isolated alone
+    processed = [x for c in calls[1:-1] if not bad & set(c) for x in c]
+    assert sorted(processed) == [0, 1, 3, 4, 6, 7]  # each good item computed once, in a subset
+
+
+async def test_isolation_holds_its_slot() -> None:
+    """isolate_errors: the retries of a failed batch run before the next batch takes the slot."""
+    calls: list[list[int]] = []
+    go = anyio.Event()
+    running = anyio.Event()
+
+    async def fn(items: list[int]) -> list[tuple[str, int]]:
+        calls.append(sorted(items))
+        if len(calls) == 1:
+            running.set()
+            await go.wait()
+        if 1 in items:
+            raise Boom
+        return tag(items)
+
+    b = Batcher(fn, batch_size=2, timeout_ms=10, isolate_errors=True, max_concurrent_batches=1)
+    with anyio.fail_after(60):
+        async with b, anyio.create_task_group() as tg:
+            for x in (0, 1):
+                tg.start_soon(gather, b, [x])
+            await running.wait()
+            tg.start_soon(gather, b, [2, 3])  # waits for the slot the isolation holds
+            await anyio.wait_all_tasks_blocked()
+            go.set()
+    assert calls[0] == [0, 1]
+    assert sorted(calls[1:3]) == [[0], [1]]  # the halves, in the batch's arrival order
+    assert calls[3:] == [[2, 3]]
+
+
+# -- wrong output ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("isolate", [False, True])
+async def test_wrong_number_of_results_is_batch_size_mismatch(isolate: bool) -> None:
+    """Wrong result count: BatchSizeMismatch (a ValueError) naming both numbers, to all callers."""
+    calls: list[list[int]] = []
+
+    async def fn(items: list[int]) -> list[int]:
+        calls.append(list(items))
+        if len(calls) == 1:
+            return list(range(7))
+        return [x * 10 for x in items]
+
+    async with Batcher(fn, batch_size=4, timeout_ms=10, isolate_errors=isolate) as b:
+        outcome = await gather(b, [1, 2, 3, 4])
+        assert await b(5) == 50  # later batches run
+    assert len(calls) == 2  # never split and retried
+    errors = [outcome[x] for x in (1, 2, 3, 4)]
+    assert all(type(e) is BatchSizeMismatch for e in errors), errors
+    assert all(e is errors[0] for e in errors)
+    assert isinstance(errors[0], ValueError)
+    assert re.search(r"\b4\b", str(errors[0]))
+    assert re.search(r"\b7\b", str(errors[0]))
+
+
+def _generator(items: list[int]) -> Any:
+    return (x for x in items)
+
+
+@pytest.mark.parametrize(
+    ("make", "type_name"),
+    [
+        (lambda items: None, "NoneType"),
+        (lambda items: {x: x for x in items}, "dict"),
+        (lambda items: "ab"[: len(items)], "str"),
+        (lambda items: set(items), "set"),
+        (_generator, "generator"),
+        (lambda items: len(items), "int"),
+    ],
+    ids=["None", "dict", "str", "set", "generator", "int"],
+)
+@pytest.mark.parametrize("isolate", [False, True])
+async def test_non_sequence_result_is_type_error_naming_the_type(
+    make: Callable[[list[int]], Any], type_name: str, isolate: bool
+) -> None:
+    """A non-sequence result (even of the right length): TypeError naming its type, to all."""
+    calls: list[list[int]] = []
+
+    async def fn(items: list[int]) -> Any:
+        calls.append(list(items))
+        return make(items) if len(calls) == 1 else tag(items)
+
+    async with Batcher(fn, batch_size=2, timeout_ms=10, isolate_errors=isolate) as b:
+        outcome = await gather(b, [1, 2])
+        assert await b(3) == ("r", 3)
+    assert len(calls) == 2  # never isolated
+    for x in (1, 2):
+        assert type(outcome[x]) is TypeError, outcome
+        assert type_name in str(outcome[x])
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [tuple, np.array],
+    ids=["tuple", "numpy"],
+)
+async def test_tuple_and_array_results_are_accepted(wrap: Callable[[list[int]], Any]) -> None:
+    """fn may return a tuple or an array-like with len and integer indexing."""
+
+    async def fn(items: list[int]) -> Any:
+        return wrap([x * 10 + 1 for x in items])
+
+    async with Batcher(fn, batch_size=3, timeout_ms=10) as b:
+        outcome = await gather(b, [1, 2, 3])
+        assert await b.many([4, 5]) == [41, 51]
+    assert outcome == {1: 11, 2: 21, 3: 31}
+
+
+# -- BaseException from fn ---------------------------------------------------------------
+
+
+def _holds(exc: BaseException, target: BaseException) -> bool:
+    if exc is target:
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return any(_holds(inner, target) for inner in exc.exceptions)
+    return False
+
+
+@pytest.mark.virtual_time  # exact clock readings or long timeouts
+@pytest.mark.parametrize("kind", [Fatal, KeyboardInterrupt, SystemExit])
+async def test_base_exception_from_fn_closes_batcher(kind: type[BaseException]) -> None:
+    """A BaseException from fn: callers get BatcherClosed caused by it; it leaves the block."""
+    fatal = kind("stop")
+    started = anyio.Event()
+    release = anyio.Event()
+
+    async def fn(items: list[int]) -> list[int]:
+        if 0 in items:
+            started.set()
+            await release.wait()
+            raise fatal
+        return items
+
+    outcome: dict[int, BaseException] = {}
+
+    async def caller(b: Batcher[int, int], x: int) -> None:
+        try:
+            await b(x)
+        except BatcherClosed as exc:
+            outcome[x] = exc
+
+    b = Batcher(fn, batch_size=2, timeout_ms=10_000)
+
+    async def body() -> None:
+        async with b, anyio.create_task_group() as tg:
+            tg.start_soon(caller, b, 0)
+            await started.wait()
+            for x in (1, 2):  # waiting in the queue while the batch of 0 runs
+                tg.start_soon(caller, b, x)
+            await anyio.wait_all_tasks_blocked()
+            release.set()
+
+    with anyio.fail_after(60), pytest.raises(BaseException) as excinfo:
+        await body()
+    assert _holds(excinfo.value, fatal), repr(excinfo.value)
+    assert set(outcome) == {0, 1, 2}
+    assert all(exc.__cause__ is fatal for exc in outcome.values()), outcome
+    stats = b.stats
+    assert stats.failed == 3
+    assert stats.queue_size == 0
+
+
+# -- hierarchy -------------------------------------------------------------------------
+
+
+def test_error_hierarchy() -> None:
+    """All library errors subclass BatchedError and refine the builtin/anyio error they resemble."""
+    assert issubclass(batched.BatchedError, Exception)
+    for error in (batched.BatcherClosed, batched.QueueFull, batched.BatchSizeMismatch):
+        assert issubclass(error, batched.BatchedError)
+    assert issubclass(batched.BatcherClosed, anyio.ClosedResourceError)
+    assert issubclass(batched.QueueFull, anyio.WouldBlock)
+    assert issubclass(batched.BatchSizeMismatch, ValueError)
+    assert {"BatchedError", "BatcherClosed", "QueueFull", "BatchSizeMismatch", "Failure"} <= set(
+        batched.__all__
+    )
