@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import math
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence, Set
 from typing import TYPE_CHECKING, Any, final
@@ -64,11 +65,14 @@ class _Worker:
 def _clock() -> Callable[[], float]:
     # The same clock anyio.current_time() reads, without its per-call dispatch.
     try:
-        return asyncio.get_running_loop().time
+        loop = asyncio.get_running_loop()
     except RuntimeError:
         import trio
 
         return trio.lowlevel.current_clock().current_time
+    if type(loop).time is asyncio.BaseEventLoop.time:
+        return time.monotonic  # what BaseEventLoop.time returns, without its frame
+    return loop.time
 
 
 def check_results(out: object, n: int) -> Sequence[Any]:

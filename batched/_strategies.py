@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import heapq
+import math
 from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol, final, runtime_checkable
 
@@ -119,6 +120,10 @@ class _FifoPool:
 
     def cut(self, max_items: int, budget: float) -> list[Entry]:
         queue, removed = self._queue, self._removed
+        if not removed and budget == math.inf:
+            # Nothing to skip and no budget to stop at: the common case, in one pass.
+            popleft = queue.popleft
+            return [popleft() for _ in range(min(max_items, len(queue)))]
         out: list[Entry] = []
         while queue and len(out) < max_items:
             entry = queue[0]
