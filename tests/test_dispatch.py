@@ -56,6 +56,7 @@ async def submit(
     await settle()
 
 
+@pytest.mark.virtual_time
 async def test_full_batch_leaves_at_once() -> None:
     """A batch that reaches batch_size leaves when its last item arrives: no time passes."""
     rec = Recorder()
@@ -73,6 +74,7 @@ async def test_full_batch_leaves_at_once() -> None:
     assert out == {"a": ("a", "r"), "b": ("b", "r"), "c": ("c", "r")}
 
 
+@pytest.mark.virtual_time
 async def test_batch_reaching_max_batch_length_leaves_at_once() -> None:
     """A batch whose summed length reaches max_batch_length is full: it leaves at once."""
     rec = Recorder()
@@ -91,6 +93,7 @@ async def test_batch_reaching_max_batch_length_leaves_at_once() -> None:
     assert out == {"aaa": ("aaa", "r"), "bbb": ("bbb", "r")}
 
 
+@pytest.mark.virtual_time
 async def test_partial_batch_leaves_when_oldest_item_waited_timeout() -> None:
     """A partial batch leaves timeout_ms after its oldest item; later items don't extend it."""
     rec = Recorder()
@@ -109,6 +112,7 @@ async def test_partial_batch_leaves_when_oldest_item_waited_timeout() -> None:
     assert out == {"a": ("a", "r"), "b": ("b", "r")}
 
 
+@pytest.mark.virtual_time
 async def test_next_partial_batch_times_from_its_own_oldest_item() -> None:
     """After a timed-out batch leaves, the next one waits timeout_ms from its own oldest item."""
     rec = Recorder()
@@ -124,6 +128,7 @@ async def test_next_partial_batch_times_from_its_own_oldest_item() -> None:
     assert rec.times == pytest.approx([start + 0.05, start + 0.12], abs=1e-9)
 
 
+@pytest.mark.virtual_time
 async def test_timeout_zero_sends_at_once() -> None:
     """With timeout_ms=0 an item leaves the moment it arrives, alone if nothing else waits."""
     rec = Recorder()
@@ -162,6 +167,7 @@ async def test_items_accumulate_while_slot_busy_and_leave_when_it_frees() -> Non
     assert out == {x: (x, "r") for x in ["hold", *"abcdef"]}
 
 
+@pytest.mark.virtual_time
 async def test_full_batch_leaves_when_slot_frees_and_rest_waits_its_timeout() -> None:
     """A full batch leaves the moment the slot frees; the fresh remainder waits timeout_ms."""
     rec = Recorder(hold_first=True)

@@ -285,6 +285,7 @@ def many(items: list[Any], priority: float = 0) -> Callable[[batched.Batcher[Any
     return lambda b: b.many(items, priority=priority)
 
 
+@pytest.mark.virtual_time
 @pytest.mark.parametrize("strategy", [batched.ByPriority(), batched.PriorityStrategy.PRIORITY])
 async def test_by_priority_order_through_batcher(strategy: Any) -> None:
     """Waiting items leave lowest priority value first, equal priorities in arrival order."""
@@ -295,6 +296,7 @@ async def test_by_priority_order_through_batcher(strategy: Any) -> None:
     assert out == [(x, "r") for x in "habcde"]
 
 
+@pytest.mark.virtual_time
 @pytest.mark.parametrize("strategy", [batched.ByLength(), batched.PriorityStrategy.LENGTH])
 async def test_by_length_order_through_batcher(strategy: Any) -> None:
     """Waiting items leave shortest first (default length: len), equal lengths in arrival order."""
@@ -314,6 +316,7 @@ async def test_fifo_order_through_batcher(strategy: Any) -> None:
     assert fn.batches == [["h"], ["xxx", "x", "xx"]]
 
 
+@pytest.mark.virtual_time
 async def test_user_strategy_orders_a_batcher() -> None:
     """A user-written strategy decides the order of the items that wait."""
     fn = Held()
@@ -352,6 +355,7 @@ async def test_overdue_bulk_items_leave_before_later_small_calls(age: float, ove
     assert out[3] == ("s", "r")
 
 
+@pytest.mark.virtual_time
 async def test_small_calls_leave_before_large_calls() -> None:
     """Rule 2: items of calls with <= small_batch_threshold items leave before larger calls'."""
     fn = Held()
@@ -360,6 +364,7 @@ async def test_small_calls_leave_before_large_calls() -> None:
     assert fn.batches == [["h"], ["s0", "t0", "t1", "s1", "b0", "b1", "b2"]]
 
 
+@pytest.mark.virtual_time
 async def test_strategy_orders_within_small_and_within_large_calls() -> None:
     """Rule 3 after rule 2: priority orders small calls, then large calls, not across them."""
     fn = Held()
