@@ -145,6 +145,7 @@ async def test_timeout_zero_sends_at_once() -> None:
     assert out == {"a": ("a", "r"), "b": ("b", "r")}
 
 
+@pytest.mark.virtual_time
 async def test_items_accumulate_while_slot_busy_and_leave_when_it_frees() -> None:
     """While the only slot is busy items wait; when it frees, everything due is cut at once."""
     rec = Recorder(hold_first=True)

@@ -250,6 +250,7 @@ async def test_rejected_counts_items_not_calls() -> None:
     assert stats.submitted == stats.completed + stats.failed + stats.cancelled + stats.rejected
 
 
+@pytest.mark.virtual_time
 async def test_normal_close_fails_callers_waiting_for_room() -> None:
     """Leaving the block normally: callers waiting for room get BatcherClosed, accepted finish."""
     fn = Held()

@@ -417,6 +417,7 @@ async def test_item_longer_than_max_batch_length_travels_alone() -> None:
     assert out == [("h", "r"), *[(i, "r") for i in items]]
 
 
+@pytest.mark.virtual_time
 async def test_oversize_item_alone_leaves_at_once() -> None:
     """An oversize item with an empty pool is a full batch: it leaves without waiting."""
     fn = Held()
