@@ -188,6 +188,8 @@ class Engine:
         try:
             await tg.start(self._collector)
         except BaseException as exc:
+            self.send.close()
+            self.receive.close()
             tg.cancel_scope.cancel()
             await tg.__aexit__(type(exc), exc, exc.__traceback__)
             raise
