@@ -50,6 +50,9 @@ INTAKE: Any = _Intake()
 class Call(Entry):
     """The request of one call; with one item, also that item's entry."""
 
+    error_index: int
+    error_tb: TracebackType | None
+
     __slots__ = (
         "entries",
         "error",
@@ -76,8 +79,7 @@ class Call(Entry):
         self.started = started
         self.state = ROOM
         self.error: BaseException | _Closed | None = None
-        self.error_index = 0  # meaningful once error is set
-        self.error_tb: TracebackType | None = None
+        # error_index and error_tb are set with the first error, and read only then.
         self.waiter: Any = None
         if entries is None:
             self.entries: list[Entry] | None = None
@@ -102,7 +104,7 @@ class Call(Entry):
             self.wake()
 
     def set_error(self, index: int, error: BaseException, tb: TracebackType | None) -> None:
-        if self.error is None or index < self.error_index:
+        if self.error is None or index < self.error_index:  # the first failing item wins
             self.error = error
             self.error_index = index
             self.error_tb = tb

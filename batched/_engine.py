@@ -113,6 +113,8 @@ class Engine:
         "fn",
         "idle",
         "intake",
+        "intake_open",
+        "intake_queue",
         "is_async",
         "isolate",
         "make_call",
@@ -122,11 +124,9 @@ class Engine:
         "max_wait",
         "max_workers",
         "queued",
-        "receive",
         "room",
         "room_waiting",
         "running",
-        "send",
         "seq",
         "slot_freed",
         "small",
@@ -156,7 +156,11 @@ class Engine:
         self.stats = stats
         self.small: Pool = settings.strategy.new_pool()
         self.bulk: Pool = settings.strategy.new_pool()
-        self.send, self.receive = anyio.create_memory_object_stream[Call](math.inf)
+        # The intake: callers append, the collector drains. A deque and a Signal, not an
+        # anyio memory stream: its send_nowait/receive_nowait pair costs ~0.3 µs per item
+        # and its blocking receive() an event, a task lookup and a checkpoint per wake-up.
+        self.intake_queue: deque[Call] = deque()
+        self.intake_open = True
         self.max_workers = settings.max_concurrent_batches
         self.workers = 0  # worker tasks alive
         self.collecting = True  # the collector may still hand out batches
@@ -188,8 +192,6 @@ class Engine:
         try:
             await tg.start(self._collector)
         except BaseException as exc:
-            self.send.close()
-            self.receive.close()
             tg.cancel_scope.cancel()
             await tg.__aexit__(type(exc), exc, exc.__traceback__)
             raise
@@ -216,8 +218,6 @@ class Engine:
                     await tg.__aexit__(None, None, None)
         finally:
             self.state = CLOSED
-            self.send.close()
-            self.receive.close()
         if self.fatal is not None:
             raise self.fatal
         return suppress
@@ -249,13 +249,11 @@ class Engine:
         if cause is not None and self.cause is None:
             self.cause = cause
         self._close_room()
-        try:
-            while True:
-                call = self.receive.receive_nowait()
-                if call.state == QUEUED:
-                    call.close()
-        except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-            pass
+        intake = self.intake_queue
+        while intake:
+            call = intake.popleft()
+            if call.state == QUEUED:
+                call.close()
         for pool in (self.small, self.bulk):
             for entry in pool.cut(len(pool), math.inf):
                 entry._pool = None
@@ -272,6 +270,20 @@ class Engine:
     def submit(self, call: Call, wait: bool) -> None:
         """Accept the call, or queue it for room; ``QueueFull`` if it may not wait."""
         max_queue = self.max_queue
+        if max_queue is None and call.entries is None:
+            # The per-item path of a single call, written out: no room to check.
+            call.state = QUEUED
+            call.arrival = call.started
+            call.seq = self.seq
+            call._pool = INTAKE
+            self.seq += 1
+            self.queued += 1
+            self.intake_queue.append(call)
+            intake = self.intake
+            if intake is not None:
+                self.intake = None
+                intake.set()
+            return
         if max_queue is not None and (
             self.room_waiting or (self.queued and self.queued + call.n > max_queue)
         ):
@@ -305,7 +317,7 @@ class Engine:
                 seq += 1
             self.seq = seq
             self.queued += call.n
-        self.send.send_nowait(call)
+        self.intake_queue.append(call)
         intake = self.intake
         if intake is not None:
             self.intake = None
@@ -379,15 +391,25 @@ class Engine:
         self.waiting_len += length
 
     def _drain(self) -> bool:
-        """Move everything the stream holds into the pools; True once it has ended."""
-        receive_nowait, pool_call = self.receive.receive_nowait, self._pool_call
-        try:
-            while True:
-                pool_call(receive_nowait())
-        except anyio.WouldBlock:
-            return False
-        except anyio.EndOfStream:
-            return True
+        """Move everything the intake holds into the pools; True once it has closed."""
+        intake = self.intake_queue
+        if intake:
+            # Single-item calls, the bulk of the traffic, go to their pool inline.
+            pool = self.small if self.threshold else self.bulk
+            add, pool_call = pool.add, self._pool_call
+            count = length = 0
+            while intake:
+                call = intake.popleft()
+                if call.entries is None and call.state == QUEUED:
+                    add(call)
+                    call._pool = pool
+                    count += 1
+                    length += call.length
+                else:
+                    pool_call(call)
+            self.waiting += count
+            self.waiting_len += length
+        return not self.intake_open
 
     def _oldest(self) -> Entry | None:
         a, b = self.small.oldest(), self.bulk.oldest()
@@ -441,7 +463,7 @@ class Engine:
             self.intake = None
 
     def _close_intake(self) -> None:
-        self.send.close()
+        self.intake_open = False
         if self.intake is not None:
             self.intake.set()
 
