@@ -173,7 +173,7 @@ class Engine:
         self.state = OPEN
         self.queued = 0  # items accepted and not yet cut: the stream and the pools
         self.waiting = 0  # items in the pools
-        self.waiting_len = 0
+        self.waiting_len = 0  # their summed length; kept exact only under a length budget
         self.room: deque[Call] = deque()  # calls waiting for queue room, FIFO
         self.room_waiting = 0
         self.running: set[_Batch] = set()
@@ -546,7 +546,8 @@ class Engine:
         for entry in batch:
             entry._pool = None
         self.waiting -= len(batch)
-        self.waiting_len -= sum([entry.length for entry in batch])
+        if self.max_len != math.inf:
+            self.waiting_len -= sum([entry.length for entry in batch])
         self.queued -= len(batch)
         return batch
 
