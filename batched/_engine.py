@@ -270,20 +270,6 @@ class Engine:
     def submit(self, call: Call, wait: bool) -> None:
         """Accept the call, or queue it for room; ``QueueFull`` if it may not wait."""
         max_queue = self.max_queue
-        if max_queue is None and call.entries is None:
-            # The per-item path of a single call, written out: no room to check.
-            call.state = QUEUED
-            call.arrival = call.started
-            call.seq = self.seq
-            call._pool = INTAKE
-            self.seq += 1
-            self.queued += 1
-            self.intake_queue.append(call)
-            intake = self.intake
-            if intake is not None:
-                self.intake = None
-                intake.set()
-            return
         if max_queue is not None and (
             self.room_waiting or (self.queued and self.queued + call.n > max_queue)
         ):
