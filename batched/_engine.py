@@ -1,4 +1,4 @@
-"""The loop-bound half of a ``Batcher``: intake, collector, pools and dispatcher.
+"""The loop-bound half of a ``Batcher``: intake, collector and pools.
 
 ``Batcher.__aenter__`` makes one engine and ``__aexit__`` ends it, so nothing bound to
 an event loop outlives the ``async with`` block or leaks into the next one.
@@ -7,18 +7,16 @@ an event loop outlives the ``async with`` block or leaks into the next one.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import math
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence, Set
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, final
 
 import anyio
-import anyio.to_thread
 
-from ._call import CANCELLED, DONE, INTAKE, QUEUED, ROOM, Call, Signal, backend_classes
-from ._errors import BatchSizeMismatch, Failure, QueueFull
+from ._call import CANCELLED, INTAKE, QUEUED, ROOM, Call, Signal, backend_classes
+from ._dispatch import Dispatcher, Batch
+from ._errors import QueueFull
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -32,34 +30,6 @@ if TYPE_CHECKING:
 OPEN = 1
 CLOSING = 2
 CLOSED = 3
-
-_NOT_RESULTS = (str, bytes, bytearray, memoryview, Mapping, Set)
-
-
-@final
-class _Batch:
-    """A cut batch, from the cut until its callers have their outcomes."""
-
-    __slots__ = ("abandons", "entries")
-
-    def __init__(self, entries: list[Entry], abandons: int) -> None:
-        self.entries = entries
-        self.abandons = abandons  # the engine's count of departures at the cut
-
-
-@final
-class _Worker:
-    """An execution slot: a task that runs one batch at a time, handed over by an event.
-
-    Workers are started on demand, up to ``max_concurrent_batches``, and kept: spawning
-    a task per batch would cost more than the hand-over.
-    """
-
-    __slots__ = ("batch", "event")
-
-    def __init__(self, event: Signal) -> None:
-        self.batch: _Batch | None = None
-        self.event = event
 
 
 def _clock() -> Callable[[], float]:
@@ -75,33 +45,10 @@ def _clock() -> Callable[[], float]:
     return loop.time
 
 
-def check_results(out: object, n: int) -> Sequence[Any]:
-    """The batch function's output as a sequence of ``n`` results, or an error."""
-    kind = type(out)
-    if kind is not list and kind is not tuple:
-        if isinstance(out, _NOT_RESULTS) or not (
-            hasattr(kind, "__len__") and hasattr(kind, "__getitem__")
-        ):
-            msg = (
-                f"the batch function must return a list, a tuple or an array-like of results, "
-                f"not {kind.__qualname__}"
-            )
-            raise TypeError(msg)
-        try:
-            size = len(out)  # type: ignore[arg-type]
-            out = [out[i] for i in range(min(size, n))]  # type: ignore[index]
-        except TypeError:
-            msg = f"the batch function returned a {kind.__qualname__} without a length"
-            raise TypeError(msg) from None
-    else:
-        size = len(out)  # type: ignore[arg-type]
-    if size != n:
-        raise BatchSizeMismatch(n, size)
-    return out  # type: ignore[return-value]
-
-
 @final
-class Engine:
+class Engine(Dispatcher):
+    """Intake, collector and pools of one open batcher; the dispatcher is its base."""
+
     __slots__ = (
         "abandons",
         "batch_size",
@@ -111,7 +58,6 @@ class Engine:
         "collecting",
         "fatal",
         "fn",
-        "idle",
         "intake",
         "intake_open",
         "intake_queue",
@@ -122,26 +68,23 @@ class Engine:
         "max_len",
         "max_queue",
         "max_wait",
-        "max_workers",
         "queued",
         "room",
         "room_waiting",
         "running",
         "seq",
-        "slot_freed",
         "small",
         "state",
         "stats",
         "tg",
-        "thread_limiter",
         "threshold",
         "timeout",
         "waiting",
         "waiting_len",
-        "workers",
     )
 
     def __init__(self, settings: Settings, stats: _Recorder) -> None:
+        super().__init__(settings.max_concurrent_batches)
         self.fn = settings.fn
         self.is_async = settings.is_async
         self.batch_size = settings.batch_size
@@ -161,13 +104,8 @@ class Engine:
         # and its blocking receive() an event, a task lookup and a checkpoint per wake-up.
         self.intake_queue: deque[Call] = deque()
         self.intake_open = True
-        self.max_workers = settings.max_concurrent_batches
-        self.workers = 0  # worker tasks alive
         self.collecting = True  # the collector may still hand out batches
-        self.idle: list[_Worker] = []  # workers waiting for a batch
-        self.slot_freed: Signal | None = None  # set when a worker goes idle
         self.intake: Signal | None = None  # set when a call arrives for a waiting collector
-        self.thread_limiter = anyio.CapacityLimiter(settings.max_concurrent_batches)
         self.make_call, self.make_signal = backend_classes()
         self.clock = _clock()
         self.state = OPEN
@@ -176,7 +114,7 @@ class Engine:
         self.waiting_len = 0  # their summed length; kept exact only under a length budget
         self.room: deque[Call] = deque()  # calls waiting for queue room, FIFO
         self.room_waiting = 0
-        self.running: set[_Batch] = set()
+        self.running: set[Batch] = set()
         self.seq = 0
         self.abandons = 0  # callers that left, so a batch knows whether to re-check its own
         self.cause: BaseException | None = None  # what BatcherClosed is chained to
@@ -403,28 +341,6 @@ class Engine:
             return b
         return a
 
-    async def _slot(self) -> _Worker | None:
-        """Wait for a free execution slot: an idle worker, or room to start one (None)."""
-        while not self.idle:
-            if self.workers < self.max_workers:
-                self.workers += 1
-                return None
-            self.slot_freed = event = self.make_signal()
-            await event.wait()
-        return self.idle.pop()
-
-    def _free_slot(self, worker: _Worker) -> None:
-        """The worker's batch function returned: it may take the next batch."""
-        worker.event = self.make_signal()
-        if not self.collecting:
-            worker.event.set()  # no batch will come: let the worker end
-            return
-        self.idle.append(worker)
-        event = self.slot_freed
-        if event is not None:
-            self.slot_freed = None
-            event.set()
-
     async def _collect(self) -> None:
         try:
             await self._collect_batches()
@@ -438,9 +354,9 @@ class Engine:
     async def _wait_intake(self) -> None:
         """Sleep until a call is sent or the intake closes.
 
-        Callers wake the collector with a signal rather than through the stream's own
-        ``receive()``, whose event, task lookup and checkpoint per wake-up cost more than
-        a whole batch of one item; the stream stays the queue, drained without waiting.
+        Callers set a per-backend signal (see ``_call``): anyio's memory stream ``receive()``
+        built an event, a task lookup and a checkpoint per wake-up, more than a whole
+        batch of one item costs.
         """
         self.intake = signal = self.make_signal()
         try:
@@ -486,7 +402,7 @@ class Engine:
                 else:
                     self.idle.append(worker)
                 continue
-            batch = _Batch(self._cut(self.clock()), self.abandons)
+            batch = Batch(self._cut(self.clock()), self.abandons)
             self.running.add(batch)
             if self.room:
                 self._grant_room()
@@ -537,116 +453,5 @@ class Engine:
         self.queued -= len(batch)
         return batch
 
-    # -- the dispatcher ----------------------------------------------------------------
 
-    async def _invoke(self, items: list[Any]) -> object:
-        if self.is_async:
-            return await self.fn(items)
-        out = await anyio.to_thread.run_sync(self.fn, items, limiter=self.thread_limiter)
-        if inspect.isawaitable(out):  # a plain function that hands back a coroutine
-            out = await out
-        return out
-
-    async def _compute(self, entries: list[Entry]) -> tuple[Sequence[Any] | None, Exception | None]:
-        """Run the batch function once; its results, or the error for all of ``entries``."""
-        try:
-            out = await self._invoke([entry.item for entry in entries])
-        except Exception as exc:
-            if self.isolate and len(entries) > 1:
-                await self._isolate(entries)
-                return None, None
-            return None, exc
-        try:
-            return check_results(out, len(entries)), None
-        except (BatchSizeMismatch, TypeError) as exc:
-            return None, exc  # the output's shape is fn's bug, not an item's: never split
-
-    async def _isolate(self, entries: list[Entry]) -> None:
-        """Split a failed batch in halves until the failing items stand alone."""
-        half = len(entries) // 2
-        for part in (entries[:half], entries[half:]):
-            results, error = await self._compute(part)
-            if results is not None:
-                _deliver(part, results)
-            elif error is not None:
-                _fail(part, error)
-
-    async def _worker(self, batch: _Batch) -> None:
-        worker = _Worker(self.make_signal())
-        try:
-            while True:
-                await self._run(batch, worker)
-                await worker.event.wait()
-                if worker.batch is None:
-                    return  # the collector has ended
-                batch, worker.batch = worker.batch, None
-        finally:
-            self.workers -= 1
-
-    async def _run(self, batch: _Batch, worker: _Worker) -> None:
-        released = False
-        try:
-            live = batch.entries
-            if batch.abandons != self.abandons:  # a caller left since the cut: skip its items
-                live = [entry for entry in live if entry._call.state == QUEUED]
-                if not live:
-                    return  # every caller left before the batch started
-            clock = self.clock
-            start = clock()
-            results, error = await self._compute(live)
-            self._count_batch(len(live), clock() - start)
-            # Free the slot before handing back, so the next batch is not held up.
-            self._free_slot(worker)
-            released = True
-            if results is not None:
-                _deliver(live, results)
-            elif error is not None:
-                _fail(live, error)
-            stats = self.stats
-            stats.wait.extend([start - entry.arrival for entry in live])
-            end = clock()
-            stats.latency.extend([end - entry._call.started for entry in live])
-        except anyio.get_cancelled_exc_class():
-            for entry in batch.entries:
-                if entry._call.state == QUEUED:
-                    entry._call.close()
-            raise
-        except BaseException as exc:
-            self.crash(exc)
-        finally:
-            self.running.discard(batch)
-            if not released:
-                self._free_slot(worker)
-
-    def _count_batch(self, size: int, seconds: float) -> None:
-        stats = self.stats
-        stats.batches += 1
-        stats.processed += size
-        stats.busy_seconds += seconds
-
-
-def _deliver(entries: list[Entry], results: Sequence[Any]) -> None:
-    for entry, result in zip(entries, results, strict=True):
-        call = entry._call
-        if call.state != QUEUED:
-            continue
-        if type(result) is Failure:
-            exc = result.exception
-            call.set_error(entry._index, exc, exc.__traceback__)
-        elif call.entries is None:  # one item: settle it here, sparing a call per item
-            call.result = result
-            call.state = DONE
-            call.wake()
-        else:
-            call.set_result(entry._index, result)
-
-
-def _fail(entries: list[Entry], error: BaseException) -> None:
-    tb = error.__traceback__
-    for entry in entries:
-        call = entry._call
-        if call.state == QUEUED:
-            call.set_error(entry._index, error, tb)
-
-
-__all__ = ["CLOSED", "CLOSING", "DONE", "OPEN", "Engine", "check_results"]
+__all__ = ["CLOSED", "CLOSING", "OPEN", "Engine"]

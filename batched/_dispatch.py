@@ -1,0 +1,238 @@
+"""The dispatcher: execution slots that run the batch function and hand back results.
+
+A slot is a worker task, started on first need up to ``max_concurrent_batches`` and kept:
+spawning a task per batch costs more than handing a batch over by a signal. A worker
+frees its slot as soon as the batch function returns, then writes the results, so the
+hand-back never holds up the next batch.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence, Set
+from typing import TYPE_CHECKING, Any, final
+
+import anyio
+import anyio.to_thread
+
+from ._call import DONE, QUEUED, Signal
+from ._errors import BatchSizeMismatch, Failure
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ._stats import _Recorder
+    from ._strategies import Entry
+
+__all__ = ["Batch", "Dispatcher", "Worker", "check_results"]
+
+_NOT_RESULTS = (str, bytes, bytearray, memoryview, Mapping, Set)
+
+
+@final
+class Batch:
+    """A cut batch, from the cut until its callers have their outcomes."""
+
+    __slots__ = ("abandons", "entries")
+
+    def __init__(self, entries: list[Entry], abandons: int) -> None:
+        self.entries = entries
+        self.abandons = abandons  # the engine's count of departures at the cut
+
+
+@final
+class Worker:
+    """An execution slot: a task that runs one batch at a time, handed over by an event.
+
+    Workers are started on demand, up to ``max_concurrent_batches``, and kept: spawning
+    a task per batch would cost more than the hand-over.
+    """
+
+    __slots__ = ("batch", "event")
+
+    def __init__(self, event: Signal) -> None:
+        self.batch: Batch | None = None
+        self.event = event
+
+
+def check_results(out: object, n: int) -> Sequence[Any]:
+    """The batch function's output as a sequence of ``n`` results, or an error."""
+    kind = type(out)
+    if kind is not list and kind is not tuple:
+        if isinstance(out, _NOT_RESULTS) or not (
+            hasattr(kind, "__len__") and hasattr(kind, "__getitem__")
+        ):
+            msg = (
+                f"the batch function must return a list, a tuple or an array-like of results, "
+                f"not {kind.__qualname__}"
+            )
+            raise TypeError(msg)
+        try:
+            size = len(out)  # type: ignore[arg-type]
+            out = [out[i] for i in range(min(size, n))]  # type: ignore[index]
+        except TypeError:
+            msg = f"the batch function returned a {kind.__qualname__} without a length"
+            raise TypeError(msg) from None
+    else:
+        size = len(out)  # type: ignore[arg-type]
+    if size != n:
+        raise BatchSizeMismatch(n, size)
+    return out  # type: ignore[return-value]
+
+
+class Dispatcher:
+    """The worker side of an engine; ``Engine`` holds the state and the collector."""
+
+    __slots__ = ("idle", "max_workers", "slot_freed", "thread_limiter", "workers")
+
+    # The engine's state this side reads, declared for the type checker; Engine sets it.
+    abandons: int
+    clock: Callable[[], float]
+    collecting: bool
+    fn: Callable[..., Any]
+    is_async: bool
+    isolate: bool
+    make_signal: type[Signal]
+    running: set[Batch]
+    stats: _Recorder
+
+    def __init__(self, max_workers: int) -> None:
+        self.max_workers = max_workers
+        self.workers = 0  # worker tasks alive
+        self.idle: list[Worker] = []  # workers waiting for a batch
+        self.slot_freed: Signal | None = None  # set when a worker goes idle
+        self.thread_limiter = anyio.CapacityLimiter(max_workers)
+
+    def crash(self, exc: BaseException) -> None:
+        raise NotImplementedError
+
+    async def _slot(self) -> Worker | None:
+        """Wait for a free execution slot: an idle worker, or room to start one (None)."""
+        while not self.idle:
+            if self.workers < self.max_workers:
+                self.workers += 1
+                return None
+            self.slot_freed = event = self.make_signal()
+            await event.wait()
+        return self.idle.pop()
+
+    def _free_slot(self, worker: Worker) -> None:
+        """The worker's batch function returned: it may take the next batch."""
+        worker.event = self.make_signal()
+        if not self.collecting:
+            worker.event.set()  # no batch will come: let the worker end
+            return
+        self.idle.append(worker)
+        event = self.slot_freed
+        if event is not None:
+            self.slot_freed = None
+            event.set()
+
+    async def _invoke(self, items: list[Any]) -> object:
+        if self.is_async:
+            return await self.fn(items)
+        out = await anyio.to_thread.run_sync(self.fn, items, limiter=self.thread_limiter)
+        if inspect.isawaitable(out):  # a plain function that hands back a coroutine
+            out = await out
+        return out
+
+    async def _compute(self, entries: list[Entry]) -> tuple[Sequence[Any] | None, Exception | None]:
+        """Run the batch function once; its results, or the error for all of ``entries``."""
+        try:
+            out = await self._invoke([entry.item for entry in entries])
+        except Exception as exc:
+            if self.isolate and len(entries) > 1:
+                await self._isolate(entries)
+                return None, None
+            return None, exc
+        try:
+            return check_results(out, len(entries)), None
+        except (BatchSizeMismatch, TypeError) as exc:
+            return None, exc  # the output's shape is fn's bug, not an item's: never split
+
+    async def _isolate(self, entries: list[Entry]) -> None:
+        """Split a failed batch in halves until the failing items stand alone."""
+        half = len(entries) // 2
+        for part in (entries[:half], entries[half:]):
+            results, error = await self._compute(part)
+            if results is not None:
+                _deliver(part, results)
+            elif error is not None:
+                _fail(part, error)
+
+    async def _worker(self, batch: Batch) -> None:
+        worker = Worker(self.make_signal())
+        try:
+            while True:
+                await self._run(batch, worker)
+                await worker.event.wait()
+                if worker.batch is None:
+                    return  # the collector has ended
+                batch, worker.batch = worker.batch, None
+        finally:
+            self.workers -= 1
+
+    async def _run(self, batch: Batch, worker: Worker) -> None:
+        released = False
+        try:
+            live = batch.entries
+            if batch.abandons != self.abandons:  # a caller left since the cut: skip its items
+                live = [entry for entry in live if entry._call.state == QUEUED]
+                if not live:
+                    return  # every caller left before the batch started
+            clock = self.clock
+            start = clock()
+            results, error = await self._compute(live)
+            self._count_batch(len(live), clock() - start)
+            # Free the slot before handing back, so the next batch is not held up.
+            self._free_slot(worker)
+            released = True
+            if results is not None:
+                _deliver(live, results)
+            elif error is not None:
+                _fail(live, error)
+            stats = self.stats
+            stats.wait.extend([start - entry.arrival for entry in live])
+            end = clock()
+            stats.latency.extend([end - entry._call.started for entry in live])
+        except anyio.get_cancelled_exc_class():
+            for entry in batch.entries:
+                if entry._call.state == QUEUED:
+                    entry._call.close()
+            raise
+        except BaseException as exc:
+            self.crash(exc)
+        finally:
+            self.running.discard(batch)
+            if not released:
+                self._free_slot(worker)
+
+    def _count_batch(self, size: int, seconds: float) -> None:
+        stats = self.stats
+        stats.batches += 1
+        stats.processed += size
+        stats.busy_seconds += seconds
+
+
+def _deliver(entries: list[Entry], results: Sequence[Any]) -> None:
+    for entry, result in zip(entries, results, strict=True):
+        call = entry._call
+        if call.state != QUEUED:
+            continue
+        if type(result) is Failure:
+            exc = result.exception
+            call.set_error(entry._index, exc, exc.__traceback__)
+        elif call.entries is None:  # one item: settle it here, sparing a call per item
+            call.result = result
+            call.state = DONE
+            call.wake()
+        else:
+            call.set_result(entry._index, result)
+
+
+def _fail(entries: list[Entry], error: BaseException) -> None:
+    tb = error.__traceback__
+    for entry in entries:
+        call = entry._call
+        if call.state == QUEUED:
+            call.set_error(entry._index, error, tb)
