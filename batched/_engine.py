@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, final
 import anyio
 
 from ._call import CANCELLED, INTAKE, QUEUED, ROOM, Call, Signal, backend_classes
-from ._dispatch import Dispatcher, Batch
+from ._dispatch import Batch, Dispatcher
 from ._errors import QueueFull
 
 if TYPE_CHECKING:
