@@ -137,44 +137,54 @@ class Signal:
         self.waiter: Any = None
 
     def set(self) -> None:
-        raise NotImplementedError
-
-    def wait(self) -> Awaitable[Any]:
-        raise NotImplementedError
-
-
-@final
-class AsyncioSignal(Signal):
-    __slots__ = ()
-
-    def set(self) -> None:
         self.is_set = True
-        future = self.waiter
-        if future is not None and not future.done():
-            future.set_result(None)
+        self.wake()
 
     def wait(self) -> Awaitable[Any]:
-        future = asyncio.get_running_loop().create_future()
-        if self.is_set:
-            future.set_result(None)
-        else:
-            self.waiter = future
-        return future
+        return self.ready() if self.is_set else self.park()
+
+    if TYPE_CHECKING:
+        # From the backend's parking mixin, which follows Signal in each subclass's bases
+        # (so Signal.wait comes first); stubs here would shadow it.
+        def wake(self) -> None: ...
+
+        def park(self) -> Awaitable[Any]: ...
+
+        def ready(self) -> Awaitable[Any]: ...
 
 
-@final
-class AsyncioCall(Call):
+class _AsyncioParking:
+    """Park on a future of the running loop; ``wake`` resolves it unless it was cancelled."""
+
     __slots__ = ()
+    waiter: Any
 
     def wake(self) -> None:
         future = self.waiter
         if future is not None and not future.done():
             future.set_result(None)
 
-    def wait(self) -> Awaitable[Any]:
+    def park(self) -> Awaitable[Any]:
         # The future itself, not a coroutine around it: one frame less on every resume.
         self.waiter = future = asyncio.get_running_loop().create_future()
         return future
+
+    def ready(self) -> Awaitable[Any]:
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+    wait = park
+
+
+@final
+class AsyncioCall(_AsyncioParking, Call):
+    __slots__ = ()
+
+
+@final
+class AsyncioSignal(Signal, _AsyncioParking):
+    __slots__ = ()
 
 
 def _make_trio_classes() -> tuple[type[Call], type[Signal]]:
@@ -185,9 +195,11 @@ def _make_trio_classes() -> tuple[type[Call], type[Signal]]:
     wait_task_rescheduled = trio.lowlevel.wait_task_rescheduled
     succeeded = trio.lowlevel.Abort.SUCCEEDED
 
-    @final
-    class TrioCall(Call):
+    class TrioParking:
+        """Park the current task; ``wake`` reschedules it unless the wait was aborted."""
+
         __slots__ = ()
+        waiter: Any
 
         def wake(self) -> None:
             task = self.waiter
@@ -196,35 +208,27 @@ def _make_trio_classes() -> tuple[type[Call], type[Signal]]:
                 reschedule(task)
 
         def __call__(self, _: Any) -> trio.lowlevel.Abort:
-            # The abort function of the wait: the call itself, to spare a bound method
-            # (a GC-tracked allocation) per call.
+            # The abort function of the wait: the object itself, to spare a bound method
+            # (a GC-tracked allocation) per wait.
             self.waiter = None
             return succeeded
 
-        def wait(self) -> Awaitable[Any]:
+        def park(self) -> Awaitable[Any]:
             self.waiter = current_task()
             return wait_task_rescheduled(self)
+
+        def ready(self) -> Awaitable[Any]:
+            return trio.lowlevel.checkpoint()  # noqa: ASYNC105 - awaited by the caller
+
+        wait = park
 
     @final
-    class TrioSignal(Signal):
+    class TrioCall(TrioParking, Call):
         __slots__ = ()
 
-        def set(self) -> None:
-            self.is_set = True
-            task = self.waiter
-            if task is not None:
-                self.waiter = None
-                reschedule(task)
-
-        def __call__(self, _: Any) -> trio.lowlevel.Abort:
-            self.waiter = None
-            return succeeded
-
-        def wait(self) -> Awaitable[Any]:
-            if self.is_set:
-                return trio.lowlevel.checkpoint()  # noqa: ASYNC105 - awaited by the caller
-            self.waiter = current_task()
-            return wait_task_rescheduled(self)
+    @final
+    class TrioSignal(Signal, TrioParking):
+        __slots__ = ()
 
     return TrioCall, TrioSignal
 

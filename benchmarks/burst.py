@@ -22,7 +22,7 @@ async def _noop(_: int) -> None:
     pass
 
 
-def _asyncio_spawn(n: int) -> float:
+def _asyncio_spawn(n: int, loop_factory: Any = None) -> float:
     async def main() -> float:
         start = time.perf_counter()
         async with asyncio.TaskGroup() as tg:
@@ -30,7 +30,8 @@ def _asyncio_spawn(n: int) -> float:
                 tg.create_task(_noop(i))
         return time.perf_counter() - start
 
-    return asyncio.run(main())
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(main())
 
 
 def _asyncio_batched(n: int, loop_factory: Any = None) -> float:
@@ -43,19 +44,6 @@ def _asyncio_batched(n: int, loop_factory: Any = None) -> float:
             return time.perf_counter() - start
 
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(main())
-
-
-def _asyncio_spawn_on(n: int, loop_factory: Any) -> float:
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-
-        async def main() -> float:
-            start = time.perf_counter()
-            async with asyncio.TaskGroup() as tg:
-                for i in range(n):
-                    tg.create_task(_noop(i))
-            return time.perf_counter() - start
-
         return runner.run(main())
 
 
@@ -96,7 +84,7 @@ def run(n: int = 20_000, repeats: int = 7) -> list[dict[str, Any]]:
         import uvloop
 
         pairs["asyncio+uvloop"] = (
-            lambda: _asyncio_spawn_on(n, uvloop.new_event_loop),
+            lambda: _asyncio_spawn(n, uvloop.new_event_loop),
             lambda: _asyncio_batched(n, uvloop.new_event_loop),
         )
     except ImportError:
