@@ -29,11 +29,14 @@ __all__ = [
     "callers",
     "close_plans",
     "configs",
+    "fails_alone",
     "scripts",
 ]
 
 # What one call of the batch function does once its duration has passed.
-OUTCOMES = ("ok", "raise", "short", "long", "wrong_type", "base_exception")
+# ``item_failure`` returns ``batched.Failure(exc)`` in the slots of some items (see
+# ``fails_alone``); the others get their results.
+OUTCOMES = ("ok", "raise", "short", "long", "wrong_type", "item_failure", "base_exception")
 
 # Weighted draws: sampled_from is uniform and shrinks towards the first element.
 _OUTCOME_WEIGHTS = (
@@ -42,6 +45,7 @@ _OUTCOME_WEIGHTS = (
     + ("short",) * 2
     + ("long",) * 2
     + ("wrong_type",) * 3
+    + ("item_failure",) * 3
     + ("base_exception",) * 1
 )
 STRATEGIES: tuple[batched.Strategy, ...] = (
@@ -49,6 +53,11 @@ STRATEGIES: tuple[batched.Strategy, ...] = (
     batched.ByLength(),
     batched.ByPriority(),
 )
+
+
+def fails_alone(item: int) -> bool:
+    """Under ``item_failure``: caller ``i``'s item ``j`` fails when ``i + j`` is even."""
+    return (item // 10 + item % 10) % 2 == 0
 
 
 @dataclass(frozen=True)
