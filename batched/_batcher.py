@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import Self
 
-__all__ = ["Batcher"]
+__all__ = ["BatchFunction", "Batcher", "ResultsLike", "check_priority", "settle"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -40,7 +40,22 @@ BatchFunction = (
 )
 
 
-def _check_priority(priority: object) -> None:
+def settle(stats: _Recorder, engine: Engine, call: Call) -> Any:
+    """The outcome of a settled call: its result, or its error raised; counted."""
+    error = call.error
+    if error is None:
+        stats.completed += call.n
+        return call.result
+    stats.failed += call.n
+    if error is CLOSED:
+        msg = "the Batcher closed before this call was done"
+        raise BatcherClosed(msg) from engine.cause
+    # One exception object reaches every caller of the batch: reset its traceback so
+    # it does not grow by one caller's frames per raise.
+    raise error.with_traceback(call.error_tb)  # type: ignore[union-attr]
+
+
+def check_priority(priority: object) -> None:
     if isinstance(priority, bool) or not isinstance(priority, int | float):
         msg = f"'priority' must be a number (lower is more urgent): {priority!r}"
         raise TypeError(msg)
@@ -198,7 +213,7 @@ class Batcher(Generic[T, R]):
             if engine is None or engine.state != OPEN:
                 raise self._closed_error(engine)
             if type(priority) is not int:
-                _check_priority(priority)
+                check_priority(priority)
             length = 1 if self._length_fn is None else self._length(item)
             call = engine.make_call(item, length, priority, engine.clock(), None)
             engine.submit(call, wait)
@@ -214,7 +229,7 @@ class Batcher(Generic[T, R]):
         if call.error is None:
             stats.completed += 1
             return call.result  # type: ignore[no-any-return]
-        return self._outcome(engine, call)  # type: ignore[no-any-return]
+        return settle(self._stats, engine, call)  # type: ignore[no-any-return]
 
     async def many(self, items: Iterable[T], *, priority: float = 0, wait: bool = True) -> list[R]:
         """Submit many items as one call; their results in the same order.
@@ -230,7 +245,7 @@ class Batcher(Generic[T, R]):
             if engine is None or engine.state != OPEN:
                 raise self._closed_error(engine)
             if type(priority) is not int:
-                _check_priority(priority)
+                check_priority(priority)
             if not items:
                 await anyio.lowlevel.checkpoint()
                 return []
@@ -250,19 +265,6 @@ class Batcher(Generic[T, R]):
         except BaseException:
             engine.abandon(call)
             raise
-        result = self._outcome(engine, call)
+        result = settle(self._stats, engine, call)
         return result if call.entries is not None else [result]
 
-    def _outcome(self, engine: Engine, call: Call) -> Any:
-        stats = self._stats
-        error = call.error
-        if error is None:
-            stats.completed += call.n
-            return call.result
-        stats.failed += call.n
-        if error is CLOSED:
-            msg = "the Batcher closed before this call was done"
-            raise BatcherClosed(msg) from engine.cause
-        # One exception object reaches every caller of the batch: reset its traceback so
-        # it does not grow by one caller's frames per raise.
-        raise error.with_traceback(call.error_tb)  # type: ignore[union-attr]

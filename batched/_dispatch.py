@@ -116,8 +116,9 @@ class Dispatcher:
             await event.wait()
         return self.idle.pop()
 
-    def _free_slot(self, worker: Worker) -> None:
+    def _free_slot(self, worker: Worker | None) -> None:
         """The worker's batch function returned: it may take the next batch."""
+        assert worker is not None  # only the caller-driven engine runs batches without one
         worker.event = self.make_signal()
         if not self.collecting:
             worker.event.set()  # no batch will come: let the worker end
@@ -172,7 +173,7 @@ class Dispatcher:
         finally:
             self.workers -= 1
 
-    async def _run(self, batch: Batch, worker: Worker) -> None:
+    async def _run(self, batch: Batch, worker: Worker | None) -> None:
         released = False
         try:
             live = batch.entries

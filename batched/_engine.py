@@ -10,7 +10,7 @@ import asyncio
 import math
 import time
 from collections import deque
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -45,9 +45,12 @@ def _clock() -> Callable[[], float]:
     return loop.time
 
 
-@final
 class Engine(Dispatcher):
-    """Intake, collector and pools of one open batcher; the dispatcher is its base."""
+    """Intake, collector and pools of one open batcher; the dispatcher is its base.
+
+    ``_driven.DrivenEngine`` reuses the intake, pools and cut with the callers as the
+    collector, for the decorator outside ``async with``.
+    """
 
     __slots__ = (
         "abandons",

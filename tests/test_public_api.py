@@ -21,6 +21,9 @@ OPEN_CLASSES = {
     "Entry",  # the batcher hands pools private subclasses of it
     "Pool",  # protocols: users implement their own
     "Strategy",
+    "BatchedMethod",  # typing-only protocols of the decorator
+    "SyncBatchedMethod",
+    "BatcherOptions",  # a TypedDict of settings
 }
 
 

@@ -1,0 +1,325 @@
+"""``batched.dynamically``: a batch function called one item at a time.
+
+``BatchedFunction`` serves awaiting callers. Inside ``async with f:`` its calls go to a
+``Batcher`` owned by that block; outside it, the callers drive the batching themselves
+(``_driven``), so nothing outlives the calls. Methods get one batched function per
+instance, made on first access and kept in the instance's ``__dict__``, where later
+lookups find it directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import weakref
+from collections.abc import Callable  # noqa: TC003 - BatcherOptions' annotations
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypedDict, TypeVar, final, overload
+
+import anyio.lowlevel
+
+from ._batcher import Batcher, check_priority, settle
+from ._call import DONE
+from ._driven import DrivenEngine
+from ._engine import OPEN
+from ._strategies import Entry
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from types import TracebackType
+    from typing import Self
+
+    from ._call import Call
+    from ._stats import BatchStats
+    from ._strategies import PriorityStrategy, Strategy
+
+__all__ = [
+    "AsyncFront",
+    "BatchedFunction",
+    "BatchedMethod",
+    "BatcherOptions",
+    "Binding",
+    "check_options",
+    "loop_key",
+]
+
+T = TypeVar("T")
+R = TypeVar("R")
+S = TypeVar("S", contravariant=True)
+
+
+class BatcherOptions(TypedDict, total=False):
+    """The settings of a :class:`Batcher`, as keyword arguments of the decorators."""
+
+    batch_size: int
+    timeout_ms: float
+    max_batch_length: int | None
+    length_fn: Callable[[Any], int] | None
+    strategy: Strategy | PriorityStrategy
+    small_batch_threshold: int
+    max_wait_ms: float
+    max_queue_size: int | None
+    max_concurrent_batches: int
+    isolate_errors: bool
+
+
+_trio_token: Callable[[], object] | None = None
+
+
+def loop_key() -> object:
+    """The event loop running in this thread (asyncio's loop, or trio's run token)."""
+    loop = asyncio._get_running_loop()
+    if loop is not None:
+        return loop
+    global _trio_token
+    if _trio_token is None:
+        import trio
+
+        _trio_token = trio.lowlevel.current_trio_token
+    return _trio_token()
+
+
+# How a decorated callable binds when it is looked up on a class or an instance.
+PLAIN = 0  # a function: binds to the instance (a method), if it is a descriptor
+STATIC = 1  # a staticmethod: never binds
+CLASS = 2  # a classmethod: binds to the class
+
+
+class Binding:
+    """Method binding shared by the async and sync front-ends.
+
+    A decorated function defined in a class body binds to each instance on first
+    access: one batcher per instance, kept in the instance's ``__dict__`` (so it is
+    found there directly afterwards and collected with the instance), or in a weak
+    mapping for instances without one.
+    """
+
+    __slots__ = ("_bound", "_kind", "_name", "_options")
+
+    __wrapped__: Callable[..., Any]
+
+    def _init_binding(self, fn: Any, options: BatcherOptions) -> Any:
+        """Record how ``fn`` binds; the callable to batch now (unbound)."""
+        if isinstance(fn, staticmethod):
+            self._kind, fn = STATIC, fn.__func__
+        elif isinstance(fn, classmethod):
+            self._kind, fn = CLASS, fn.__func__
+        else:
+            self._kind = PLAIN
+        self._options: BatcherOptions = options
+        self._name: str | None = None
+        self._bound: weakref.WeakKeyDictionary[Any, Any] | None = None
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        return fn
+
+    def _rebind(self, fn: Callable[..., Any]) -> Any:
+        raise NotImplementedError
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        kind = self._kind
+        if kind == STATIC:
+            return self
+        fn = self.__wrapped__
+        if kind == CLASS:
+            target: Any = owner if owner is not None else type(instance)
+        else:
+            if instance is None or not hasattr(type(fn), "__get__"):
+                return self  # looked up on the class, or a callable object in a class body
+            target = instance
+            name = self._name
+            if name is not None:
+                namespace = getattr(instance, "__dict__", None)
+                if type(namespace) is dict:
+                    bound = namespace.get(name)
+                    if bound is None:
+                        bound = namespace.setdefault(name, self._rebind(fn.__get__(instance)))
+                    return bound
+        bound_map = self._bound
+        if bound_map is None:
+            bound_map = self._bound = weakref.WeakKeyDictionary()
+        try:
+            bound = bound_map.get(target)
+        except TypeError:
+            msg = (
+                f"cannot keep a batcher per instance of {type(target).__qualname__}: it has "
+                f"no __dict__ and is not hashable"
+            )
+            raise TypeError(msg) from None
+        if bound is None:
+            bound = bound_map.setdefault(target, self._rebind(fn.__get__(target)))
+        return bound
+
+
+class AsyncFront(Binding, Generic[T, R]):
+    """The async front-end: ``BatchedFunction`` and the seed's ``AsyncBatchProcessor``."""
+
+    __slots__ = ("__dict__", "__weakref__", "_batcher", "_engines", "_owner", "_stats")
+
+    def __init__(self, fn: Any, options: BatcherOptions) -> None:
+        fn = self._init_binding(fn, options)
+        # Validates the settings now, at decoration time; also the batcher of `async with`.
+        self._batcher: Batcher[T, R] = Batcher(fn, **options)
+        self._stats = self._batcher._stats
+        self._engines: dict[object, DrivenEngine] = {}
+        self._owner: object = None  # the event loop of the open `async with` block
+
+    def _rebind(self, fn: Callable[..., Any]) -> Any:
+        return BatchedFunction(fn, self._options)
+
+    def __repr__(self) -> str:
+        return f"<batched function {getattr(self.__wrapped__, '__qualname__', self.__wrapped__)!r}>"
+
+    @property
+    def stats(self) -> BatchStats:
+        """A snapshot of the counters over every call (see :class:`BatchStats`)."""
+        engine = self._batcher._engine
+        queued = engine.queued if engine is not None else 0
+        queued += sum([driven.queued for driven in list(self._engines.values())])
+        return self._stats.snapshot(queued)
+
+    # -- `async with f:` ---------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        """Serve the calls of this event loop from a batcher owned by this block."""
+        await self._batcher.__aenter__()
+        self._owner = loop_key()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        """Close the block's batcher (see :meth:`Batcher.__aexit__`)."""
+        self._owner = None
+        return await self._batcher.__aexit__(exc_type, exc, tb)
+
+    # -- calls -------------------------------------------------------------------------
+
+    @overload
+    async def __call__(
+        self, item: list[T], *, priority: float = 0, wait: bool = True
+    ) -> list[R]: ...
+
+    @overload
+    async def __call__(self, item: T, *, priority: float = 0, wait: bool = True) -> R: ...
+
+    async def __call__(self, item: Any, *, priority: float = 0, wait: bool = True) -> Any:
+        """``f(item)`` → its result; ``f(list_of_items)`` → their results, in order.
+
+        :param priority: lower is more urgent (read by :class:`ByPriority`)
+        :param wait: raise :exc:`QueueFull` instead of waiting for queue room
+        """
+        if isinstance(item, list):
+            return await self.many(item, priority=priority, wait=wait)
+        batcher = self._batcher
+        if batcher._engine is not None and self._owner is loop_key():
+            return await batcher(item, priority=priority, wait=wait)
+        return await self._driven(item, None, priority, wait)
+
+    async def one(self, item: T, *, priority: float = 0, wait: bool = True) -> R:
+        """One item's result, also when the item is itself a list."""
+        batcher = self._batcher
+        if batcher._engine is not None and self._owner is loop_key():
+            return await batcher(item, priority=priority, wait=wait)
+        return await self._driven(item, None, priority, wait)  # type: ignore[no-any-return]
+
+    async def many(self, items: Iterable[T], *, priority: float = 0, wait: bool = True) -> list[R]:
+        """Many items as one call; their results in the same order (see :meth:`Batcher.many`)."""
+        batcher = self._batcher
+        if batcher._engine is not None and self._owner is loop_key():
+            return await batcher.many(items, priority=priority, wait=wait)
+        items = list(items)
+        if len(items) == 1:
+            return [await self._driven(items[0], None, priority, wait)]
+        if not items:
+            if type(priority) is not int:
+                check_priority(priority)
+            await anyio.lowlevel.checkpoint()
+            return []
+        return await self._driven(None, items, priority, wait)  # type: ignore[no-any-return]
+
+    # -- caller-driven batching --------------------------------------------------------
+
+    async def _driven(self, item: Any, items: list[Any] | None, priority: float, wait: bool) -> Any:
+        key = loop_key()
+        engines = self._engines
+        engine = engines.get(key)
+        if engine is None or engine.state != OPEN:
+            engine = engines[key] = DrivenEngine(self._batcher._settings, self._stats, key)
+        stats = self._stats
+        n = 1 if items is None else len(items)
+        stats.submitted += n
+        call: Call
+        try:
+            if type(priority) is not int:
+                check_priority(priority)
+            length_of = self._batcher._length
+            if items is None:
+                length = 1 if self._batcher._length_fn is None else length_of(item)
+                call = engine.make_call(item, length, priority, engine.clock(), None)
+            else:
+                entries = [Entry(one, length_of(one), priority) for one in items]
+                call = engine.make_call(None, 0, priority, engine.clock(), entries)
+            engine.submit(call, wait)
+        except BaseException as exc:
+            if not isinstance(exc, anyio.WouldBlock):  # QueueFull is counted as rejected
+                stats.failed += n
+            self._release(engine)
+            raise
+        engine.callers += 1
+        try:
+            await engine.serve(call)
+        except BaseException:
+            if call.state == DONE:  # fn's BaseException, raised in the task that ran it
+                stats.failed += n
+            raise
+        finally:
+            engine.callers -= 1
+            self._release(engine)
+        return settle(stats, engine, call)
+
+    def _release(self, engine: DrivenEngine) -> None:
+        """Forget the engine once its last caller has left: nothing of it stays behind."""
+        if not engine.callers and self._engines.get(engine.key) is engine:
+            del self._engines[engine.key]
+
+
+@final
+class BatchedFunction(AsyncFront[T, R]):
+    """An async batch function, called one item (or one list of items) at a time.
+
+    ``await f(item)`` gives that item's result; ``await f([a, b])`` a list of results.
+    An item that is itself a ``list`` must go through :meth:`one` (or :meth:`many` for
+    several). Outside ``async with f:`` the waiting callers run the batches themselves;
+    the caller whose task runs a batch sees its own cancellation only when ``fn``
+    returns. Made by :func:`batched.dynamically`.
+    """
+
+    __slots__ = ()
+
+
+class BatchedMethod(Protocol[S, T, R]):
+    """What :func:`batched.dynamically` gives for an async method (typing only).
+
+    Looked up on an instance, it is that instance's :class:`BatchedFunction`.
+    """
+
+    @overload
+    def __get__(self, instance: None, owner: type[Any], /) -> Self: ...
+
+    @overload
+    def __get__(self, instance: S, owner: type[Any] | None = None, /) -> BatchedFunction[T, R]: ...
+
+
+def check_options(options: dict[str, Any]) -> BatcherOptions:
+    """The decorator's settings; an unknown name is a TypeError naming it."""
+    unknown = set(options) - set(BatcherOptions.__annotations__)
+    if unknown:
+        names = ", ".join(repr(name) for name in sorted(unknown))
+        msg = f"unknown setting(s) for a batched function: {names}"
+        raise TypeError(msg)
+    return options  # type: ignore[return-value]
