@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypedDict, TypeVar, fi
 import anyio.lowlevel
 
 from ._batcher import Batcher, check_priority, settle
-from ._call import DONE
 from ._driven import DrivenEngine
 from ._engine import OPEN
 from ._strategies import Entry
@@ -215,41 +214,54 @@ class AsyncFront(Binding, Generic[T, R]):
         """
         if isinstance(item, list):
             return await self.many(item, priority=priority, wait=wait)
+        key = loop_key()
         batcher = self._batcher
-        if batcher._engine is not None and self._owner is loop_key():
+        if batcher._engine is not None and self._owner is key:
             return await batcher(item, priority=priority, wait=wait)
-        return await self._driven(item, None, priority, wait)
+        engine, call = self._submit(key, item, None, priority, wait)
+        await engine.serve(call)
+        return settle(self._stats, engine, call)
 
     async def one(self, item: T, *, priority: float = 0, wait: bool = True) -> R:
         """One item's result, also when the item is itself a list."""
+        key = loop_key()
         batcher = self._batcher
-        if batcher._engine is not None and self._owner is loop_key():
+        if batcher._engine is not None and self._owner is key:
             return await batcher(item, priority=priority, wait=wait)
-        return await self._driven(item, None, priority, wait)  # type: ignore[no-any-return]
+        engine, call = self._submit(key, item, None, priority, wait)
+        await engine.serve(call)
+        return settle(self._stats, engine, call)  # type: ignore[no-any-return]
 
     async def many(self, items: Iterable[T], *, priority: float = 0, wait: bool = True) -> list[R]:
         """Many items as one call; their results in the same order (see :meth:`Batcher.many`)."""
+        key = loop_key()
         batcher = self._batcher
-        if batcher._engine is not None and self._owner is loop_key():
+        if batcher._engine is not None and self._owner is key:
             return await batcher.many(items, priority=priority, wait=wait)
         items = list(items)
-        if len(items) == 1:
-            return [await self._driven(items[0], None, priority, wait)]
         if not items:
             if type(priority) is not int:
                 check_priority(priority)
             await anyio.lowlevel.checkpoint()
             return []
-        return await self._driven(None, items, priority, wait)  # type: ignore[no-any-return]
+        if len(items) == 1:  # one item travels as a single call does
+            engine, call = self._submit(key, items[0], None, priority, wait)
+        else:
+            engine, call = self._submit(key, None, items, priority, wait)
+        await engine.serve(call)
+        result = settle(self._stats, engine, call)
+        return result if call.entries is not None else [result]
 
     # -- caller-driven batching --------------------------------------------------------
 
-    async def _driven(self, item: Any, items: list[Any] | None, priority: float, wait: bool) -> Any:
-        key = loop_key()
+    def _submit(
+        self, key: object, item: Any, items: list[Any] | None, priority: float, wait: bool
+    ) -> tuple[DrivenEngine, Call]:
+        """Accept a call into this event loop's engine; ``engine.serve`` waits for it."""
         engines = self._engines
         engine = engines.get(key)
         if engine is None or engine.state != OPEN:
-            engine = engines[key] = DrivenEngine(self._batcher._settings, self._stats, key)
+            engine = engines[key] = DrivenEngine(self._batcher._settings, self._stats, key, engines)
         stats = self._stats
         n = 1 if items is None else len(items)
         stats.submitted += n
@@ -268,24 +280,9 @@ class AsyncFront(Binding, Generic[T, R]):
         except BaseException as exc:
             if not isinstance(exc, anyio.WouldBlock):  # QueueFull is counted as rejected
                 stats.failed += n
-            self._release(engine)
+            engine.release()
             raise
-        engine.callers += 1
-        try:
-            await engine.serve(call)
-        except BaseException:
-            if call.state == DONE:  # fn's BaseException, raised in the task that ran it
-                stats.failed += n
-            raise
-        finally:
-            engine.callers -= 1
-            self._release(engine)
-        return settle(stats, engine, call)
-
-    def _release(self, engine: DrivenEngine) -> None:
-        """Forget the engine once its last caller has left: nothing of it stays behind."""
-        if not engine.callers and self._engines.get(engine.key) is engine:
-            del self._engines[engine.key]
+        return engine, call
 
 
 @final

@@ -34,11 +34,27 @@ __all__ = ["DrivenEngine"]
 class DrivenEngine(Engine):
     """Intake and pools of one event loop's callers, driven by the callers themselves."""
 
-    __slots__ = ("busy", "callers", "key", "leader", "leader_waits", "parked", "slot_wanted")
+    __slots__ = (
+        "busy",
+        "callers",
+        "key",
+        "leader",
+        "leader_waits",
+        "parked",
+        "registry",
+        "slot_wanted",
+    )
 
-    def __init__(self, settings: Settings, stats: _Recorder, key: object) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        stats: _Recorder,
+        key: object,
+        registry: dict[object, DrivenEngine],
+    ) -> None:
         super().__init__(settings, stats)
         self.key = key  # the event loop this engine serves
+        self.registry = registry  # where its batched function finds it, by key
         self.callers = 0  # calls inside serve(): the engine is dropped when none is left
         self.busy = 0  # batches running, each in the task of the caller that cut it
         self.leader: Call | None = None  # the caller acting as the collector
@@ -56,22 +72,37 @@ class DrivenEngine(Engine):
             assert self.leader is not None
             self.leader.wake()
 
+    def release(self) -> None:
+        """Drop the engine once its last caller has left: nothing of it stays behind."""
+        if not self.callers and self.registry.get(self.key) is self:
+            del self.registry[self.key]
+
     async def serve(self, me: Call) -> None:
         """Wait for ``me`` to be settled, leading the batching whenever it is our turn."""
+        self.callers += 1
+        parked = self.parked
         try:
             while me.state != DONE:
                 leader = self.leader
                 if leader is None:
                     self.leader = leader = me
                 if leader is not me:
-                    await self._follow(me)
+                    parked.add(me)
+                    try:
+                        await me.wait()
+                    finally:
+                        parked.discard(me)
                     continue
                 self._drain()
                 if not self.waiting:
                     # Our items are in a running batch: nothing to lead until more arrive,
                     # and a new caller takes the lead then.
                     self.leader = None
-                    await self._follow(me)
+                    parked.add(me)
+                    try:
+                        await me.wait()
+                    finally:
+                        parked.discard(me)
                     continue
                 if self.busy >= self.max_workers:
                     self.slot_wanted = True
@@ -98,19 +129,16 @@ class DrivenEngine(Engine):
             # it, so it counts as cancelled. Only fn's BaseException leaves it DONE.
             if me.state != DONE or isinstance(exc, anyio.get_cancelled_exc_class()):
                 self.abandon(me)
+            else:
+                self.stats.failed += me.n  # fn's BaseException, raised in this task
             raise
         finally:
             if self.leader is me:
                 self.leader = None
             self._elect()
-
-    async def _follow(self, me: Call) -> None:
-        parked = self.parked
-        parked.add(me)
-        try:
-            await me.wait()
-        finally:
-            parked.discard(me)
+            self.callers -= 1
+            if not self.callers:
+                self.release()
 
     def _elect(self) -> None:
         """Wake a waiting caller to lead, if items wait and nobody leads."""

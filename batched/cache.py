@@ -192,7 +192,7 @@ class MemoryCache(Generic[HK, V]):
         expiry = math.inf if self._ttl is None else anyio.current_time() + self._ttl
         try:
             if key in data:
-                data.move_to_end(key)
+                pass
             elif len(data) >= self._maxsize:
                 data.popitem(last=False)
         except Exception:  # an unhashable key

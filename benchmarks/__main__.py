@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{row['scenario']:8s} {row['backend']:15s} spawn {row['spawn_us_per_item']:6.2f} µs"
             f"  batched {row['batched_us_per_item']:6.2f} µs  ratio {row['ratio']:.2f}"
-            f" (target <= {row['target_ratio']})"
+            f" (target <= {row['target_ratio']})  decorator {row['decorator_us_per_item']:6.2f} µs"
+            f"  ratio {row['decorator_ratio']:.2f}"
         )
     if args.out:
         meta = {

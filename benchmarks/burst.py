@@ -47,6 +47,21 @@ def _asyncio_batched(n: int, loop_factory: Any = None) -> float:
         return runner.run(main())
 
 
+def _asyncio_decorated(n: int, loop_factory: Any = None) -> float:
+    # The decorator outside `async with`: the callers run the batches themselves.
+    f = batched.dynamically(batch_size=64, timeout_ms=5)(_identity)
+
+    async def main() -> float:
+        start = time.perf_counter()
+        async with asyncio.TaskGroup() as tg:
+            for i in range(n):
+                tg.create_task(f(i))
+        return time.perf_counter() - start
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(main())
+
+
 def _trio_spawn(n: int) -> float:
     import trio
 
@@ -74,11 +89,30 @@ def _trio_batched(n: int) -> float:
     return trio.run(main)
 
 
+def _trio_decorated(n: int) -> float:
+    import trio
+
+    f = batched.dynamically(batch_size=64, timeout_ms=5)(_identity)
+
+    async def main() -> float:
+        start = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for i in range(n):
+                nursery.start_soon(f, i, name="caller")
+        return time.perf_counter() - start
+
+    return trio.run(main)
+
+
 def run(n: int = 20_000, repeats: int = 7) -> list[dict[str, Any]]:
     """Median µs/item of spawn+join and of batched calls, interleaved per repeat."""
-    pairs: dict[str, tuple[Any, Any]] = {
-        "asyncio": (lambda: _asyncio_spawn(n), lambda: _asyncio_batched(n)),
-        "trio": (lambda: _trio_spawn(n), lambda: _trio_batched(n)),
+    pairs: dict[str, tuple[Any, Any, Any]] = {
+        "asyncio": (
+            lambda: _asyncio_spawn(n),
+            lambda: _asyncio_batched(n),
+            lambda: _asyncio_decorated(n),
+        ),
+        "trio": (lambda: _trio_spawn(n), lambda: _trio_batched(n), lambda: _trio_decorated(n)),
     }
     try:
         import uvloop
@@ -86,17 +120,20 @@ def run(n: int = 20_000, repeats: int = 7) -> list[dict[str, Any]]:
         pairs["asyncio+uvloop"] = (
             lambda: _asyncio_spawn(n, uvloop.new_event_loop),
             lambda: _asyncio_batched(n, uvloop.new_event_loop),
+            lambda: _asyncio_decorated(n, uvloop.new_event_loop),
         )
     except ImportError:
         pass
     rows = []
-    for backend, (spawn, batch) in pairs.items():
-        spawn_times, batch_times = [], []
+    for backend, (spawn, batch, decorated) in pairs.items():
+        spawn_times, batch_times, decorated_times = [], [], []
         for _ in range(repeats):
             spawn_times.append(spawn())
             batch_times.append(batch())
+            decorated_times.append(decorated())
         spawn_us = statistics.median(spawn_times) / n * 1e6
         batch_us = statistics.median(batch_times) / n * 1e6
+        decorated_us = statistics.median(decorated_times) / n * 1e6
         rows.append(
             {
                 "scenario": "burst",
@@ -105,6 +142,8 @@ def run(n: int = 20_000, repeats: int = 7) -> list[dict[str, Any]]:
                 "spawn_us_per_item": round(spawn_us, 3),
                 "batched_us_per_item": round(batch_us, 3),
                 "ratio": round(batch_us / spawn_us, 3),
+                "decorator_us_per_item": round(decorated_us, 3),
+                "decorator_ratio": round(decorated_us / spawn_us, 3),
                 "target_ratio": 2.0,
             }
         )
