@@ -8,7 +8,7 @@ import platform
 import sys
 import time
 
-from . import burst
+from . import burst, threads
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +25,14 @@ def main(argv: list[str] | None = None) -> int:
             f" (target <= {row['target_ratio']})  decorator {row['decorator_us_per_item']:6.2f} µs"
             f"  ratio {row['decorator_ratio']:.2f}"
         )
+    thread_rows = threads.run(calls=100 if args.quick else 1_000, repeats=repeats)
+    for row in thread_rows:
+        print(
+            f"{row['scenario']:8s} {row['front_end']:15s} {row['threads']} threads"
+            f" batch_size={row['batch_size']} timeout_ms={row['timeout_ms']}:"
+            f" {row['calls_per_s']:7d} calls/s, mean batch {row['mean_batch_size']:.1f}"
+        )
+    rows += thread_rows
     if args.out:
         meta = {
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),

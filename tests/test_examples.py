@@ -24,6 +24,19 @@ EXPECTED: dict[str, list[str]] = {
         "many(): [[5.0, 33.0], [4.0, 24.0], [5.0, 30.0]]",
         "stats: completed=43 ",
     ],
+    "decorator.py": [
+        "--- trio ---",
+        "caller-driven: 40 results, batch sizes [16, 16, 8]",
+        "a list: [(1, 0), (2, 2), (3, 6)]",
+        "owned by a block: batch sizes [16, 16, 8]",
+        "two instances: big small",
+    ],
+    "threads.py": [
+        "every caller got its own result",
+        "from asyncio: [9, 16, 25]",
+        "from trio: [9, 16, 25]",
+        "after `with score:` the function is closed",
+    ],
 }
 
 
