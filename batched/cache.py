@@ -192,7 +192,7 @@ class MemoryCache(Generic[HK, V]):
         expiry = math.inf if self._ttl is None else anyio.current_time() + self._ttl
         try:
             if key in data:
-                pass
+                data.move_to_end(key)
             elif len(data) >= self._maxsize:
                 data.popitem(last=False)
         except Exception:  # an unhashable key
@@ -319,9 +319,9 @@ class DiskCache(Generic[K, V]):
         self._cache.close()
 
     async def aclose(self) -> None:
-        """Close the database connection of the thread that opened the cache."""
-        # Runs here, not in a worker: the connection __init__ opened belongs to this
-        # thread, and closing one is quick.
+        """:meth:`close` for async code: closes the event loop thread's connection."""
+        # Not in a worker thread: diskcache closes only the calling thread's connection,
+        # and the one __init__ opened usually belongs to this thread.
         self.close()
         await anyio.lowlevel.checkpoint()
 
