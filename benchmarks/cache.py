@@ -57,7 +57,7 @@ def run(n: int = 20_000, repeats: int = 5) -> list[dict[str, Any]]:
     rows = []
     for backend in ("asyncio", "trio"):
         samples = [_once(n, backend) for _ in range(repeats)]
-        miss, hit, half = (statistics.median(column) / n * 1e6 for column in zip(*samples))
+        miss, hit, half = (statistics.median(column) / n * 1e6 for column in zip(*samples, strict=True))
         rows.append(
             {
                 "scenario": "cache",
