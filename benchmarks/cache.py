@@ -57,7 +57,8 @@ def run(n: int = 20_000, repeats: int = 5) -> list[dict[str, Any]]:
     rows = []
     for backend in ("asyncio", "trio"):
         samples = [_once(n, backend) for _ in range(repeats)]
-        miss, hit, half = (statistics.median(column) / n * 1e6 for column in zip(*samples, strict=True))
+        columns = zip(*samples, strict=True)
+        miss, hit, half = (statistics.median(column) / n * 1e6 for column in columns)
         rows.append(
             {
                 "scenario": "cache",
