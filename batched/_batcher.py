@@ -8,18 +8,31 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, final
 
 import anyio.lowlevel
 
-from ._call import CLOSED, Call
+from ._call import CANCELLED, CLOSED, DONE, Call
 from ._engine import OPEN, Engine
 from ._errors import BatcherClosed
+from ._keyed import cache_get, cache_stats, key_of
 from ._settings import check_length, make_settings
 from ._stats import BatchStats, _Recorder
 from ._strategies import Entry, Fifo, PriorityStrategy, Strategy
+from .cache import MISS
 
 if TYPE_CHECKING:
+    from collections.abc import Hashable
     from types import TracebackType
     from typing import Self
 
-__all__ = ["BatchFunction", "Batcher", "ResultsLike", "check_priority", "settle"]
+    from .cache import AsyncCache
+
+__all__ = [
+    "BatchFunction",
+    "Batcher",
+    "ResultsLike",
+    "check_priority",
+    "keyed_call",
+    "keyed_many",
+    "settle",
+]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -90,11 +103,16 @@ class Batcher(Generic[T, R]):
     :param max_queue_size: the most items accepted and not yet in a running batch;
         further calls wait for room (or raise :exc:`QueueFull` with ``wait=False``)
     :param max_concurrent_batches: how many batches may run at once
+    :param cache: a :class:`batched.cache.AsyncCache`: a hit is returned at once and
+        ``fn`` never sees it; computed results are stored after their batch
+    :param cache_key: an item's key for the cache and for dedupe (default: the item)
+    :param dedupe: equal keys waiting at the same time are computed once (default: on
+        when a cache is set)
     :param isolate_errors: when ``fn`` raises, split the batch in halves and retry until
         the failing items stand alone; ``fn`` must accept being called again on subsets
     """
 
-    __slots__ = ("_engine", "_length_fn", "_settings", "_stats")
+    __slots__ = ("_engine", "_keyed", "_length_fn", "_settings", "_stats")
 
     def __init__(
         self,
@@ -109,6 +127,9 @@ class Batcher(Generic[T, R]):
         max_wait_ms: float = 1000.0,
         max_queue_size: int | None = None,
         max_concurrent_batches: int = 1,
+        cache: AsyncCache[Any, R] | None = None,
+        cache_key: Callable[[T], Hashable] | None = None,
+        dedupe: bool | None = None,
         isolate_errors: bool = False,
     ) -> None:
         self._settings = make_settings(
@@ -123,8 +144,12 @@ class Batcher(Generic[T, R]):
             max_queue_size=max_queue_size,
             max_concurrent_batches=max_concurrent_batches,
             isolate_errors=isolate_errors,
+            cache=cache,
+            cache_key=cache_key,
+            dedupe=dedupe,
         )
         self._length_fn = self._settings.length_fn
+        self._keyed = cache is not None or self._settings.dedupe
         self._engine: Engine | None = None
         self._stats = _Recorder()
 
@@ -140,7 +165,10 @@ class Batcher(Generic[T, R]):
     def stats(self) -> BatchStats:
         """A snapshot of the counters (see :class:`BatchStats`)."""
         engine = self._engine
-        return self._stats.snapshot(engine.queued if engine is not None else 0)
+        return self._stats.snapshot(
+            engine.queued if engine is not None else 0,
+            cache_stats(self._settings.cache, self._stats),
+        )
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -206,6 +234,8 @@ class Batcher(Generic[T, R]):
         :raises BatcherClosed: if the batcher is not open, or closes while the call waits
         :raises QueueFull: with ``wait=False``, when there is no room
         """
+        if self._keyed:
+            return await self._keyed_call(item, priority, wait)  # type: ignore[no-any-return]
         engine = self._engine
         stats = self._stats
         stats.submitted += 1
@@ -237,6 +267,8 @@ class Batcher(Generic[T, R]):
         The items may travel in different batches. If any fails, this raises the
         exception of the first failing item (in input order) once all are settled.
         """
+        if self._keyed:
+            return await self._keyed_many(list(items), priority, wait)
         engine = self._engine
         stats = self._stats
         items = list(items)
@@ -268,3 +300,138 @@ class Batcher(Generic[T, R]):
         result = settle(self._stats, engine, call)
         return result if call.entries is not None else [result]
 
+
+    # -- with a cache or dedupe --------------------------------------------------------
+
+    def _open_engine(self) -> Engine:
+        engine = self._engine
+        if engine is None or engine.state != OPEN:
+            raise self._closed_error(engine)
+        return engine
+
+    async def _keyed_call(self, item: Any, priority: float, wait: bool) -> Any:
+        return await keyed_call(self, self._open_engine, _wait, item, priority, wait)
+
+    async def _keyed_many(self, items: list[Any], priority: float, wait: bool) -> list[Any]:
+        return await keyed_many(self, self._open_engine, _wait, items, priority, wait)
+
+
+def _wait(engine: Engine, call: Call) -> Awaitable[Any]:
+    return call.wait()
+
+
+async def keyed_call(
+    batcher: Batcher[Any, Any],
+    open_engine: Callable[[], Engine],
+    serve: Callable[[Any, Call], Awaitable[Any]],
+    item: Any,
+    priority: float,
+    wait: bool,
+) -> Any:
+    """One call under a cache or dedupe: a hit at once, else join or send the keyed item.
+
+    ``open_engine`` gives the engine to use (or raises ``BatcherClosed``), asked again
+    after the cache read; ``serve`` waits for the call (the caller-driven engine leads
+    meanwhile).
+    """
+    stats = batcher._stats
+    stats.submitted += 1
+    engine: Engine | None = None
+    try:
+        if type(priority) is not int:
+            check_priority(priority)
+        settings = batcher._settings
+        key = key_of(item, settings.cache_key)
+        if settings.cache is not None:
+            open_engine()  # a closed batcher refuses before reading the cache
+            value = await cache_get(settings.cache, key, stats)
+            if value is not MISS:
+                stats.completed += 1
+                return value
+        length = 1 if batcher._length_fn is None else batcher._length(item)
+        engine = open_engine()
+        call = engine.subscribe(item, key, length, priority, wait)
+    except BaseException as exc:
+        if not isinstance(exc, anyio.WouldBlock):  # QueueFull is counted as rejected
+            stats.failed += 1
+        if engine is not None:
+            engine.release()
+        raise
+    try:
+        await serve(engine, call)
+    except BaseException:
+        if call.state != CANCELLED and serve is _wait:
+            engine.abandon(call)
+        raise
+    return settle(stats, engine, call)
+
+
+async def keyed_many(
+    batcher: Batcher[Any, Any],
+    open_engine: Callable[[], Engine],
+    serve: Callable[[Any, Call], Awaitable[Any]],
+    items: list[Any],
+    priority: float,
+    wait: bool,
+) -> list[Any]:
+    """``many`` under a cache or dedupe: every item keyed alone, all sent before waiting."""
+    stats = batcher._stats
+    n = len(items)
+    stats.submitted += n
+    calls: list[Call | None] = [None] * n
+    results: list[Any] = [MISS] * n
+    engine: Engine | None = None
+    try:
+        if type(priority) is not int:
+            check_priority(priority)
+        settings = batcher._settings
+        open_engine()
+        if not items:
+            await anyio.lowlevel.checkpoint()
+            return []
+        keys = [key_of(item, settings.cache_key) for item in items]
+        if settings.cache is not None:
+            for index, key in enumerate(keys):
+                results[index] = await cache_get(settings.cache, key, stats)
+        engine = open_engine()
+        for index, item in enumerate(items):
+            if results[index] is MISS:
+                length = 1 if batcher._length_fn is None else batcher._length(item)
+                calls[index] = engine.subscribe(item, keys[index], length, priority, wait)
+    except BaseException as exc:
+        if engine is not None:
+            for call in calls:
+                if call is not None:
+                    engine.abandon(call, count=False)
+            engine.release()
+        if isinstance(exc, anyio.WouldBlock):
+            stats.rejected += n - 1  # the item that did not fit is counted already
+        else:
+            stats.failed += n
+        raise
+    engine.callers += 1  # keeps a caller-driven engine while this call waits
+    try:
+        for call in calls:
+            if call is not None and call.state != DONE:
+                await serve(engine, call)
+    except BaseException:
+        stats.cancelled += n
+        for call in calls:
+            if call is not None and call.state != CANCELLED:
+                engine.abandon(call, count=False)
+        raise
+    finally:
+        engine.callers -= 1
+        engine.release()
+    for index, call in enumerate(calls):
+        if call is None:
+            continue
+        if call.error is not None:
+            stats.failed += n
+            if call.error is CLOSED:
+                msg = "the Batcher closed before this call was done"
+                raise BatcherClosed(msg) from engine.cause
+            raise call.error.with_traceback(call.error_tb)  # type: ignore[union-attr]
+        results[index] = call.result
+    stats.completed += n
+    return results

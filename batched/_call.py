@@ -61,6 +61,7 @@ class Call(Entry):
         "n",
         "remaining",
         "result",
+        "shared",
         "started",
         "state",
         "waiter",
@@ -78,6 +79,7 @@ class Call(Entry):
         self._pool = None
         self.started = started
         self.state = ROOM
+        self.shared: SharedCall | None = None  # the keyed item this caller waits for
         self.error: BaseException | _Closed | None = None
         # error_index and error_tb are set with the first error, and read only then.
         self.waiter: Any = None
@@ -125,6 +127,57 @@ class Call(Entry):
     def wait(self) -> Awaitable[Any]:
         """What the caller awaits until ``wake``; a cancel point, as every await is."""
         raise NotImplementedError
+
+
+@final
+class SharedCall(Call):
+    """One keyed item, computed once for every caller waiting on an equal key.
+
+    Its callers (subscribers) are calls of their own that never enter a pool; when it
+    is settled, each gets a copy of its outcome. Under dedupe it is registered by key
+    while it waits or runs, so equal items join it.
+    """
+
+    __slots__ = ("key", "registry", "subscribers")
+
+    def __init__(
+        self,
+        item: Any,
+        length: int,
+        priority: float,
+        started: float,
+        key: Any,
+        registry: dict[Any, SharedCall] | None,
+    ) -> None:
+        Call.__init__(self, item, length, priority, started, None)
+        self.key = key
+        self.registry = registry
+        self.subscribers: dict[Call, None] = {}
+
+    def forget(self) -> None:
+        """Leave the dedupe registry: later equal items start afresh."""
+        registry = self.registry
+        if registry is not None and registry.get(self.key) is self:
+            del registry[self.key]
+
+    def wake(self) -> None:
+        self.forget()
+        subscribers, self.subscribers = self.subscribers, {}
+        error = self.error
+        for sub in subscribers:
+            if sub.state != QUEUED:
+                continue
+            if error is None:
+                sub.result = self.result
+            else:
+                sub.error = error
+                sub.error_index = 0
+                sub.error_tb = None if error is CLOSED else self.error_tb
+            sub.state = DONE
+            sub.wake()
+
+    def wait(self) -> Awaitable[Any]:
+        raise NotImplementedError  # nobody waits on it; its subscribers wait on themselves
 
 
 class Signal:

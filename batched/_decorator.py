@@ -12,24 +12,26 @@ from __future__ import annotations
 import asyncio
 import functools
 import weakref
-from collections.abc import Callable  # noqa: TC003 - BatcherOptions' annotations
+from collections.abc import Callable, Hashable  # noqa: TC003 - BatcherOptions' annotations
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypedDict, TypeVar, final, overload
 
 import anyio.lowlevel
 
-from ._batcher import Batcher, check_priority, settle
+from ._batcher import Batcher, check_priority, keyed_call, keyed_many, settle
 from ._driven import DrivenEngine
 from ._engine import OPEN
+from ._keyed import cache_stats
 from ._strategies import Entry
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Awaitable, Iterable
     from types import TracebackType
     from typing import Self
 
     from ._call import Call
     from ._stats import BatchStats
     from ._strategies import PriorityStrategy, Strategy
+    from .cache import AsyncCache
 
 __all__ = [
     "AsyncFront",
@@ -58,6 +60,9 @@ class BatcherOptions(TypedDict, total=False):
     max_wait_ms: float
     max_queue_size: int | None
     max_concurrent_batches: int
+    cache: AsyncCache[Any, Any] | None
+    cache_key: Callable[[Any], Hashable] | None
+    dedupe: bool | None
     isolate_errors: bool
 
 
@@ -176,7 +181,7 @@ class AsyncFront(Binding, Generic[T, R]):
         engine = self._batcher._engine
         queued = engine.queued if engine is not None else 0
         queued += sum([driven.queued for driven in list(self._engines.values())])
-        return self._stats.snapshot(queued)
+        return self._stats.snapshot(queued, cache_stats(self._batcher._settings.cache, self._stats))
 
     # -- `async with f:` ---------------------------------------------------------------
 
@@ -218,6 +223,8 @@ class AsyncFront(Binding, Generic[T, R]):
         batcher = self._batcher
         if batcher._engine is not None and self._owner is key:
             return await batcher(item, priority=priority, wait=wait)
+        if batcher._keyed:
+            return await keyed_call(batcher, self._opener(key), _serve, item, priority, wait)
         engine, call = self._submit(key, item, None, priority, wait)
         await engine.serve(call)
         return settle(self._stats, engine, call)
@@ -228,6 +235,9 @@ class AsyncFront(Binding, Generic[T, R]):
         batcher = self._batcher
         if batcher._engine is not None and self._owner is key:
             return await batcher(item, priority=priority, wait=wait)
+        if batcher._keyed:
+            opener = self._opener(key)
+            return await keyed_call(batcher, opener, _serve, item, priority, wait)  # type: ignore[no-any-return]
         engine, call = self._submit(key, item, None, priority, wait)
         await engine.serve(call)
         return settle(self._stats, engine, call)  # type: ignore[no-any-return]
@@ -239,6 +249,8 @@ class AsyncFront(Binding, Generic[T, R]):
         if batcher._engine is not None and self._owner is key:
             return await batcher.many(items, priority=priority, wait=wait)
         items = list(items)
+        if batcher._keyed:
+            return await keyed_many(batcher, self._opener(key), _serve, items, priority, wait)
         if not items:
             if type(priority) is not int:
                 check_priority(priority)
@@ -254,14 +266,22 @@ class AsyncFront(Binding, Generic[T, R]):
 
     # -- caller-driven batching --------------------------------------------------------
 
-    def _submit(
-        self, key: object, item: Any, items: list[Any] | None, priority: float, wait: bool
-    ) -> tuple[DrivenEngine, Call]:
-        """Accept a call into this event loop's engine; ``engine.serve`` waits for it."""
+    def _engine_for(self, key: object) -> DrivenEngine:
+        """This event loop's engine, made afresh if there is none."""
         engines = self._engines
         engine = engines.get(key)
         if engine is None or engine.state != OPEN:
             engine = engines[key] = DrivenEngine(self._batcher._settings, self._stats, key, engines)
+        return engine
+
+    def _opener(self, key: object) -> Callable[[], DrivenEngine]:
+        return functools.partial(self._engine_for, key)
+
+    def _submit(
+        self, key: object, item: Any, items: list[Any] | None, priority: float, wait: bool
+    ) -> tuple[DrivenEngine, Call]:
+        """Accept a call into this event loop's engine; ``engine.serve`` waits for it."""
+        engine = self._engine_for(key)
         stats = self._stats
         n = 1 if items is None else len(items)
         stats.submitted += n
@@ -297,6 +317,10 @@ class BatchedFunction(AsyncFront[T, R]):
     """
 
     __slots__ = ()
+
+
+def _serve(engine: DrivenEngine, call: Call) -> Awaitable[None]:
+    return engine.serve(call)
 
 
 class BatchedMethod(Protocol[S, T, R]):

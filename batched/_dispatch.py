@@ -15,11 +15,14 @@ from typing import TYPE_CHECKING, Any, final
 import anyio
 import anyio.to_thread
 
-from ._call import DONE, QUEUED, Signal
+from ._call import DONE, QUEUED, SharedCall, Signal
 from ._errors import BatchSizeMismatch, Failure
+from ._keyed import cache_store
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from anyio.abc import TaskGroup
 
     from ._stats import _Recorder
     from ._strategies import Entry
@@ -83,7 +86,7 @@ def check_results(out: object, n: int) -> Sequence[Any]:
 class Dispatcher:
     """The worker side of an engine; ``Engine`` holds the state and the collector."""
 
-    __slots__ = ("idle", "max_workers", "slot_freed", "thread_limiter", "workers")
+    __slots__ = ("cache", "idle", "max_workers", "slot_freed", "thread_limiter", "workers")
 
     # The engine's state this side reads, declared for the type checker; Engine sets it.
     abandons: int
@@ -95,6 +98,7 @@ class Dispatcher:
     make_signal: type[Signal]
     running: set[Batch]
     stats: _Recorder
+    tg: TaskGroup | None
 
     def __init__(self, max_workers: int) -> None:
         self.max_workers = max_workers
@@ -102,6 +106,7 @@ class Dispatcher:
         self.idle: list[Worker] = []  # workers waiting for a batch
         self.slot_freed: Signal | None = None  # set when a worker goes idle
         self.thread_limiter = anyio.CapacityLimiter(max_workers)
+        self.cache: Any = None  # the engine sets it: results are stored there after a batch
 
     def crash(self, exc: BaseException) -> None:
         raise NotImplementedError
@@ -158,6 +163,8 @@ class Dispatcher:
             results, error = await self._compute(part)
             if results is not None:
                 _deliver(part, results)
+                if self.cache is not None:
+                    await self._store(part, results)
             elif error is not None:
                 _fail(part, error)
 
@@ -190,6 +197,8 @@ class Dispatcher:
             released = True
             if results is not None:
                 _deliver(live, results)
+                if self.cache is not None:
+                    await self._store(live, results)
             elif error is not None:
                 _fail(live, error)
             stats = self.stats
@@ -207,6 +216,24 @@ class Dispatcher:
             self.running.discard(batch)
             if not released:
                 self._free_slot(worker)
+
+    async def _store(self, entries: list[Entry], results: Sequence[Any]) -> None:
+        """Write the computed results to the cache, in the batcher's task group.
+
+        Not errors (a ``Failure`` slot), not ``None`` (a cache reads it as a miss).
+        """
+        pairs = [
+            (entry.key, result)
+            for entry, result in zip(entries, results, strict=True)
+            if type(entry) is SharedCall and result is not None and type(result) is not Failure
+        ]
+        if not pairs:
+            return
+        tg = self.tg
+        if tg is not None:
+            tg.start_soon(cache_store, self.cache, pairs, self.stats)
+        else:  # caller-driven: the caller that ran the batch writes them
+            await cache_store(self.cache, pairs, self.stats)
 
     def _count_batch(self, size: int, seconds: float) -> None:
         stats = self.stats

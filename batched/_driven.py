@@ -36,7 +36,6 @@ class DrivenEngine(Engine):
 
     __slots__ = (
         "busy",
-        "callers",
         "key",
         "leader",
         "leader_waits",
@@ -55,7 +54,6 @@ class DrivenEngine(Engine):
         super().__init__(settings, stats)
         self.key = key  # the event loop this engine serves
         self.registry = registry  # where its batched function finds it, by key
-        self.callers = 0  # calls inside serve(): the engine is dropped when none is left
         self.busy = 0  # batches running, each in the task of the caller that cut it
         self.leader: Call | None = None  # the caller acting as the collector
         self.leader_waits = False  # the leader waits for more items or its deadline

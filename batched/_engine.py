@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from ._call import CANCELLED, INTAKE, QUEUED, ROOM, Call, Signal, backend_classes
+from ._call import CANCELLED, INTAKE, QUEUED, ROOM, Call, SharedCall, Signal, backend_classes
 from ._dispatch import Batch, Dispatcher
 from ._errors import QueueFull
 
@@ -56,11 +56,14 @@ class Engine(Dispatcher):
         "abandons",
         "batch_size",
         "bulk",
+        "cache_key",
+        "callers",
         "cause",
         "clock",
         "collecting",
         "fatal",
         "fn",
+        "inflight",
         "intake",
         "intake_open",
         "intake_queue",
@@ -99,6 +102,10 @@ class Engine(Dispatcher):
         self.max_queue = settings.max_queue_size
         self.threshold = settings.small_batch_threshold
         self.isolate = settings.isolate_errors
+        self.cache = settings.cache
+        self.cache_key = settings.cache_key
+        # Under dedupe: the keyed items waiting or running, so equal items join them.
+        self.inflight: dict[object, SharedCall] | None = {} if settings.dedupe else None
         self.stats = stats
         self.small: Pool = settings.strategy.new_pool()
         self.bulk: Pool = settings.strategy.new_pool()
@@ -123,6 +130,7 @@ class Engine(Dispatcher):
         self.cause: BaseException | None = None  # what BatcherClosed is chained to
         self.fatal: BaseException | None = None  # raised from __aexit__
         self.tg: TaskGroup | None = None
+        self.callers = 0  # calls waiting; read by the caller-driven engine only
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -162,6 +170,9 @@ class Engine(Dispatcher):
         if self.fatal is not None:
             raise self.fatal
         return suppress
+
+    def release(self) -> None:
+        """Nothing to let go of: the owning block ends an engine (see DrivenEngine)."""
 
     def crash(self, exc: BaseException) -> None:
         """A BaseException from ``fn``, or a fault in the collector, ends the batcher.
@@ -264,9 +275,42 @@ class Engine(Dispatcher):
             self.room_waiting -= 1
             self._accept(call, self.clock())
 
-    def abandon(self, call: Call) -> None:
+    def subscribe(
+        self, item: object, key: object, length: int, priority: float, wait: bool
+    ) -> Call:
+        """A keyed call: join the equal item waiting or running, or send a new one.
+
+        The caller waits on the returned call, which never enters a pool; the shared
+        item lives on while any of its callers waits.
+        """
+        now = self.clock()
+        inflight = self.inflight
+        shared = inflight.get(key) if inflight is not None else None
+        if shared is None or shared.state > QUEUED:
+            shared = SharedCall(item, length, priority, now, key, inflight)
+            self.submit(shared, wait)
+            if inflight is not None:
+                inflight[key] = shared
+        call = self.make_call(item, 0, priority, now, None)
+        call.state = QUEUED
+        call.shared = shared
+        shared.subscribers[call] = None
+        return call
+
+    def abandon(self, call: Call, count: bool = True) -> None:
         """The caller left (cancelled): drop its waiting items and free their room."""
-        self.stats.cancelled += call.n
+        if count:
+            self.stats.cancelled += call.n
+        shared = call.shared
+        if shared is not None:
+            # A subscriber: the shared item goes only with its last caller.
+            call.state = CANCELLED
+            subscribers = shared.subscribers
+            subscribers.pop(call, None)
+            if not subscribers and shared.state <= QUEUED:
+                shared.forget()
+                self.abandon(shared, count=False)
+            return
         self.abandons += 1
         state = call.state
         call.state = CANCELLED

@@ -159,6 +159,9 @@ class Settings:
     max_queue_size: int | None
     max_concurrent_batches: int
     isolate_errors: bool
+    cache: Any  # a batched.cache.AsyncCache, or None
+    cache_key: Callable[[Any], Any] | None
+    dedupe: bool
 
 
 def make_settings(
@@ -174,9 +177,27 @@ def make_settings(
     max_queue_size: object,
     max_concurrent_batches: object,
     isolate_errors: object,
+    cache: object = None,
+    cache_key: object = None,
+    dedupe: object = None,
 ) -> Settings:
     check_fn(fn)
     check_optional_callable("length_fn", length_fn)
+    check_optional_callable("cache_key", cache_key)
+    if cache is not None:
+        from .cache import AsyncCache
+
+        if not isinstance(cache, AsyncCache):
+            msg = (
+                f"'cache' must have async get(key), async set(key, value), async clear() "
+                f"and stats() (batched.cache.AsyncCache), or be None: {cache!r}"
+            )
+            raise TypeError(msg)
+    if dedupe is None:
+        dedupe = cache is not None
+    elif not isinstance(dedupe, bool):
+        msg = f"'dedupe' must be a bool or None (on when a cache is set): {dedupe!r}"
+        raise TypeError(msg)
     if not isinstance(isolate_errors, bool):
         msg = f"'isolate_errors' must be a bool: {isolate_errors!r}"
         raise TypeError(msg)
@@ -198,4 +219,7 @@ def make_settings(
         max_queue_size=optional_positive_int("max_queue_size", max_queue_size),
         max_concurrent_batches=positive_int("max_concurrent_batches", max_concurrent_batches),
         isolate_errors=isolate_errors,
+        cache=cache,
+        cache_key=cache_key,  # type: ignore[arg-type]
+        dedupe=dedupe,
     )

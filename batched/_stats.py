@@ -93,6 +93,7 @@ class _Recorder:
     __slots__ = (
         "batches",
         "busy_seconds",
+        "cache_errors",
         "cancelled",
         "completed",
         "failed",
@@ -112,6 +113,7 @@ class _Recorder:
         self.processed = 0
         self.batches = 0
         self.busy_seconds = 0.0
+        self.cache_errors = 0  # get/set calls of the cache that raised
         self.wait = _Window()
         self.latency = _Window()
 

@@ -31,6 +31,8 @@ from ._call import CLOSED, DONE, Call
 from ._decorator import Binding
 from ._engine import OPEN
 from ._errors import BatcherClosed
+from ._keyed import cache_stats
+from ._stats import _Recorder
 from ._strategies import Entry
 
 if TYPE_CHECKING:
@@ -38,9 +40,11 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import Self
 
+    from anyio.abc import TaskGroup
+
     from ._decorator import BatcherOptions
     from ._engine import Engine
-    from ._stats import BatchStats, _Recorder
+    from ._stats import BatchStats
 
 __all__ = ["SyncBatchedFunction", "SyncBatchedMethod", "SyncFront"]
 
@@ -96,8 +100,14 @@ class _Server:
             fn = run_here
         self.batcher: Batcher[Any, Any] = Batcher(fn, **options)
         self.batcher._stats = stats
+        # Under a cache or dedupe a call needs a task (the cache read is awaited): a
+        # bridge per call, cancelled if its async caller leaves.
+        self.keyed = self.batcher._keyed
+        self.bridges: dict[Call, anyio.CancelScope] = {}
+        self.to_bridge: deque[tuple[_ThreadCall, bool]] = deque()
+        self.bridge_event = asyncio.Event()
         self.stats = stats
-        self.pending: deque[tuple[Call, bool]] = deque()
+        self.pending: deque[tuple[_ThreadCall, bool]] = deque()
         self.scheduled = False  # a flush is on its way to the loop
         self.engine: Engine | None = None
         self.cause: BaseException | None = None
@@ -126,11 +136,14 @@ class _Server:
         self.loop = asyncio.get_running_loop()
         self.stop_event = stop = asyncio.Event()
         try:
-            async with self.batcher:
+            async with self.batcher, anyio.create_task_group() as tg:
                 self.engine = self.batcher._engine
+                if self.keyed:
+                    tg.start_soon(self._spawn_bridges, tg)
                 self.ready.set()
                 await stop.wait()
                 self.flush()  # take in what was sent before the stop; the exit drains it
+                self.bridge_event.set()  # the last bridges start, then the spawner ends
         finally:
             if self.engine is not None:
                 self.cause = self.engine.cause
@@ -139,7 +152,7 @@ class _Server:
 
     # -- any thread --------------------------------------------------------------------
 
-    def send(self, call: Call, wait: bool) -> None:
+    def send(self, call: _ThreadCall, wait: bool) -> None:
         """Hand a call to the loop; the caller holds its function's lock."""
         self.pending.append((call, wait))
         if not self.scheduled:
@@ -180,6 +193,11 @@ class _Server:
         engine, pending, stats = self.engine, self.pending, self.stats
         while pending:
             call, wait = pending.popleft()
+            if self.keyed and engine is not None and engine.state == OPEN:
+                call.stats = _Recorder()  # the batcher's own path counts this call
+                self.to_bridge.append((call, wait))
+                self.bridge_event.set()
+                continue
             stats.submitted += call.n
             if engine is None or engine.state != OPEN:
                 call.close()
@@ -190,8 +208,43 @@ class _Server:
                 call.error, call.error_tb, call.state = exc, None, DONE
                 call.wake()
 
+    async def _spawn_bridges(self, tg: TaskGroup) -> None:
+        # A loop callback (flush) cannot start anyio tasks: this task does it for it.
+        event, to_bridge, stop = self.bridge_event, self.to_bridge, self.stop_event
+        assert stop is not None
+        while True:
+            await event.wait()
+            event.clear()
+            while to_bridge:
+                tg.start_soon(self._bridge, *to_bridge.popleft())
+            if stop.is_set():
+                return
+
+    async def _bridge(self, call: Call, wait: bool) -> None:
+        batcher = self.batcher
+        scope = self.bridges[call] = anyio.CancelScope()
+        try:
+            with scope:
+                if call.entries is None:
+                    call.result = await batcher(call.item, priority=call.priority, wait=wait)
+                else:
+                    items = [entry.item for entry in call.entries]
+                    call.result = await batcher.many(items, priority=call.priority, wait=wait)
+        except Exception as exc:
+            call.error, call.error_tb = exc, exc.__traceback__
+        finally:
+            del self.bridges[call]
+        if not scope.cancelled_caught:
+            call.state = DONE
+            call.wake()
+
     def abandon(self, call: Call) -> None:
         """Its caller left (cancelled, or interrupted): drop what still waits."""
+        scope = self.bridges.get(call)
+        if scope is not None:
+            call.waiter = None
+            scope.cancel()
+            return
         if call.state == DONE:
             # Counted when it was woken, but its caller never saw it.
             if call.waiter is None:
@@ -269,7 +322,11 @@ class SyncFront(Binding, Generic[T, R]):
         """A snapshot of the counters over every call (see :class:`BatchStats`)."""
         server = self._server
         engine = server.engine if server is not None else None
-        return self._template._stats.snapshot(engine.queued if engine is not None else 0)
+        template = self._template
+        return template._stats.snapshot(
+            engine.queued if engine is not None else 0,
+            cache_stats(template._settings.cache, template._stats),
+        )
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -321,7 +378,7 @@ class SyncFront(Binding, Generic[T, R]):
 
     def _make_call(
         self, server: _Server, item: Any, items: list[Any] | None, priority: float
-    ) -> Call:
+    ) -> _ThreadCall:
         try:
             if type(priority) is not int:
                 check_priority(priority)
@@ -338,7 +395,7 @@ class SyncFront(Binding, Generic[T, R]):
         call.stats = server.stats
         return call
 
-    def _send(self, server: _Server, call: Call, wait: bool) -> None:
+    def _send(self, server: _Server, call: _ThreadCall, wait: bool) -> None:
         with self._lock:
             if self._server is not server:
                 msg = "this batched function is closed"

@@ -8,7 +8,7 @@ import platform
 import sys
 import time
 
-from . import burst, threads
+from . import burst, cache, threads
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +33,14 @@ def main(argv: list[str] | None = None) -> int:
             f" {row['calls_per_s']:7d} calls/s, mean batch {row['mean_batch_size']:.1f}"
         )
     rows += thread_rows
+    cache_rows = cache.run(n=n, repeats=repeats)
+    for row in cache_rows:
+        print(
+            f"{row['scenario']:8s} {row['backend']:15s} miss {row['miss_us_per_item']:6.2f} µs"
+            f"  hit {row['hit_us_per_item']:6.2f} µs  50% repeated"
+            f" {row['half_repeated_us_per_item']:6.2f} µs  hit/miss {row['hit_to_miss']:.2f}"
+        )
+    rows += cache_rows
     if args.out:
         meta = {
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
