@@ -21,6 +21,7 @@ from ._batcher import Batcher, check_priority, keyed_call, keyed_many, settle
 from ._driven import DrivenEngine
 from ._engine import OPEN
 from ._keyed import cache_stats
+from ._settings import is_async_callable
 from ._strategies import Entry
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ __all__ = [
     "Binding",
     "check_options",
     "loop_key",
+    "weak_method",
 ]
 
 T = TypeVar("T")
@@ -132,28 +134,78 @@ class Binding:
             if instance is None or not hasattr(type(fn), "__get__"):
                 return self  # looked up on the class, or a callable object in a class body
             target = instance
-            name = self._name
-            if name is not None:
-                namespace = getattr(instance, "__dict__", None)
-                if type(namespace) is dict:
-                    bound = namespace.get(name)
-                    if bound is None:
-                        bound = namespace.setdefault(name, self._rebind(fn.__get__(instance)))
-                    return bound
+            namespace = getattr(instance, "__dict__", None)
+            if type(namespace) is dict:
+                slot = self._slot(type(instance))
+                bound = namespace.get(slot)
+                if bound is None:
+                    bound = namespace.setdefault(slot, self._rebind(fn.__get__(instance)))
+                return bound
+        # No __dict__ (or a class): a weak mapping, whose values bind their key weakly so
+        # that they do not keep it alive.
         bound_map = self._bound
         if bound_map is None:
             bound_map = self._bound = weakref.WeakKeyDictionary()
         try:
             bound = bound_map.get(target)
+            if bound is None:
+                bound = bound_map.setdefault(target, self._rebind(weak_method(fn, target)))
         except TypeError:
             msg = (
                 f"cannot keep a batcher per instance of {type(target).__qualname__}: it has "
-                f"no __dict__ and is not hashable"
+                f"no __dict__ and no weak reference (add '__weakref__' to its __slots__)"
             )
             raise TypeError(msg) from None
-        if bound is None:
-            bound = bound_map.setdefault(target, self._rebind(fn.__get__(target)))
         return bound
+
+    def _slot(self, cls: type) -> str:
+        """Where an instance keeps its batched function.
+
+        Under the attribute's own name when this descriptor is what the name finds on
+        the instance's class, so later lookups find it in the instance directly; else
+        (an overridden method reached through ``super()``) under a name of its own.
+        """
+        name = self._name
+        if name is not None:
+            for klass in cls.__mro__:
+                found = klass.__dict__.get(name)
+                if found is not None:
+                    if found is self:
+                        return name
+                    break
+        return f"__batched_{id(self):x}"
+
+
+class _WeakMethod:
+    """A function bound to its instance weakly: a batcher per instance must not keep
+    the instance alive (it may live in a weak mapping, or a serving thread)."""
+
+    def __init__(self, func: Callable[..., Any], instance: object) -> None:
+        functools.update_wrapper(self, func)
+        self.func = func
+        self.ref = weakref.ref(instance)
+
+    def _instance(self) -> object:
+        instance = self.ref()
+        if instance is None:
+            msg = "the instance of this batched method is gone"
+            raise ReferenceError(msg)
+        return instance
+
+    def __call__(self, items: list[Any]) -> Any:
+        return self.func(self._instance(), items)
+
+
+class _AsyncWeakMethod(_WeakMethod):
+    async def __call__(self, items: list[Any]) -> Any:
+        return await self.func(self._instance(), items)
+
+
+def weak_method(func: Callable[..., Any], instance: object) -> Callable[[list[Any]], Any]:
+    """``func`` bound weakly to ``instance``; async if ``func`` is."""
+    if is_async_callable(func):
+        return _AsyncWeakMethod(func, instance)
+    return _WeakMethod(func, instance)
 
 
 class AsyncFront(Binding, Generic[T, R]):

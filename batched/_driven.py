@@ -17,6 +17,7 @@ import math
 from typing import TYPE_CHECKING, final
 
 import anyio
+import anyio.lowlevel
 
 from ._call import DONE, Call
 from ._dispatch import Batch
@@ -122,6 +123,8 @@ class DrivenEngine(Engine):
                         self.leader_waits = False
                     continue
                 await self._run_next(me)
+                # The batch was shielded: a cancellation of this caller lands now.
+                await anyio.lowlevel.checkpoint_if_cancelled()
         except BaseException as exc:
             # A cancellation may come after the outcome was set: the caller never sees
             # it, so it counts as cancelled. Only fn's BaseException leaves it DONE.

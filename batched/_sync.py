@@ -28,7 +28,7 @@ import anyio.to_thread
 
 from ._batcher import Batcher, check_priority
 from ._call import CLOSED, DONE, Call
-from ._decorator import Binding
+from ._decorator import Binding, weak_method
 from ._engine import OPEN
 from ._errors import BatcherClosed
 from ._keyed import cache_stats
@@ -264,23 +264,6 @@ class _Server:
         self.stats.failed += n
 
 
-class _WeakMethod:
-    """A method bound to its instance weakly, so a serving thread cannot keep it alive."""
-
-    __slots__ = ("__weakref__", "func", "ref")
-
-    def __init__(self, func: Callable[..., Any], instance: object) -> None:
-        self.func = func
-        self.ref = weakref.ref(instance)
-
-    def __call__(self, items: list[Any]) -> Any:
-        instance = self.ref()
-        if instance is None:
-            msg = "the instance of this batched method is gone"
-            raise ReferenceError(msg)
-        return self.func(instance, items)
-
-
 _live: weakref.WeakSet[SyncFront[Any, Any]] = weakref.WeakSet()
 
 
@@ -310,7 +293,7 @@ class SyncFront(Binding, Generic[T, R]):
         if func is not None and not isinstance(instance, type):
             # Not weakly referable: the serving thread keeps it until close().
             with contextlib.suppress(TypeError):
-                fn = _WeakMethod(func, instance)
+                fn = weak_method(func, instance)
         return SyncBatchedFunction(fn, self._options)
 
     def __repr__(self) -> str:
