@@ -31,6 +31,13 @@ EXPECTED: dict[str, list[str]] = {
         "owned by a block: batch sizes [16, 16, 8]",
         "two instances: big small",
     ],
+    "cache.py": [
+        "--- trio ---",
+        "30 concurrent calls, 3 distinct keys: lookup saw ['apple', 'banana', 'kiwi']",
+        "a repeated key later: lookup saw 3 keys in all",
+        "cache: hits=1 size=3",
+        "with a failing cache: 60, errors counted=1",
+    ],
     "threads.py": [
         "every caller got its own result",
         "from asyncio: [9, 16, 25]",
