@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, final
 
 import anyio.lowlevel
+import attrs
 
 from ._call import CANCELLED, CLOSED, DONE, Call
 from ._engine import OPEN, Engine
@@ -31,6 +32,7 @@ __all__ = [
     "check_priority",
     "keyed_call",
     "keyed_many",
+    "new_batcher",
     "settle",
 ]
 
@@ -51,6 +53,17 @@ class ResultsLike(Protocol[R_co]):
 BatchFunction = (
     Callable[[list[T]], Awaitable[ResultsLike[R]]] | Callable[[list[T]], ResultsLike[R]]
 )
+
+
+def new_batcher(fn: Any, options: Mapping[str, Any]) -> Batcher[Any, Any]:
+    """A batcher from the front-ends' options; ``padded`` (batched.inference) is private:
+    the length budget then counts the padded size."""
+    options = dict(options)
+    padded = options.pop("padded", False)
+    batcher: Batcher[Any, Any] = Batcher(fn, **options)
+    if padded:
+        batcher._settings = attrs.evolve(batcher._settings, padded=True)
+    return batcher
 
 
 def settle(stats: _Recorder, engine: Engine, call: Call) -> Any:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypedDict, TypeVar, fi
 
 import anyio.lowlevel
 
-from ._batcher import Batcher, check_priority, keyed_call, keyed_many, settle
+from ._batcher import Batcher, check_priority, keyed_call, keyed_many, new_batcher, settle
 from ._driven import DrivenEngine
 from ._engine import OPEN
 from ._keyed import cache_stats
@@ -216,7 +216,7 @@ class AsyncFront(Binding, Generic[T, R]):
     def __init__(self, fn: Any, options: BatcherOptions) -> None:
         fn = self._init_binding(fn, options)
         # Validates the settings now, at decoration time; also the batcher of `async with`.
-        self._batcher: Batcher[T, R] = Batcher(fn, **options)
+        self._batcher: Batcher[T, R] = new_batcher(fn, options)
         self._stats = self._batcher._stats
         self._engines: dict[object, DrivenEngine] = {}
         self._owner: object = None  # the event loop of the open `async with` block

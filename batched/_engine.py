@@ -74,6 +74,7 @@ class Engine(Dispatcher):
         "max_len",
         "max_queue",
         "max_wait",
+        "padded",
         "queued",
         "room",
         "room_waiting",
@@ -100,6 +101,7 @@ class Engine(Dispatcher):
             math.inf if settings.max_batch_length is None else settings.max_batch_length
         )
         self.max_queue = settings.max_queue_size
+        self.padded = settings.padded
         self.threshold = settings.small_batch_threshold
         self.isolate = settings.isolate_errors
         self.cache = settings.cache
@@ -462,6 +464,8 @@ class Engine(Dispatcher):
 
     def _cut(self, now: float) -> list[Entry]:
         """Take the next batch, applying the rules: overdue, small calls, strategy."""
+        if self.padded:
+            return self._cut_padded(now)
         room, budget = self.batch_size, self.max_len
         batch: list[Entry] = []
         limit = now - self.max_wait
@@ -497,6 +501,60 @@ class Engine(Dispatcher):
         self.waiting -= len(batch)
         if self.max_len != math.inf:
             self.waiting_len -= sum([entry.length for entry in batch])
+        self.queued -= len(batch)
+        return batch
+
+    def _cut_padded(self, now: float) -> list[Entry]:
+        """``_cut`` where the length budget counts the padded size: longest x items.
+
+        An item fits when the batch with it stays within the budget: with ``k`` items
+        taken and the longest ``m`` long, the next may be at most ``budget // (k + 1)``
+        long, and none fits once ``m * (k + 1)`` exceeds the budget. Asking the pool for
+        one entry within that length keeps its rule: the cut stops at the first item
+        (in its order) that does not fit.
+        """
+        room, budget = self.batch_size, self.max_len
+        batch: list[Entry] = []
+        longest = 0
+        limit = now - self.max_wait
+        stopped = False
+        while room:
+            entry = self._oldest()
+            if entry is None or entry.arrival > limit:
+                break
+            k = len(batch) + 1
+            if longest * k > budget or entry.length * k > budget:
+                if not batch:
+                    batch.append(entry)  # oversize: it travels alone
+                    entry._pool.remove(entry)
+                stopped = True
+                break
+            entry._pool.remove(entry)
+            batch.append(entry)
+            longest = max(longest, entry.length)
+            room -= 1
+        if not stopped:
+            for pool in (self.small, self.bulk):
+                while room and len(pool):
+                    k = len(batch) + 1
+                    if longest * k > budget:
+                        stopped = True
+                        break
+                    got = pool.cut(1, budget // k)
+                    if not got:
+                        if not batch:
+                            batch = pool.cut(1, math.inf)  # oversize: it travels alone
+                        stopped = True
+                        break
+                    batch += got
+                    longest = max(longest, got[0].length)
+                    room -= 1
+                if stopped or not room:
+                    break
+        for entry in batch:
+            entry._pool = None
+        self.waiting -= len(batch)
+        self.waiting_len -= sum([entry.length for entry in batch])
         self.queued -= len(batch)
         return batch
 

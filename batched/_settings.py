@@ -162,6 +162,8 @@ class Settings:
     cache: Any  # a batched.cache.AsyncCache, or None
     cache_key: Callable[[Any], Any] | None
     dedupe: bool
+    # batched.inference: max_batch_length counts the padded size (longest item x items)
+    padded: bool = False
 
 
 def make_settings(

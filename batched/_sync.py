@@ -26,7 +26,7 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
-from ._batcher import Batcher, check_priority
+from ._batcher import Batcher, check_priority, new_batcher
 from ._call import CLOSED, DONE, Call
 from ._decorator import Binding, weak_method
 from ._engine import OPEN
@@ -98,7 +98,7 @@ class _Server:
                 return sync_fn(items)
 
             fn = run_here
-        self.batcher: Batcher[Any, Any] = Batcher(fn, **options)
+        self.batcher: Batcher[Any, Any] = new_batcher(fn, options)
         self.batcher._stats = stats
         # Under a cache or dedupe a call needs a task (the cache read is awaited): a
         # bridge per call, cancelled if its async caller leaves.
@@ -282,7 +282,7 @@ class SyncFront(Binding, Generic[T, R]):
     def __init__(self, fn: Any, options: BatcherOptions) -> None:
         self._fn = fn = self._init_binding(fn, options)
         # Validates the settings now, and holds the counters across serving threads.
-        self._template: Batcher[T, R] = Batcher(fn, **options)
+        self._template: Batcher[T, R] = new_batcher(fn, options)
         self._lock = threading.Lock()
         self._server: _Server | None = None
         self._closed = False

@@ -1,0 +1,279 @@
+"""Rows in, padded features out, and back: the array work of ``batched.inference``.
+
+A call sends features shaped ``(rows, length, ...)``; each row is one item of the
+batcher. A batch pads each sequence feature to its longest row (on the padding side,
+with the feature's pad value) and stacks the rows, keeping dtype and device; the
+function's output is split back into rows, and each caller's rows are stacked again.
+numpy is imported on first use, torch never (its tensors are recognised by type).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, final
+
+from ._errors import Failure
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["Row", "collate", "partition", "split_call", "split_output", "stack_rows"]
+
+
+def _np() -> Any:
+    try:
+        import numpy
+    except ImportError:
+        msg = "batched.inference needs numpy: pip install 'batched[inference]'"
+        raise ImportError(msg) from None
+    return numpy
+
+
+def is_tensor(value: object) -> bool:
+    """A torch tensor, recognised without importing torch."""
+    kind = type(value)
+    return kind.__module__.startswith("torch") and hasattr(value, "device")
+
+
+def _kind(value: object) -> str:
+    if is_tensor(value):
+        return "torch"
+    if type(value).__module__ == "numpy" and hasattr(value, "dtype"):
+        return "numpy"
+    return ""
+
+
+@final
+class Row:
+    """One item: one row of every feature of a call, and its sequence length."""
+
+    __slots__ = ("features", "length", "padded", "signature")
+
+    def __init__(self, features: dict[str, Any], length: int, padded: frozenset[str]) -> None:
+        self.features = features
+        self.length = length
+        self.padded = padded  # the names of the features padded on their first axis
+        # Rows batch together only when these agree: names, array kinds, devices, dtypes,
+        # and the shapes beyond the padded axis.
+        self.signature = tuple(
+            (
+                name,
+                _kind(value),
+                str(getattr(value, "device", "")),
+                str(value.dtype),
+                tuple(value.shape[1:]) if name in padded else tuple(value.shape),
+            )
+            for name, value in features.items()
+        )
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{name}={tuple(v.shape)}" for name, v in self.features.items())
+        return f"Row({shapes})"
+
+
+def split_call(features: object, pad_tokens: Mapping[str, Any]) -> list[Row]:
+    """A call's features as rows; a clear error for anything that cannot batch."""
+    if not isinstance(features, Mapping) or not features:
+        msg = f"features must be a non-empty mapping of name to array, not {features!r}"
+        raise TypeError(msg)
+    arrays: dict[str, Any] = {}
+    rows = -1
+    for name, value in features.items():
+        if not isinstance(name, str):
+            msg = f"feature names must be str, not {name!r}"
+            raise TypeError(msg)
+        if not _kind(value):
+            if isinstance(value, list | tuple):
+                value = _np().asarray(value)
+            else:
+                msg = (
+                    f"feature {name!r} must be a numpy array or a torch tensor shaped "
+                    f"(rows, length, ...), not {type(value).__qualname__}"
+                )
+                raise TypeError(msg)
+        if value.ndim < 1:
+            msg = f"feature {name!r} needs a leading rows axis, got shape {tuple(value.shape)}"
+            raise ValueError(msg)
+        if rows < 0:
+            rows = int(value.shape[0])
+        elif int(value.shape[0]) != rows:
+            first = next(iter(arrays))
+            msg = (
+                f"features {first!r} and {name!r} have different numbers of rows: "
+                f"{rows} and {int(value.shape[0])}"
+            )
+            raise ValueError(msg)
+        arrays[name] = value
+    # Padded: every 2-D feature (rows, length) and any feature named in pad_tokens.
+    padded = frozenset(
+        name
+        for name, value in arrays.items()
+        if value.ndim >= 2 and (value.ndim == 2 or name in pad_tokens)
+    )
+    lengths = {name: int(arrays[name].shape[1]) for name in padded}
+    if len(set(lengths.values())) > 1:
+        shown = ", ".join(f"{name}: {length}" for name, length in lengths.items())
+        msg = f"the padded features of one call must have one length, got {shown}"
+        raise ValueError(msg)
+    first = next(iter(arrays.values()))
+    length = int(first.shape[1]) if first.ndim >= 2 else 1
+    return [
+        Row({name: value[i] for name, value in arrays.items()}, length, padded) for i in range(rows)
+    ]
+
+
+def _pad_stack(name: str, values: list[Any], pad: Any, left: bool) -> tuple[Any, int]:
+    """Stack rows of one feature, padding its first axis to the longest; (batch, length)."""
+    first = values[0]
+    longest = max(int(value.shape[0]) for value in values)
+    shape = (len(values), longest, *tuple(first.shape[1:]))
+    if is_tensor(first):
+        import torch
+
+        out = torch.full(shape, pad, dtype=first.dtype, device=first.device)
+    else:
+        out = _np().full(shape, pad, dtype=first.dtype)
+    for i, value in enumerate(values):
+        if tuple(value.shape[1:]) != shape[2:]:
+            msg = (
+                f"feature {name!r} cannot be padded into one batch: row shapes "
+                f"{tuple(first.shape)} and {tuple(value.shape)} differ beyond the length axis"
+            )
+            raise ValueError(msg)
+        n = int(value.shape[0])
+        if left:
+            out[i, longest - n :] = value
+        else:
+            out[i, :n] = value
+    return out, longest
+
+
+def _stack(name: str, values: list[Any]) -> Any:
+    first = values[0]
+    shape = tuple(first.shape)
+    for value in values:
+        if tuple(value.shape) != shape:
+            msg = (
+                f"feature {name!r} cannot be stacked into one batch: rows shaped {shape} "
+                f"and {tuple(value.shape)} (only 2-D features and those in pad_tokens are padded)"
+            )
+            raise ValueError(msg)
+    if is_tensor(first):
+        import torch
+
+        return torch.stack(values)
+    return _np().stack(values)
+
+
+def collate(
+    rows: list[Row], pad_tokens: Mapping[str, Any], left: bool
+) -> tuple[dict[str, Any], int]:
+    """One batch of features from rows of the same signature; and the padded length."""
+    longest = 0
+    features: dict[str, Any] = {}
+    padded = rows[0].padded
+    for name in rows[0].features:
+        values = [row.features[name] for row in rows]
+        if name in padded:
+            features[name], length = _pad_stack(name, values, pad_tokens.get(name, 0), left)
+            longest = max(longest, length)
+        else:
+            features[name] = _stack(name, values)
+    return features, longest
+
+
+def _is_batched_array(value: object, n: int) -> bool:
+    return bool(_kind(value)) and getattr(value, "ndim", 0) >= 1 and int(value.shape[0]) == n  # type: ignore[attr-defined]
+
+
+def split_output(out: object, rows: list[Row], longest: int, left: bool) -> list[Any]:
+    """The function's output for a batch, as one output per row.
+
+    An array or tensor (leading batch axis), a mapping of them, or a tuple/list of them;
+    else a sequence of per-row results. An output axis 1 as long as the batch's padded
+    length is trimmed back to each row's own length, so a caller's rows stack again.
+    """
+    n = len(rows)
+
+    def part(value: Any, i: int) -> Any:
+        piece = value[i]
+        row_length = rows[i].length
+        if (
+            longest
+            and row_length < longest
+            and getattr(piece, "ndim", 0) >= 1
+            and int(piece.shape[0]) == longest
+        ):
+            piece = piece[longest - row_length :] if left else piece[:row_length]
+        return piece
+
+    if _is_batched_array(out, n):
+        return [part(out, i) for i in range(n)]
+    if isinstance(out, Mapping):
+        for key, value in out.items():
+            if not _is_batched_array(value, n):
+                msg = (
+                    f"output {key!r} must be an array or tensor with a leading batch axis of "
+                    f"{n}, got {type(value).__qualname__} {getattr(value, 'shape', '')}"
+                )
+                raise ValueError(msg)
+        return [{key: part(value, i) for key, value in out.items()} for i in range(n)]
+    if isinstance(out, tuple | list):
+        if out and all(_is_batched_array(value, n) for value in out):
+            kind: Callable[[Any], Any] = type(out) if type(out) in (tuple, list) else tuple
+            return [kind(part(value, i) for value in out) for i in range(n)]
+        if len(out) == n:
+            return list(out)  # one result per row
+    msg = (
+        f"the model must return an array or tensor with a leading batch axis of {n}, a "
+        f"dict or a tuple of them, or one result per row; got {type(out).__qualname__}"
+    )
+    raise TypeError(msg)
+
+
+def stack_rows(outputs: list[Any]) -> Any:
+    """A caller's row outputs, stacked back into the output's structure."""
+    first = outputs[0]
+    if isinstance(first, dict):
+        return {key: stack_rows([out[key] for out in outputs]) for key in first}
+    if isinstance(first, tuple | list) and first and all(_kind(v) for v in first):
+        return type(first)(stack_rows([out[i] for out in outputs]) for i in range(len(first)))
+    kind = _kind(first)
+    if kind == "torch":
+        import torch
+
+        return torch.stack(outputs)
+    if kind == "numpy":
+        return _np().stack(outputs)
+    return list(outputs)
+
+
+def partition(rows: list[Row]) -> tuple[list[int], list[Any]]:
+    """The rows of the batch's largest group of equal features (indexes), and a result
+    list where every other row already holds its ``Failure``: it fails alone."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for index, row in enumerate(rows):
+        groups.setdefault(row.signature, []).append(index)
+    main = max(groups.values(), key=len)
+    results: list[Any] = [None] * len(rows)
+    if len(groups) > 1:
+        want = _describe(rows[main[0]].signature)
+        for indexes in groups.values():
+            if indexes is main:
+                continue
+            error = ValueError(
+                f"this call's features {_describe(rows[indexes[0]].signature)} differ from "
+                f"the batch's {want}: calls batch together only with the same features, "
+                f"array types, devices, dtypes and shapes beyond the padded axis"
+            )
+            for index in indexes:
+                results[index] = Failure(error)
+    return main, results
+
+
+def _describe(signature: tuple[Any, ...]) -> str:
+    parts = []
+    for name, kind, device, dtype, shape in signature:
+        where = f" on {device}" if kind == "torch" else ""
+        parts.append(f"{name}: {kind} {dtype}{where} {shape}")
+    return "{" + ", ".join(parts) + "}"

@@ -1,0 +1,317 @@
+"""Batched model inference: pad and stack numpy arrays and torch tensors.
+
+Each call sends features shaped ``(rows, length, ...)``, as a mapping
+(``model({"input_ids": ids, "attention_mask": mask})``) or as keywords
+(``model(input_ids=ids, attention_mask=mask)``); each row is one item. A batch pads the
+sequence features to its longest row and stacks the rows, keeping each feature's dtype
+and device, calls the model once, and hands each caller its own rows of the output,
+stacked in the output's structure (an array, a dict or a tuple of them).
+
+- Padded features: every 2-D feature ``(rows, length)``, and any feature named in
+  ``pad_tokens`` (e.g. ``inputs_embeds`` shaped ``(rows, length, hidden)``); the pad
+  value is ``pad_tokens[name]``, default 0, on ``padding_side`` ("right" or "left").
+  Other features (pixel values, per-row vectors) are stacked as they are; their shapes
+  must agree.
+- An item's length is its length on axis 1 of the first feature; ``max_batch_length``
+  counts the padded size a batch costs: its longest item times its items.
+- An output axis 1 as long as the batch's padded length is trimmed back to each row's
+  length, so a caller gets outputs as if it had been batched alone.
+- A call whose features differ from its batch-mates' (names, array type, dtype, device,
+  shapes) fails alone with a ``ValueError`` naming both; the others are served.
+
+numpy is needed (the ``inference`` extra); torch is optional and never imported by
+``batched`` itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
+
+from ._decorator import AsyncFront, Binding, check_options, weak_method
+from ._padding import Row, collate, partition, split_call, split_output, stack_rows
+from ._settings import is_async_callable
+from ._sync import SyncFront
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import TracebackType
+    from typing import Self
+
+    from ._decorator import BatcherOptions
+    from ._stats import BatchStats
+
+__all__ = ["AsyncInferenceFunction", "InferenceFunction", "dynamically"]
+
+O = TypeVar("O")  # noqa: E741 - the model's output
+
+
+def _row_length(row: Row) -> int:
+    return row.length
+
+
+class _Collator:
+    """The batch function the batcher sees: rows in, one output per row out."""
+
+    def __init__(
+        self, model: Callable[..., Any], pad_tokens: Mapping[str, Any], left: bool, spread: bool
+    ) -> None:
+        self.model = model
+        self.pad_tokens = pad_tokens
+        self.left = left
+        self.spread = spread
+
+    def _features(self, rows: list[Row]) -> tuple[list[int], list[Any], dict[str, Any], int]:
+        main, results = partition(rows)
+        features, longest = collate([rows[i] for i in main], self.pad_tokens, self.left)
+        return main, results, features, longest
+
+    def _finish(
+        self, rows: list[Row], main: list[int], results: list[Any], out: object, longest: int
+    ) -> list[Any]:
+        outputs = split_output(out, [rows[i] for i in main], longest, self.left)
+        for index, output in zip(main, outputs, strict=True):
+            results[index] = output
+        return results
+
+    def __call__(self, rows: list[Row]) -> list[Any]:
+        main, results, features, longest = self._features(rows)
+        out = self.model(**features) if self.spread else self.model(features)
+        return self._finish(rows, main, results, out, longest)
+
+
+class _AsyncCollator(_Collator):
+    async def __call__(self, rows: list[Row]) -> list[Any]:  # type: ignore[override]
+        main, results, features, longest = self._features(rows)
+        out = await (self.model(**features) if self.spread else self.model(features))
+        return self._finish(rows, main, results, out, longest)
+
+
+def _features(features: object, keywords: dict[str, Any]) -> object:
+    if features is None:
+        return keywords
+    if keywords:
+        if not isinstance(features, Mapping):
+            return features  # split_call names the type
+        return {**features, **keywords}
+    return features
+
+
+class _InferenceBase(Binding):
+    """Settings shared by both front-ends; binds to instances like the decorator."""
+
+    __slots__ = ("__dict__", "__weakref__", "_batched", "_inference")
+
+    _batched: Any
+
+    def _setup(
+        self,
+        fn: Any,
+        options: BatcherOptions,
+        pad_tokens: object,
+        padding_side: str,
+        spread_kwargs: object,
+        awaitable: bool,
+    ) -> Any:
+        if padding_side not in ("right", "left"):
+            msg = f"'padding_side' must be 'right' or 'left': {padding_side!r}"
+            raise ValueError(msg)
+        if pad_tokens is None:
+            pad_tokens = {}
+        elif not isinstance(pad_tokens, Mapping):
+            msg = f"'pad_tokens' must be a mapping of feature name to pad value: {pad_tokens!r}"
+            raise TypeError(msg)
+        if not isinstance(spread_kwargs, bool):
+            msg = f"'spread_kwargs' must be a bool: {spread_kwargs!r}"
+            raise TypeError(msg)
+        if options.get("length_fn") is not None:
+            msg = (
+                "'length_fn' is not a setting of batched.inference: "
+                "a row's length is its sequence length"
+            )
+            raise TypeError(msg)
+        fn = self._init_binding(fn, options)
+        self._inference = (dict(pad_tokens), padding_side, spread_kwargs, awaitable)
+        left = padding_side == "left"
+        collator = (_AsyncCollator if is_async_callable(fn) else _Collator)(
+            fn, dict(pad_tokens), left, spread_kwargs
+        )
+        inner: dict[str, Any] = {**options, "length_fn": _row_length, "padded": True}
+        return collator, inner
+
+    def _rebind(self, fn: Callable[..., Any]) -> Any:
+        pad_tokens, padding_side, spread_kwargs, awaitable = self._inference
+        if awaitable or is_async_callable(fn):
+            return AsyncInferenceFunction(
+                fn, self._options, pad_tokens, padding_side, spread_kwargs
+            )
+        instance, func = getattr(fn, "__self__", None), getattr(fn, "__func__", None)
+        if func is not None and not isinstance(instance, type):
+            # The serving thread must not keep the instance alive.
+            with contextlib.suppress(TypeError):
+                fn = weak_method(func, instance)
+        return InferenceFunction(fn, self._options, pad_tokens, padding_side, spread_kwargs)
+
+    @property
+    def stats(self) -> BatchStats:
+        """A snapshot of the counters; items are rows (see :class:`batched.BatchStats`)."""
+        return self._batched.stats  # type: ignore[no-any-return]
+
+
+@final
+class AsyncInferenceFunction(_InferenceBase, Generic[O]):
+    """A model called one request at a time, awaited: ``await model(input_ids=...)``.
+
+    Made by :func:`dynamically` on an ``async def`` model, or by
+    ``batched.aio.inference.dynamically`` on any model (a sync one runs in a worker thread).
+    """
+
+    __slots__ = ()
+
+    def __init__(
+        self,
+        fn: Any,
+        options: BatcherOptions,
+        pad_tokens: Mapping[str, Any] | None = None,
+        padding_side: str = "right",
+        spread_kwargs: bool = False,
+    ) -> None:
+        collator, inner = self._setup(fn, options, pad_tokens, padding_side, spread_kwargs, True)
+        self._batched = AsyncFront(collator, inner)
+
+    async def __call__(
+        self,
+        features: Mapping[str, Any] | None = None,
+        /,
+        *,
+        priority: float = 0,
+        wait: bool = True,
+        **keywords: Any,
+    ) -> O:
+        """The model's output for this call's rows, in the output's structure."""
+        rows = split_call(_features(features, keywords), self._inference[0])
+        return stack_rows(await self._batched.many(rows, priority=priority, wait=wait))  # type: ignore[no-any-return]
+
+    async def __aenter__(self) -> Self:
+        """Serve this event loop's calls from a batcher owned by the block."""
+        await self._batched.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        return await self._batched.__aexit__(exc_type, exc, tb)  # type: ignore[no-any-return]
+
+
+@final
+class InferenceFunction(_InferenceBase, Generic[O]):
+    """A sync model called one request at a time from any thread: ``model(input_ids=...)``
+    blocks its thread; ``await model.acall(...)`` serves async callers.
+
+    Made by :func:`dynamically` on a plain ``def`` model. One event-loop thread serves it,
+    stopped by :meth:`close`, ``with model:`` or interpreter exit.
+    """
+
+    __slots__ = ()
+
+    def __init__(
+        self,
+        fn: Any,
+        options: BatcherOptions,
+        pad_tokens: Mapping[str, Any] | None = None,
+        padding_side: str = "right",
+        spread_kwargs: bool = False,
+    ) -> None:
+        collator, inner = self._setup(fn, options, pad_tokens, padding_side, spread_kwargs, False)
+        self._batched = SyncFront(collator, inner)
+
+    def __call__(
+        self,
+        features: Mapping[str, Any] | None = None,
+        /,
+        *,
+        priority: float = 0,
+        wait: bool = True,
+        **keywords: Any,
+    ) -> O:
+        """The model's output for this call's rows; blocks the calling thread."""
+        rows = split_call(_features(features, keywords), self._inference[0])
+        return stack_rows(self._batched.many(rows, priority=priority, wait=wait))  # type: ignore[no-any-return]
+
+    async def acall(
+        self,
+        features: Mapping[str, Any] | None = None,
+        /,
+        *,
+        priority: float = 0,
+        wait: bool = True,
+        **keywords: Any,
+    ) -> O:
+        """The same call for async callers (asyncio or trio)."""
+        rows = split_call(_features(features, keywords), self._inference[0])
+        return stack_rows(await self._batched.acall(rows, priority=priority, wait=wait))  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Finish the accepted calls and stop the serving thread."""
+        self._batched.close()
+
+    def __enter__(self) -> Self:
+        self._batched.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._batched.__exit__(exc_type, exc, tb)
+
+
+def dynamically(
+    fn: Any = None,
+    /,
+    *,
+    pad_tokens: Mapping[str, Any] | None = None,
+    padding_side: str = "right",
+    spread_kwargs: bool = False,
+    **settings: Any,
+) -> Any:
+    """Batch a model's calls, padding and stacking their features.
+
+    ``fn(features: dict[str, array]) -> output`` (or ``fn(**features)`` with
+    ``spread_kwargs=True``) gets one padded batch per call. On a plain ``def`` it gives an
+    :class:`InferenceFunction` (blocking calls, ``acall``); on an ``async def`` an
+    :class:`AsyncInferenceFunction`. Settings are those of :class:`batched.Batcher`
+    (but ``length_fn``), plus ``pad_tokens``, ``padding_side`` and ``spread_kwargs``.
+    """
+    options = check_options(settings)
+
+    def decorate(fn: Any) -> Any:
+        target = fn.__func__ if isinstance(fn, staticmethod | classmethod) else fn
+        kind = AsyncInferenceFunction if is_async_callable(target) else InferenceFunction
+        return kind(fn, options, pad_tokens, padding_side, spread_kwargs)
+
+    return decorate if fn is None else decorate(fn)
+
+
+def aio_dynamically(
+    fn: Any = None,
+    /,
+    *,
+    pad_tokens: Mapping[str, Any] | None = None,
+    padding_side: str = "right",
+    spread_kwargs: bool = False,
+    **settings: Any,
+) -> Any:
+    """:func:`dynamically`, always awaitable (a sync model runs in a worker thread)."""
+    options = check_options(settings)
+
+    def decorate(fn: Any) -> Any:
+        return AsyncInferenceFunction(fn, options, pad_tokens, padding_side, spread_kwargs)
+
+    return decorate if fn is None else decorate(fn)
