@@ -173,6 +173,14 @@ class Engine(Dispatcher):
             raise self.fatal
         return suppress
 
+    def hurry(self) -> None:
+        """Send what waits without waiting out ``timeout_ms`` (its front-end is closing);
+        calls waiting for queue room get ``BatcherClosed``, as on any close."""
+        self.timeout = 0.0
+        self._close_room()
+        if self.intake is not None:
+            self.intake.set()
+
     def release(self) -> None:
         """Nothing to let go of: the owning block ends an engine (see DrivenEngine)."""
 

@@ -15,6 +15,7 @@ import asyncio
 import atexit
 import contextlib
 import functools
+import inspect
 import sys
 import threading
 import time
@@ -90,12 +91,22 @@ class _Server:
     def __init__(self, fn: Callable[..., Any], options: BatcherOptions, stats: _Recorder) -> None:
         name = getattr(fn, "__qualname__", type(fn).__qualname__)
         if options.get("max_concurrent_batches", 1) == 1:
-            # One batch at a time: run fn in this thread, sparing two thread hops per batch;
-            # calls arriving meanwhile wait in `pending` as they would in the batcher.
+            # One batch at a time: run fn in this thread, sparing two thread hops per
+            # batch (calls arriving meanwhile wait in `pending` as they would in the
+            # batcher), but outside the event loop as far as fn can tell, so that fn may
+            # call other blocking batched functions or run an event loop of its own.
             sync_fn = fn
 
             async def run_here(items: list[Any]) -> Any:
-                return sync_fn(items)
+                loop = asyncio.events._get_running_loop()
+                asyncio.events._set_running_loop(None)
+                try:
+                    out = sync_fn(items)
+                finally:
+                    asyncio.events._set_running_loop(loop)
+                if inspect.isawaitable(out):  # a plain function that hands back a coroutine
+                    out = await out
+                return out
 
             fn = run_here
         self.batcher: Batcher[Any, Any] = new_batcher(fn, options)
@@ -110,7 +121,8 @@ class _Server:
         self.pending: deque[tuple[_ThreadCall, bool]] = deque()
         self.scheduled = False  # a flush is on its way to the loop
         self.engine: Engine | None = None
-        self.cause: BaseException | None = None
+        self.last_engine: Engine | None = None  # its `cause` is set before callers wake
+        self.ended = False  # the serving thread has ended (closed, or fn's BaseException)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stop_event: asyncio.Event | None = None
         self.ready = threading.Event()
@@ -130,23 +142,26 @@ class _Server:
         except BaseException as exc:  # reported to the thread that started it
             self.error = exc
         finally:
+            self.ended = True
             self.ready.set()
 
     async def _serve(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.stop_event = stop = asyncio.Event()
         try:
-            async with self.batcher, anyio.create_task_group() as tg:
-                self.engine = self.batcher._engine
-                if self.keyed:
-                    tg.start_soon(self._spawn_bridges, tg)
-                self.ready.set()
-                await stop.wait()
-                self.flush()  # take in what was sent before the stop; the exit drains it
-                self.bridge_event.set()  # the last bridges start, then the spawner ends
+            async with self.batcher:
+                self.engine = self.last_engine = engine = self.batcher._engine
+                assert engine is not None
+                async with anyio.create_task_group() as tg:
+                    if self.keyed:
+                        tg.start_soon(self._spawn_bridges, tg)
+                    self.ready.set()
+                    await stop.wait()
+                    self.flush()  # take in what was sent before the stop; the exit drains it
+                    self.bridge_event.set()  # the last bridges start, then the spawner ends
+                    # Bridges finish before the batcher drains: what waits leaves now.
+                    engine.hurry()
         finally:
-            if self.engine is not None:
-                self.cause = self.engine.cause
             self.engine = None
             self.flush()  # whatever is left gets BatcherClosed
 
@@ -157,13 +172,19 @@ class _Server:
         self.pending.append((call, wait))
         if not self.scheduled:
             self.scheduled = True
-            self.post(self.flush)
+            if not self.post(self.flush):
+                self.engine = None  # the loop has ended: the call is closed here
+                self.flush()
 
-    def post(self, fn: Callable[..., object], *args: Any) -> None:
+    def post(self, fn: Callable[..., object], *args: Any) -> bool:
+        """Run ``fn`` in the loop soon; False if the loop has ended."""
         loop = self.loop
         assert loop is not None
-        with contextlib.suppress(RuntimeError):  # the loop has ended: nothing is left there
+        try:
             loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:
+            return False
+        return True
 
     def stop_soon(self) -> None:
         if self.stop_event is not None:
@@ -182,7 +203,8 @@ class _Server:
             return call.result
         if error is CLOSED:
             msg = "the batched function closed before this call was done"
-            raise BatcherClosed(msg) from self.cause
+            engine = self.last_engine
+            raise BatcherClosed(msg) from engine.cause if engine is not None else None
         raise error.with_traceback(call.error_tb)  # type: ignore[union-attr]
 
     # -- the serving thread ------------------------------------------------------------
@@ -251,7 +273,9 @@ class _Server:
                 stats = self.stats
                 if call.error is None:
                     stats.completed -= call.n
-                elif not isinstance(call.error, anyio.WouldBlock):
+                elif isinstance(call.error, anyio.WouldBlock):
+                    stats.rejected -= call.n
+                else:
                     stats.failed -= call.n
                 stats.cancelled += call.n
             return
@@ -262,6 +286,12 @@ class _Server:
     def count_failed(self, n: int) -> None:
         self.stats.submitted += n
         self.stats.failed += n
+
+
+def _stop_current(box: list[_Server | None]) -> None:
+    server = box[0]
+    if server is not None:
+        server.stop_soon()
 
 
 _live: weakref.WeakSet[SyncFront[Any, Any]] = weakref.WeakSet()
@@ -286,6 +316,10 @@ class SyncFront(Binding, Generic[T, R]):
         self._lock = threading.Lock()
         self._server: _Server | None = None
         self._closed = False
+        # One finalizer for every server this function will have: collecting the
+        # function (a method's, with its instance) stops the current one.
+        self._box: list[_Server | None] = [None]
+        weakref.finalize(self, _stop_current, self._box)
 
     def _rebind(self, fn: Callable[..., Any]) -> Any:
         instance = getattr(fn, "__self__", None)
@@ -319,13 +353,28 @@ class SyncFront(Binding, Generic[T, R]):
                 msg = "this batched function is closed (reopen it with `with f:`)"
                 raise BatcherClosed(msg)
             server = self._server
-            if server is None:
+            if server is None or server.ended:  # first use, or fn's BaseException ended it
                 server = _Server(self._fn, self._options, self._template._stats)
                 server.start()
-                self._server = server
+                self._server = self._box[0] = server
                 _live.add(self)
-                weakref.finalize(self, server.stop_soon)
             return server
+
+    def _server_or_refuse(self, n: int) -> _Server:
+        server = self._server
+        if server is not None and not server.ended:
+            return server
+        try:
+            return self._serve()
+        except BatcherClosed:
+            self._refused(n)
+            raise
+
+    def _refused(self, n: int) -> None:
+        stats = self._template._stats
+        with self._lock:
+            stats.submitted += n
+            stats.failed += n
 
     def close(self) -> None:
         """Finish the accepted calls and stop the serving thread; later calls raise
@@ -380,7 +429,7 @@ class SyncFront(Binding, Generic[T, R]):
 
     def _send(self, server: _Server, call: _ThreadCall, wait: bool) -> None:
         with self._lock:
-            if self._server is not server:
+            if self._server is not server or server.ended:
                 msg = "this batched function is closed"
                 raise BatcherClosed(msg)
             server.send(call, wait)
@@ -393,7 +442,7 @@ class SyncFront(Binding, Generic[T, R]):
                 f"use `await {name}.acall(...)` here"
             )
             raise RuntimeError(msg)
-        server = self._server or self._serve()
+        server = self._server_or_refuse(1 if items is None else len(items))
         call = self._make_call(server, item, items, priority)
         lock = threading.Lock()
         lock.acquire()
@@ -460,7 +509,7 @@ class SyncFront(Binding, Generic[T, R]):
         return await self._await(item, None, priority, wait)  # type: ignore[no-any-return]
 
     async def _await(self, item: Any, items: list[Any] | None, priority: float, wait: bool) -> Any:
-        server = self._server or self._serve()
+        server = self._server_or_refuse(1 if items is None else len(items))
         call = self._make_call(server, item, items, priority)
         loop = asyncio._get_running_loop()
         if loop is not None:

@@ -1,0 +1,1219 @@
+"""The sync front-end: ``@batched.dynamically`` on a plain ``def``, called from threads.
+
+These tests run in real time: the serving thread runs its own event loop, and calls come
+from OS threads, so virtual time cannot apply. They stay small, synchronise with
+``threading.Event``/``Barrier`` (never with sleeps), and bound every wait with a timeout
+so that a hang fails fast with a message instead of waiting for pytest-timeout.
+
+Async callers (``acall``) run under ``anyio.run`` on real asyncio and trio loops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import gc
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import weakref
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.to_thread
+import pytest
+
+import batched
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+BACKENDS = ["asyncio", "trio"]
+JOIN = 10.0  # seconds: the longest any single wait in these tests may take
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class MyError(Exception):
+    """Raised by a batch function on purpose."""
+
+
+class Boom(BaseException):
+    """A BaseException (not an Exception) raised by a batch function on purpose."""
+
+
+def tag(items: list[Any]) -> list[tuple[str, Any]]:
+    return [("r", item) for item in items]
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+class Threads:
+    """Callables run in daemon threads; each one's result or exception, by key."""
+
+    def __init__(self) -> None:
+        self.threads: dict[Any, threading.Thread] = {}
+        self.results: dict[Any, Any] = {}
+        self.errors: dict[Any, BaseException] = {}
+
+    def start(self, key: Any, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        def run() -> None:
+            try:
+                self.results[key] = fn(*args, **kwargs)
+            except BaseException as exc:
+                self.errors[key] = exc
+
+        thread = threading.Thread(target=run, name=f"caller {key!r}", daemon=True)
+        self.threads[key] = thread
+        thread.start()
+
+    def join(self, timeout: float = JOIN) -> None:
+        deadline = time.monotonic() + timeout
+        for key, thread in self.threads.items():
+            thread.join(max(0.0, deadline - time.monotonic()))
+            assert not thread.is_alive(), f"caller {key!r} still blocked after {timeout} s"
+
+    def outcomes(self) -> dict[Any, Any]:
+        return {**self.results, **self.errors}
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = JOIN) -> None:
+    """Wait for a condition another thread makes true (a bounded poll, not a timed sleep)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.001)
+
+
+async def await_until(predicate: Callable[[], bool], what: str) -> None:
+    """``wait_until`` for async code: yields to the event loop between polls."""
+    try:
+        with anyio.fail_after(JOIN):
+            # The condition is made true by another thread: no anyio.Event can carry it.
+            while not predicate():  # noqa: ASYNC110
+                await anyio.sleep(0.001)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {JOIN} s waiting for {what}") from None
+
+
+class Gate:
+    """Holds a batch open inside the batch function until ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def hold(self) -> None:
+        self.entered.set()
+        assert self.release.wait(JOIN), "the held batch was never released"
+
+    def wait_entered(self) -> None:
+        assert self.entered.wait(JOIN), "the batch function was never called"
+
+
+def serving_threads(f: Any) -> list[threading.Thread]:
+    name = f"batched {f.__qualname__}"
+    return [thread for thread in threading.enumerate() if thread.name == name]
+
+
+def close_bounded(f: Any) -> None:
+    """``f.close()``, failing instead of hanging if it does not return."""
+    closer = threading.Thread(target=f.close, daemon=True)
+    closer.start()
+    closer.join(JOIN)
+    assert not closer.is_alive(), f"{f!r}.close() did not return within {JOIN} s"
+
+
+def close_began(f: Any) -> bool:
+    # Private, read-only: the only way to see that close() has started without racing it.
+    return bool(f._closed)
+
+
+def assert_stats_add_up(f: Any) -> None:
+    s = f.stats
+    assert s.queue_size == 0
+    assert s.submitted == s.completed + s.failed + s.cancelled + s.rejected, s
+
+
+@pytest.fixture
+def cleanup() -> Iterator[contextlib.ExitStack]:
+    """Callbacks run after the test, last registered first (release gates, then close)."""
+    with contextlib.ExitStack() as stack:
+        yield stack
+
+
+def closing(cleanup: contextlib.ExitStack, f: Any) -> Any:
+    cleanup.callback(close_bounded, f)
+    return f
+
+
+# -- many threads --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("max_concurrent_batches", [1, 3])
+def test_threads_each_get_their_own_result(
+    cleanup: contextlib.ExitStack, max_concurrent_batches: int
+) -> None:
+    """8 threads x 50 calls: every caller gets fn of its own item; no item is lost or doubled."""
+    batches: list[list[Any]] = []
+    lock = threading.Lock()
+
+    @batched.dynamically(batch_size=8, timeout_ms=1, max_concurrent_batches=max_concurrent_batches)
+    def fn(items: list[Any]) -> list[Any]:
+        with lock:
+            batches.append(list(items))
+        return tag(items)
+
+    closing(cleanup, fn)
+
+    def caller(t: int) -> list[Any]:
+        return [fn((t, i)) for i in range(50)]
+
+    threads = Threads()
+    for t in range(8):
+        threads.start(t, caller, t)
+    threads.join()
+    assert not threads.errors
+    for t in range(8):
+        assert threads.results[t] == [("r", (t, i)) for i in range(50)]
+    seen = [item for batch in batches for item in batch]
+    assert sorted(seen) == sorted((t, i) for t in range(8) for i in range(50))
+    assert all(1 <= len(batch) <= 8 for batch in batches)
+    stats = fn.stats
+    assert stats.submitted == stats.completed == stats.total_processed == 400
+    assert stats.total_batches == len(batches)
+    assert_stats_add_up(fn)
+
+
+def test_calls_from_distinct_threads_share_one_batch(cleanup: contextlib.ExitStack) -> None:
+    """8 threads released by a barrier, batch_size=8 and a long timeout: one batch of 8."""
+    batches: list[list[Any]] = []
+
+    @batched.dynamically(batch_size=8, timeout_ms=60_000)
+    def fn(items: list[Any]) -> list[Any]:
+        batches.append(list(items))
+        return tag(items)
+
+    closing(cleanup, fn)
+    barrier = threading.Barrier(8, timeout=JOIN)
+
+    def caller(t: int) -> Any:
+        barrier.wait()
+        return fn((t, "x"))
+
+    threads = Threads()
+    for t in range(8):
+        threads.start(t, caller, t)
+    threads.join()
+    assert threads.results == {t: ("r", (t, "x")) for t in range(8)}
+    assert len(batches) == 1
+    assert sorted(t for t, _ in batches[0]) == list(range(8))
+
+
+def test_serving_thread_starts_on_first_use_and_is_a_named_daemon(
+    cleanup: contextlib.ExitStack,
+) -> None:
+    @batched.dynamically(batch_size=4, timeout_ms=1)
+    def fn(items: list[Any]) -> list[Any]:
+        return tag(items)
+
+    closing(cleanup, fn)
+    assert isinstance(fn, batched.SyncBatchedFunction)
+    assert serving_threads(fn) == []  # nothing runs before the first call
+    assert fn(1) == ("r", 1)
+    [serving] = serving_threads(fn)
+    assert serving.daemon
+    assert fn(2) == ("r", 2)
+    assert serving_threads(fn) == [serving]  # one thread serves every call
+    fn.close()
+    assert not serving.is_alive()
+    assert serving_threads(fn) == []
+
+
+@pytest.mark.parametrize("max_concurrent_batches", [1, 2])
+def test_where_fn_runs(cleanup: contextlib.ExitStack, max_concurrent_batches: int) -> None:
+    """One slot: fn runs in the serving thread itself; more slots: in worker threads."""
+    ran_in: list[threading.Thread] = []
+
+    @batched.dynamically(batch_size=4, timeout_ms=1, max_concurrent_batches=max_concurrent_batches)
+    def fn(items: list[Any]) -> list[Any]:
+        ran_in.append(threading.current_thread())
+        return tag(items)
+
+    closing(cleanup, fn)
+    assert fn.many([1, 2, 3, 4]) == tag([1, 2, 3, 4])
+    [serving] = serving_threads(fn)
+    assert ran_in[0] is not threading.current_thread()
+    if max_concurrent_batches == 1:
+        assert ran_in == [serving]
+    else:
+        assert ran_in[0] is not serving
+
+
+# -- call shapes ------------------------------------------------------------------------------
+
+
+def test_call_shapes(cleanup: contextlib.ExitStack) -> None:
+    batches: list[list[Any]] = []
+
+    @batched.dynamically(batch_size=4, timeout_ms=1)
+    def fn(items: list[Any]) -> list[Any]:
+        batches.append(list(items))
+        return tag(items)
+
+    closing(cleanup, fn)
+    assert fn(1) == ("r", 1)
+    assert fn((1, 2)) == ("r", (1, 2))  # a tuple is one item
+    assert fn([1, 2, 3]) == tag([1, 2, 3])
+    assert fn([7]) == [("r", 7)]
+    assert fn.one([1, 2]) == ("r", [1, 2])  # a list as one item
+    assert fn.many([4, 5]) == tag([4, 5])
+    assert fn.many(iter([6, 8, 9])) == tag([6, 8, 9])
+    assert fn.many([10]) == [("r", 10)]
+    assert fn(11, priority=3, wait=False) == ("r", 11)
+    assert fn.many([12, 13], priority=-1.5) == tag([12, 13])
+    calls_before = len(batches)
+    assert fn([]) == []
+    assert fn.many([]) == []
+    assert len(batches) == calls_before  # an empty call never reaches fn
+    assert [[1, 2]] in batches  # one() handed the list to fn as a single item
+    stats = fn.stats
+    assert stats.submitted == stats.completed == 16
+    assert_stats_add_up(fn)
+
+
+def test_bad_priority_is_an_error_counted_as_failed(cleanup: contextlib.ExitStack) -> None:
+    @batched.dynamically(batch_size=4, timeout_ms=1)
+    def fn(items: list[Any]) -> list[Any]:
+        return tag(items)
+
+    closing(cleanup, fn)
+    with pytest.raises(TypeError, match="priority"):
+        fn(1, priority="high")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="NaN"):
+        fn.many([1, 2], priority=float("nan"))
+    wait_until(lambda: fn.stats.failed == 3, "the bad calls to be counted")
+    assert fn(1) == ("r", 1)
+    stats = fn.stats
+    assert (stats.submitted, stats.completed, stats.failed) == (4, 1, 3)
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+def test_fn_error_reaches_every_caller_of_its_batch(cleanup: contextlib.ExitStack) -> None:
+    @batched.dynamically(batch_size=4, timeout_ms=60_000)
+    def fn(items: list[Any]) -> list[Any]:
+        if "boom" in items:
+            raise MyError(sorted(map(str, items)))
+        return tag(items)
+
+    closing(cleanup, fn)
+    barrier = threading.Barrier(4, timeout=JOIN)
+
+    def caller(item: str) -> Any:
+        barrier.wait()
+        return fn(item)
+
+    threads = Threads()
+    for item in ("boom", "a", "b", "c"):
+        threads.start(item, caller, item)
+    threads.join()
+    assert not threads.results
+    errors = list(threads.errors.values())
+    assert len(errors) == 4
+    assert all(isinstance(error, MyError) for error in errors)
+    assert len({id(error) for error in errors}) == 1  # that exception, to every caller
+    assert errors[0].args == (["a", "b", "boom", "c"],)
+    # The function keeps serving.
+    assert fn.many([1, 2, 3, 4]) == tag([1, 2, 3, 4])
+    with pytest.raises(MyError):
+        fn.many(["boom", "d", "e", "f"])
+    assert fn.many([5, 6, 7, 8]) == tag([5, 6, 7, 8])
+    stats = fn.stats
+    assert (stats.completed, stats.failed, stats.total_batches) == (8, 8, 4)
+    assert_stats_add_up(fn)
+
+
+def test_failure_in_a_slot_fails_that_caller_alone(cleanup: contextlib.ExitStack) -> None:
+    @batched.dynamically(batch_size=2, timeout_ms=60_000)
+    def fn(items: list[Any]) -> list[Any]:
+        return [batched.Failure(MyError(i)) if i == "bad" else ("r", i) for i in items]
+
+    closing(cleanup, fn)
+    barrier = threading.Barrier(2, timeout=JOIN)
+
+    def caller(item: str) -> Any:
+        barrier.wait()
+        return fn(item)
+
+    threads = Threads()
+    threads.start("ok", caller, "ok")
+    threads.start("bad", caller, "bad")
+    threads.join()
+    assert threads.results == {"ok": ("r", "ok")}
+    assert isinstance(threads.errors["bad"], MyError)
+    with pytest.raises(MyError):
+        fn.many(["x", "bad"])
+    assert fn.stats.total_batches == 2
+    assert_stats_add_up(fn)
+
+
+def test_wrong_result_count_or_type_reaches_every_caller(cleanup: contextlib.ExitStack) -> None:
+    @batched.dynamically(batch_size=2, timeout_ms=60_000)
+    def fn(items: list[Any]) -> Any:
+        if "short" in items:
+            return tag(items)[:-1]
+        if "dict" in items:
+            return {item: item for item in items}
+        return tag(items)
+
+    closing(cleanup, fn)
+    barrier = threading.Barrier(2, timeout=JOIN)
+
+    def caller(item: str) -> Any:
+        barrier.wait()
+        return fn(item)
+
+    threads = Threads()
+    threads.start("short", caller, "short")
+    threads.start("mate", caller, "mate")
+    threads.join()
+    assert not threads.results
+    for error in threads.errors.values():
+        assert isinstance(error, batched.BatchSizeMismatch)
+        assert isinstance(error, ValueError)
+        assert "2" in str(error)
+        assert "1" in str(error)
+    with pytest.raises(TypeError, match="dict"):
+        fn.many(["dict", "x"])
+    assert fn.many(["a", "b"]) == tag(["a", "b"])  # later batches still run
+    assert_stats_add_up(fn)
+
+
+def test_calls_after_fn_raised_a_base_exception_do_not_hang(
+    cleanup: contextlib.ExitStack,
+) -> None:
+    @batched.dynamically(batch_size=1, timeout_ms=0)
+    def fn(items: list[Any]) -> list[Any]:
+        if "boom" in items:
+            raise Boom
+        return tag(items)
+
+    closing(cleanup, fn)
+    assert fn("ok") == ("r", "ok")
+    [serving] = serving_threads(fn)
+    with pytest.raises(batched.BatcherClosed):
+        fn("boom")
+    # The crash ends the serving thread. (A call made while it is still winding down
+    # gets BatcherClosed; one made after it ended is the case that hangs.)
+    serving.join(JOIN)
+    assert not serving.is_alive()
+    threads = Threads()
+    threads.start("later", fn, "later")
+    threads.threads["later"].join(2.0)
+    # Settled either way (a result from a fresh thread, or BatcherClosed), never blocked.
+    assert not threads.threads["later"].is_alive(), "a call after the crash blocks forever"
+
+
+def test_batcher_closed_after_a_crash_is_chained_to_it(cleanup: contextlib.ExitStack) -> None:
+    """Made deterministic: a held batch keeps the serving thread from finishing the crash."""
+    gate = Gate()
+
+    @batched.dynamically(batch_size=1, timeout_ms=0, max_concurrent_batches=2)
+    def fn(items: list[Any]) -> list[Any]:
+        if "boom" in items:
+            raise Boom
+        gate.hold()
+        return tag(items)
+
+    closing(cleanup, fn)
+    cleanup.callback(gate.release.set)
+    threads = Threads()
+    threads.start("held", fn, "held")
+    gate.wait_entered()
+    with pytest.raises(batched.BatcherClosed) as info:
+        fn("boom")
+    gate.release.set()
+    threads.join()
+    assert isinstance(threads.errors["held"], batched.BatcherClosed)
+    assert isinstance(info.value.__cause__, Boom)
+
+
+# -- the event-loop guard ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_blocking_call_in_an_event_loop_thread_raises(
+    cleanup: contextlib.ExitStack, backend: str
+) -> None:
+    @batched.dynamically(batch_size=4, timeout_ms=1)
+    def fn(items: list[Any]) -> list[Any]:
+        return tag(items)
+
+    closing(cleanup, fn)
+
+    async def main() -> None:
+        calls: list[Callable[[], Any]] = [
+            lambda: fn(1),
+            lambda: fn([1, 2]),
+            lambda: fn.one(1),
+            lambda: fn.many([1, 2]),
+        ]
+        for call in calls:
+            with pytest.raises(RuntimeError, match="acall"):
+                call()
+        assert serving_threads(fn) == []  # refused before starting anything
+        with anyio.fail_after(JOIN):
+            assert await fn.acall(1) == ("r", 1)
+            # A worker thread of this loop runs no loop: it may block.
+            assert await anyio.to_thread.run_sync(fn, 2) == ("r", 2)
+
+    anyio.run(main, backend=backend)
+    assert fn.stats.completed == 2
+
+
+# -- acall ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_acall_results(cleanup: contextlib.ExitStack, backend: str) -> None:
+    @batched.dynamically(batch_size=8, timeout_ms=1)
+    def fn(items: list[Any]) -> list[Any]:
+        return tag(items)
+
+    closing(cleanup, fn)
+    got: dict[int, Any] = {}
+
+    async def one(i: int) -> None:
+        got[i] = await fn.acall(i)
+
+    async def main() -> None:
+        with anyio.fail_after(JOIN):
+            assert await fn.acall(1) == ("r", 1)
+            assert await fn.acall([1, 2, 3]) == tag([1, 2, 3])
+            assert await fn.acall([4]) == [("r", 4)]
+            assert await fn.acall([]) == []
+            assert await fn.acall_one([5, 6]) == ("r", [5, 6])
+            assert await fn.acall(7, priority=2, wait=False) == ("r", 7)
+            async with anyio.create_task_group() as tg:
+                for i in range(20):
+                    tg.start_soon(one, i)
+
+    anyio.run(main, backend=backend)
+    assert got == {i: ("r", i) for i in range(20)}
+    stats = fn.stats
+    assert stats.submitted == stats.completed == 27
+    assert_stats_add_up(fn)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_acall_and_thread_calls_share_a_batch(cleanup: contextlib.ExitStack, backend: str) -> None:
+    batches: list[list[Any]] = []
+
+    @batched.dynamically(batch_size=2, timeout_ms=60_000)
+    def fn(items: list[Any]) -> list[Any]:
+        batches.append(list(items))
+        return tag(items)
+
+    closing(cleanup, fn)
+    threads = Threads()
+
+    async def main() -> None:
+        threads.start("thread", fn, "from a thread")
+        with anyio.fail_after(JOIN):
+            assert await fn.acall("from a loop") == ("r", "from a loop")
+
+    anyio.run(main, backend=backend)
+    threads.join()
+    assert threads.results == {"thread": ("r", "from a thread")}
+    assert len(batches) == 1
+    assert sorted(batches[0]) == ["from a loop", "from a thread"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cancelled_acall_waiting_in_the_pool_never_reaches_fn(
+    cleanup: contextlib.ExitStack, backend: str
+) -> None:
+    batches: list[list[Any]] = []
+
+    @batched.dynamically(batch_size=2, timeout_ms=60_000)
+    def fn(items: list[Any]) -> list[Any]:
+        batches.append(list(items))
+        return tag(items)
+
+    closing(cleanup, fn)
+
+    async def main() -> None:
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(fn.acall, "x")
+                await await_until(lambda: fn.stats.queue_size == 1, "x to wait in the pool")
+                scope.cancel()
+        assert scope.cancelled_caught
+        await await_until(
+            lambda: fn.stats.cancelled == 1 and fn.stats.queue_size == 0, "x to be dropped"
+        )
+        with anyio.fail_after(JOIN):
+            assert await fn.acall(["a", "b"]) == tag(["a", "b"])
+
+    anyio.run(main, backend=backend)
+    assert batches == [["a", "b"]]
+    stats = fn.stats
+    assert (stats.submitted, stats.completed, stats.cancelled) == (3, 2, 1)
+    assert_stats_add_up(fn)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cancelled_acall_sent_while_a_batch_is_held_never_reaches_fn(
+    cleanup: contextlib.ExitStack, backend: str
+) -> None:
+    """One slot: fn holds the serving thread, so the acall is still on its way in."""
+    batches: list[list[Any]] = []
+    gate = Gate()
+
+    @batched.dynamically(batch_size=1, timeout_ms=0)
+    def fn(items: list[Any]) -> list[Any]:
+        batches.append(list(items))
+        if "hold" in items:
+            gate.hold()
+        return tag(items)
+
+    closing(cleanup, fn)
+    cleanup.callback(gate.release.set)
+    threads = Threads()
+    threads.start("hold", fn, "hold")
+    gate.wait_entered()
+
+    async def main() -> None:
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(fn.acall, "x")
+                await anyio.wait_all_tasks_blocked()  # acall has sent x and parked
+                scope.cancel()
+        assert scope.cancelled_caught
+        gate.release.set()
+        with anyio.fail_after(JOIN):
+            assert await fn.acall("y") == ("r", "y")
+
+    anyio.run(main, backend=backend)
+    threads.join()
+    assert threads.results == {"hold": ("r", "hold")}
+    assert batches == [["hold"], ["y"]]
+    stats = fn.stats
+    assert (stats.submitted, stats.completed, stats.cancelled) == (3, 2, 1)
+    assert_stats_add_up(fn)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cancelled_acall_while_its_batch_runs(cleanup: contextlib.ExitStack, backend: str) -> None:
+    """Its batch-mate gets its result; the cancelled caller counts as cancelled."""
+    gate = Gate()
+
+    @batched.dynamically(batch_size=2, timeout_ms=60_000, max_concurrent_batches=2)
+    def fn(items: list[Any]) -> list[Any]:
+        gate.hold()
+        return tag(items)
+
+    closing(cleanup, fn)
+    cleanup.callback(gate.release.set)
+    threads = Threads()
+
+    async def main() -> None:
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(fn.acall, "x")
+                threads.start("mate", fn, "mate")
+                await anyio.to_thread.run_sync(gate.wait_entered)
+                scope.cancel()
+        await await_until(lambda: fn.stats.cancelled == 1, "the cancellation to be counted")
+        gate.release.set()
+
+    anyio.run(main, backend=backend)
+    threads.join()
+    assert threads.outcomes() == {"mate": ("r", "mate")}
+    stats = fn.stats
+    assert (stats.submitted, stats.completed, stats.cancelled, stats.total_processed) == (
+        2,
+        1,
+        1,
+        2,
+    )
+    assert_stats_add_up(fn)
+
+
+def test_rejected_then_cancelled_acall_is_counted_once(cleanup: contextlib.ExitStack) -> None:
+    @batched.dynamically(batch_size=2, timeout_ms=60_000, max_queue_size=1)
+    def fn(items: list[Any]) -> list[Any]:
+        return tag(items)
+
+    closing(cleanup, fn)
+    threads = Threads()
+    threads.start("q", fn, "q")
+    wait_until(lambda: fn.stats.queue_size == 1, "q to take the only room")
+
+    async def main() -> None:
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(functools.partial(fn.acall, "r", wait=False))
+                await anyio.wait_all_tasks_blocked()  # sent, parked on its future
+                # Block this loop (no await) until the serving thread has rejected the call
+                # and posted the wake-up, then cancel before the loop can deliver it.
+                wait_until(lambda: fn.stats.rejected == 1, "r to be rejected")
+                scope.cancel()
+
+    anyio.run(main, backend="asyncio")
+    fn.close()
+    threads.join()
+    assert threads.results == {"q": ("r", "q")}
+    assert_stats_add_up(fn)
+
+
+# -- close ------------------------------------------------------------------------------------
+
+
+def test_close_drains_held_and_waiting_calls(cleanup: contextlib.ExitStack) -> None:
+    gate = Gate()
+
+    @batched.dynamically(batch_size=2, timeout_ms=60_000, max_concurrent_batches=2)
+    def fn(items: list[Any]) -> list[Any]:
+        if "a" in items:
+            gate.hold()
+        return tag(items)
+
+    closing(cleanup, fn)
+    cleanup.callback(gate.release.set)
+    threads = Threads()
+    barrier = threading.Barrier(2, timeout=JOIN)
+
+    def caller(item: str) -> Any:
+        barrier.wait()
+        return fn(item)
+
+    threads.start("a", caller, "a")
+    threads.start("b", caller, "b")
+    gate.wait_entered()  # batch [a, b] is held open
+    threads.start("c", fn, "c")  # c waits in the pool; its timeout is a minute away
+    wait_until(lambda: fn.stats.queue_size == 1, "c to wait in the pool")
+    [serving] = serving_threads(fn)
+    closer = Threads()
+    closer.start("close", fn.close)
+    wait_until(lambda: close_began(fn), "close() to begin")
+    assert closer.threads["close"].is_alive()  # close() blocks while the batch is held
+    gate.release.set()
+    closer.join()
+    threads.join()
+    assert closer.outcomes() == {"close": None}
+    assert threads.outcomes() == {"a": ("r", "a"), "b": ("r", "b"), "c": ("r", "c")}
+    assert not serving.is_alive()
+    with pytest.raises(batched.BatcherClosed):
+        fn("d")
+    stats = fn.stats  # the refused call counts as submitted and failed, as Batcher's do
+    assert (stats.submitted, stats.completed, stats.failed) == (4, 3, 1)
+    assert_stats_add_up(fn)
+
+
+def test_calls_after_close_raise_batcher_closed(cleanup: contextlib.ExitStack) -> None:
+    @batched.dynamically(batch_size=4, timeout_ms=1)
+    def fn(items: list[Any]) -> list[Any]:
+        return tag(items)
+
+    closing(cleanup, fn)
+    assert fn(1) == ("r", 1)
+    [serving] = serving_threads(fn)
+    fn.close()
+    assert not serving.is_alive()
+    assert serving_threads(fn) == []
+    fn.close()  # idempotent
+    for call in (lambda: fn(1), lambda: fn([1, 2]), lambda: fn.one(1), lambda: fn.many([1, 2])):
+        with pytest.raises(batched.BatcherClosed) as info:
+            call()
+        assert isinstance(info.value, anyio.ClosedResourceError)
+        assert isinstance(info.value, batched.BatchedError)
+
+    async def main() -> None:
+        with pytest.raises(batched.BatcherClosed):
+            await fn.acall(1)
+        with pytest.raises(batched.BatcherClosed):
+            await fn.acall([1, 2])
+
+    anyio.run(main, backend="asyncio")
+    assert serving_threads(fn) == []  # a refused call starts nothing
+
+
+def test_close_before_first_use(cleanup: contextlib.ExitStack) -> None:
+    @batched.dynamically
+    def fn(items: list[Any]) -> list[Any]:
+        return tag(items)
+
+    closing(cleanup, fn)
+    fn.close()
+    fn.close()
+    assert serving_threads(fn) == []
+    with pytest.raises(batched.BatcherClosed):
+        fn(1)
+
+
+def test_call_after_close_is_counted_as_failed(cleanup: contextlib.ExitStack) -> None:
+    @batched.dynamically(batch_size=4, timeout_ms=1)
+    def fn(items: list[Any]) -> list[Any]:
+        return tag(items)
+
+    closing(cleanup, fn)
+    fn.close()
+    with pytest.raises(batched.BatcherClosed):
+        fn(1)
+    stats = fn.stats
+    assert (stats.submitted, stats.failed) == (1, 1)
+
+
+def test_with_block_reopens_and_closes(cleanup: contextlib.ExitStack) -> None:
+    @batched.dynamically(batch_size=4, timeout_ms=1)
+    def fn(items: list[Any]) -> list[Any]:
+        return tag(items)
+
+    closing(cleanup, fn)
+    previous: threading.Thread | None = None
+    for round_ in range(2):
+        with fn as entered:
+            assert entered is fn
+            assert fn(round_) == ("r", round_)
+            [serving] = serving_threads(fn)
+            assert serving is not previous  # a fresh serving thread each time
+        assert not serving.is_alive()
+        with pytest.raises(batched.BatcherClosed):
+            fn(1)
+        previous = serving
+    fn.close()  # closing a closed function is fine
+    with fn:  # reopens after close() too
+        assert fn.many([1, 2]) == tag([1, 2])
+    stats = fn.stats  # the counters carry over across serving threads; refused calls fail
+    assert (stats.submitted, stats.completed, stats.failed) == (6, 4, 2)
+    assert_stats_add_up(fn)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_aclose(cleanup: contextlib.ExitStack, backend: str) -> None:
+    @batched.dynamically(batch_size=4, timeout_ms=1)
+    def fn(items: list[Any]) -> list[Any]:
+        return tag(items)
+
+    closing(cleanup, fn)
+
+    async def main() -> None:
+        with anyio.fail_after(JOIN):
+            assert await fn.acall(1) == ("r", 1)
+            [serving] = serving_threads(fn)
+            await fn.aclose()
+            assert not serving.is_alive()
+            with pytest.raises(batched.BatcherClosed):
+                await fn.acall(2)
+            await fn.aclose()  # idempotent
+
+    anyio.run(main, backend=backend)
+    assert serving_threads(fn) == []
+
+
+# -- methods ----------------------------------------------------------------------------------
+
+
+class Model:
+    ran_in: dict[str, threading.Thread]
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @batched.dynamically(batch_size=4, timeout_ms=1)
+    def predict(self, items: list[Any]) -> list[Any]:
+        Model.ran_in[self.name] = threading.current_thread()
+        return [(self.name, item) for item in items]
+
+
+@pytest.fixture
+def models() -> Iterator[dict[str, threading.Thread]]:
+    Model.ran_in = {}
+    yield Model.ran_in
+    del Model.ran_in
+
+
+def test_each_instance_has_its_own_function_and_thread(
+    cleanup: contextlib.ExitStack, models: dict[str, threading.Thread]
+) -> None:
+    a, b = Model("a"), Model("b")
+    closing(cleanup, a.predict)
+    closing(cleanup, b.predict)
+    assert a.predict is a.predict
+    assert a.predict is not b.predict
+    assert a.predict(1) == ("a", 1)
+    assert b.predict([1, 2]) == [("b", 1), ("b", 2)]
+    assert a.predict.many([3]) == [("a", 3)]
+    assert models["a"] is not models["b"]  # fn runs in each instance's serving thread
+    assert models["a"].daemon
+    assert models["b"].daemon
+    assert a.predict.stats.completed == 2
+    assert b.predict.stats.completed == 2
+    b.predict.close()
+    assert not models["b"].is_alive()
+    assert a.predict(4) == ("a", 4)  # closing one instance's function leaves the other
+
+
+def test_instance_gc_stops_its_serving_thread(models: dict[str, threading.Thread]) -> None:
+    a = Model("a")
+    assert a.predict(1) == ("a", 1)
+    serving = models["a"]
+    ref = weakref.ref(a)
+    del a
+    gc.collect()
+    assert ref() is None, "the serving thread keeps the instance alive"
+    serving.join(JOIN)
+    assert not serving.is_alive(), "the serving thread outlived its instance"
+
+
+def test_bound_method_keeps_the_method_name(
+    cleanup: contextlib.ExitStack, models: dict[str, threading.Thread]
+) -> None:
+    """Thread name, repr, ``__name__`` and the event-loop error name the method."""
+    a = Model("a")
+    closing(cleanup, a.predict)
+    assert a.predict(1) == ("a", 1)
+    assert models["a"].name == "batched Model.predict"
+    assert a.predict.__name__ == "predict"
+    assert "Model.predict" in repr(a.predict)
+
+    async def main() -> None:
+        with pytest.raises(RuntimeError, match=r"predict\.acall"):
+            a.predict(2)
+
+    anyio.run(main, backend="asyncio")
+
+
+# -- nesting ----------------------------------------------------------------------------------
+
+
+def test_fn_may_call_another_sync_batched_function(cleanup: contextlib.ExitStack) -> None:
+    @batched.dynamically(batch_size=4, timeout_ms=1)
+    def inner(items: list[int]) -> list[int]:
+        return [item + 1 for item in items]
+
+    @batched.dynamically(batch_size=4, timeout_ms=1)
+    def outer(items: list[int]) -> list[int]:
+        return inner.many(items)
+
+    closing(cleanup, outer)
+    closing(cleanup, inner)
+    assert outer(1) == 2
+
+
+# -- bounded queue ----------------------------------------------------------------------------
+
+
+def test_queue_full_with_wait_false_is_rejected(cleanup: contextlib.ExitStack) -> None:
+    @batched.dynamically(batch_size=2, timeout_ms=60_000, max_queue_size=1)
+    def fn(items: list[Any]) -> list[Any]:
+        return tag(items)
+
+    closing(cleanup, fn)
+    threads = Threads()
+    threads.start("a", fn, "a")  # takes the only room, waits a minute for a batch-mate
+    wait_until(lambda: fn.stats.queue_size == 1, "a to wait in the pool")
+    with pytest.raises(batched.QueueFull) as info:
+        fn("b", wait=False)
+    assert isinstance(info.value, anyio.WouldBlock)
+    assert isinstance(info.value, batched.BatchedError)
+    with pytest.raises(batched.QueueFull):
+        fn.many(["c", "d"], wait=False)
+    assert fn.stats.rejected == 3
+    threads.start("e", fn, "e")  # waits for room
+    wait_until(lambda: fn.stats.submitted == 5, "e to wait for room")
+    fn.close()  # a is drained; e, still waiting for room, is refused
+    threads.join()
+    assert threads.results == {"a": ("r", "a")}
+    assert isinstance(threads.errors["e"], batched.BatcherClosed)
+    stats = fn.stats
+    assert (stats.submitted, stats.completed, stats.failed, stats.rejected) == (5, 1, 1, 3)
+    assert_stats_add_up(fn)
+
+
+# -- cache ------------------------------------------------------------------------------------
+
+
+def test_cache_serves_repeated_items(cleanup: contextlib.ExitStack) -> None:
+    from batched.cache import MemoryCache
+
+    batches: list[list[Any]] = []
+
+    @batched.dynamically(batch_size=2, timeout_ms=1, cache=MemoryCache(maxsize=16))
+    def fn(items: list[Any]) -> list[Any]:
+        batches.append(list(items))
+        return tag(items)
+
+    closing(cleanup, fn)
+    assert fn.many([1, 2]) == tag([1, 2])
+    assert fn(1) == ("r", 1)  # a hit: fn is not called again
+    assert fn.many([2, 3]) == tag([2, 3])
+
+    async def main() -> None:
+        with anyio.fail_after(JOIN):
+            assert await fn.acall(3) == ("r", 3)
+
+    anyio.run(main, backend="trio")
+    assert sorted(item for batch in batches for item in batch) == [1, 2, 3]
+    stats = fn.stats
+    assert stats.cache_stats is not None
+    assert stats.cache_stats.hits == 3
+    assert (stats.submitted, stats.completed) == (6, 6)
+    assert_stats_add_up(fn)
+
+
+def test_close_with_a_cache_drains_without_waiting_out_the_timeout(
+    cleanup: contextlib.ExitStack,
+) -> None:
+    from batched.cache import MemoryCache
+
+    @batched.dynamically(batch_size=2, timeout_ms=60_000, cache=MemoryCache(maxsize=16))
+    def fn(items: list[Any]) -> list[Any]:
+        return tag(items)
+
+    closing(cleanup, fn)
+    threads = Threads()
+    threads.start("a", fn, "a")
+    wait_until(lambda: fn.stats.queue_size == 1, "a to wait in the pool")
+    closer = threading.Thread(target=fn.close, daemon=True)
+    closer.start()
+    closer.join(3.0)  # a drain takes milliseconds; the timeout is a minute
+    assert not closer.is_alive(), "close() waits out timeout_ms"
+    threads.join()
+    assert threads.results == {"a": ("r", "a")}
+
+
+# -- interpreter exit -------------------------------------------------------------------------
+
+
+def run_python(script: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(process: subprocess.Popen[str], timeout: float = 30.0) -> tuple[int, str, str]:
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, err = process.communicate()
+        raise AssertionError(
+            f"the interpreter did not exit within {timeout} s\n{out}\n{err}"
+        ) from None
+    return process.returncode, out, err
+
+
+def test_interpreter_exits_without_close() -> None:
+    process = run_python(
+        """
+        import threading
+        import batched
+
+        @batched.dynamically(batch_size=4, timeout_ms=1)
+        def fn(items):
+            return [item * 2 for item in items]
+
+        out = []
+        threads = [threading.Thread(target=lambda i=i: out.append(fn(i))) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        assert sorted(out) == [0, 2, 4, 6], out
+        print("done")
+        """
+    )
+    assert finish(process) == (0, "done\n", "")
+
+
+def test_interpreter_exit_is_bounded_with_a_hung_call() -> None:
+    """A daemon thread blocked in a call whose fn never returns cannot hold the exit."""
+    script = """
+        import threading
+        import batched
+
+        entered, never = threading.Event(), threading.Event()
+
+        @batched.dynamically(batch_size=1, timeout_ms=0, max_concurrent_batches={mcb})
+        def fn(items):
+            entered.set()
+            never.wait()
+            return items
+
+        threading.Thread(target=fn, args=(1,), daemon=True).start()
+        assert entered.wait(10)
+        print("held", flush=True)
+        """
+    # fn in the serving thread (one slot) and in a worker thread; run side by side.
+    processes = [run_python(script.replace("{mcb}", str(mcb))) for mcb in (1, 2)]
+    for process in processes:
+        assert finish(process) == (0, "held\n", "")
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs signal.pthread_kill")
+def test_interrupted_blocking_call_drops_its_item() -> None:
+    """Ctrl-C in a thread blocked in a call: the item leaves the queue, counted cancelled."""
+    process = run_python(
+        """
+        import signal, threading, time
+        import batched
+
+        # A parent started in the background may pass SIGINT down as ignored.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        seen = []
+
+        @batched.dynamically(batch_size=2, timeout_ms=60_000)
+        def fn(items):
+            seen.append(list(items))
+            return items
+
+        def wait_until(predicate):
+            deadline = time.monotonic() + 10
+            while not predicate():
+                assert time.monotonic() < deadline, "timed out"
+                time.sleep(0.001)
+
+        def interrupt():
+            wait_until(lambda: fn.stats.queue_size == 1)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+        threading.Thread(target=interrupt, daemon=True).start()
+        try:
+            fn("x")
+        except KeyboardInterrupt:
+            pass
+        else:
+            raise AssertionError("not interrupted")
+        wait_until(lambda: fn.stats.cancelled == 1 and fn.stats.queue_size == 0)
+        assert fn(["a", "b"]) == ["a", "b"]
+        assert seen == [["a", "b"]], seen
+        s = fn.stats
+        assert (s.submitted, s.completed, s.cancelled) == (3, 2, 1), s
+        fn.close()
+        print("done")
+        """
+    )
+    assert finish(process) == (0, "done\n", "")
+
+
+# -- the seed's BatchProcessor ----------------------------------------------------------------
+
+
+def test_batch_processor_seed_api(cleanup: contextlib.ExitStack) -> None:
+    def double(items: list[int]) -> list[int]:
+        return [item * 2 for item in items]
+
+    assert batched.BatchProcessorStats is batched.BatchStats
+    proc = closing(cleanup, batched.BatchProcessor(double, 4, 1.0, 2))
+    assert serving_threads(proc) == []
+    proc.start()  # starts the serving thread now, before any call
+    [serving] = serving_threads(proc)
+    proc.start()  # a second start is harmless
+    assert serving_threads(proc) == [serving]
+    assert proc(3) == 6
+    assert proc([1, 2, 3]) == [2, 4, 6]
+
+    async def main() -> None:
+        with anyio.fail_after(JOIN):
+            assert await proc.acall(5) == 10
+            assert await proc.acall([6, 7]) == [12, 14]
+
+    for backend in BACKENDS:
+        anyio.run(main, backend=backend)
+    stats = proc.stats
+    assert isinstance(stats, batched.BatchProcessorStats)
+    assert (stats.submitted, stats.completed) == (10, 10)
+    proc.clear_stats()
+    assert proc.stats == batched.BatchStats()
+    assert proc(1) == 2
+    assert proc.stats.completed == 1
+    proc.shutdown()
+    assert not serving.is_alive()
+    with pytest.raises(batched.BatcherClosed):
+        proc(1)
+    with proc as entered:  # reopens after shutdown, closes at the end
+        assert entered is proc
+        assert proc(4) == 8
+        [serving] = serving_threads(proc)
+    assert not serving.is_alive()
+    with pytest.raises(batched.BatcherClosed):
+        proc(1)
+
+
+def test_batch_processor_settings(cleanup: contextlib.ExitStack) -> None:
+    def ident(items: list[int]) -> list[int]:
+        return list(items)
+
+    proc = closing(
+        cleanup, batched.BatchProcessor(ident, batch_size=2, timeout_ms=1.0, max_queue_size=8)
+    )
+    assert proc.many([1, 2, 3]) == [1, 2, 3]
+    assert proc.stats.total_batches == 2  # batch_size=2 honoured
+    with pytest.raises(ValueError, match="batch_size"):
+        batched.BatchProcessor(ident, 0)
+    with pytest.raises(ValueError, match="timeout_ms"):
+        batched.BatchProcessor(ident, 4, -1.0)
+    with pytest.raises(ValueError, match="batch_size"):
+        batched.dynamically(batch_size=0)(ident)
+
+
+# -- stats ------------------------------------------------------------------------------------
+
+
+def test_stats_add_up_over_mixed_outcomes(cleanup: contextlib.ExitStack) -> None:
+    @batched.dynamically(batch_size=2, timeout_ms=60_000, max_queue_size=2)
+    def fn(items: list[Any]) -> list[Any]:
+        if "bad" in items:
+            raise MyError
+        return tag(items)
+
+    closing(cleanup, fn)
+    assert fn.many(["a", "b"]) == tag(["a", "b"])  # completed 2
+    with pytest.raises(MyError):
+        fn.many(["bad", "c"])  # failed 2
+    with pytest.raises(TypeError):
+        fn(1, priority=None)  # type: ignore[arg-type]  # failed 1
+
+    async def cancelled() -> None:
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(fn.acall, "z")
+                await await_until(lambda: fn.stats.queue_size == 1, "z to wait")
+                scope.cancel()
+        await await_until(lambda: fn.stats.cancelled == 1, "z to be dropped")
+
+    anyio.run(cancelled, backend="trio")  # cancelled 1
+    threads = Threads()
+    threads.start("w", fn, "w")
+    wait_until(lambda: fn.stats.queue_size == 1, "w to wait")
+    with pytest.raises(batched.QueueFull):
+        fn.many(["x", "y"], wait=False)  # rejected 2
+    assert fn("v") == ("r", "v")  # completed 2, with w
+    threads.join()
+    assert threads.results == {"w": ("r", "w")}
+    stats = fn.stats
+    assert (
+        stats.submitted,
+        stats.completed,
+        stats.failed,
+        stats.cancelled,
+        stats.rejected,
+        stats.queue_size,
+    ) == (10, 4, 3, 1, 2, 0)
+    assert (stats.total_processed, stats.total_batches) == (6, 3)
+    assert stats.avg_batch_size == 2.0
+    assert stats.latency_p50_ms > 0.0
+    assert_stats_add_up(fn)
