@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, final
 
 from ._decorator import AsyncFront, Binding, check_options, weak_method
 from ._padding import Row, collate, partition, split_call, split_output, stack_rows
@@ -104,6 +104,21 @@ class _InferenceBase(Binding):
     __slots__ = ("__dict__", "__weakref__", "_batched", "_inference")
 
     _batched: Any
+    _awaitable: ClassVar[bool]
+
+    def __init__(
+        self,
+        fn: Any,
+        options: BatcherOptions,
+        pad_tokens: Mapping[str, Any] | None = None,
+        padding_side: str = "right",
+        spread_kwargs: bool = False,
+    ) -> None:
+        awaitable = self._awaitable
+        collator, inner = self._setup(
+            fn, options, pad_tokens, padding_side, spread_kwargs, awaitable
+        )
+        self._batched = AsyncFront(collator, inner) if awaitable else SyncFront(collator, inner)
 
     def _setup(
         self,
@@ -168,17 +183,7 @@ class AsyncInferenceFunction(_InferenceBase, Generic[O]):
     """
 
     __slots__ = ()
-
-    def __init__(
-        self,
-        fn: Any,
-        options: BatcherOptions,
-        pad_tokens: Mapping[str, Any] | None = None,
-        padding_side: str = "right",
-        spread_kwargs: bool = False,
-    ) -> None:
-        collator, inner = self._setup(fn, options, pad_tokens, padding_side, spread_kwargs, True)
-        self._batched = AsyncFront(collator, inner)
+    _awaitable = True
 
     async def __call__(
         self,
@@ -217,17 +222,7 @@ class InferenceFunction(_InferenceBase, Generic[O]):
     """
 
     __slots__ = ()
-
-    def __init__(
-        self,
-        fn: Any,
-        options: BatcherOptions,
-        pad_tokens: Mapping[str, Any] | None = None,
-        padding_side: str = "right",
-        spread_kwargs: bool = False,
-    ) -> None:
-        collator, inner = self._setup(fn, options, pad_tokens, padding_side, spread_kwargs, False)
-        self._batched = SyncFront(collator, inner)
+    _awaitable = False
 
     def __call__(
         self,
