@@ -50,9 +50,7 @@ class ResultsLike(Protocol[R_co]):
     def __getitem__(self, index: int, /) -> R_co: ...
 
 
-BatchFunction = (
-    Callable[[list[T]], Awaitable[ResultsLike[R]]] | Callable[[list[T]], ResultsLike[R]]
-)
+BatchFunction = Callable[[list[T]], Awaitable[ResultsLike[R]]] | Callable[[list[T]], ResultsLike[R]]
 
 
 def new_batcher(fn: Any, options: Mapping[str, Any]) -> Batcher[Any, Any]:
@@ -312,7 +310,6 @@ class Batcher(Generic[T, R]):
             raise
         result = settle(self._stats, engine, call)
         return result if call.entries is not None else [result]
-
 
     # -- with a cache or dedupe --------------------------------------------------------
 

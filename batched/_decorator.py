@@ -192,13 +192,13 @@ class _WeakMethod:
             raise ReferenceError(msg)
         return instance
 
-    def __call__(self, items: list[Any]) -> Any:
-        return self.func(self._instance(), items)
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.func(self._instance(), *args, **kwargs)
 
 
 class _AsyncWeakMethod(_WeakMethod):
-    async def __call__(self, items: list[Any]) -> Any:
-        return await self.func(self._instance(), items)
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return await self.func(self._instance(), *args, **kwargs)
 
 
 def weak_method(func: Callable[..., Any], instance: object) -> Callable[[list[Any]], Any]:

@@ -472,9 +472,9 @@ class Engine(Dispatcher):
 
     def _cut(self, now: float) -> list[Entry]:
         """Take the next batch, applying the rules: overdue, small calls, strategy."""
-        if self.padded:
-            return self._cut_padded(now)
         room, budget = self.batch_size, self.max_len
+        if self.padded and budget != math.inf:
+            return self._cut_padded(now)
         batch: list[Entry] = []
         limit = now - self.max_wait
         while room:

@@ -61,7 +61,7 @@ class Row:
                 _kind(value),
                 str(getattr(value, "device", "")),
                 str(value.dtype),
-                tuple(value.shape[1:]) if name in padded else tuple(value.shape),
+                ("padded", *value.shape[1:]) if name in padded else tuple(value.shape),
             )
             for name, value in features.items()
         )
@@ -115,8 +115,15 @@ def split_call(features: object, pad_tokens: Mapping[str, Any]) -> list[Row]:
         shown = ", ".join(f"{name}: {length}" for name, length in lengths.items())
         msg = f"the padded features of one call must have one length, got {shown}"
         raise ValueError(msg)
-    first = next(iter(arrays.values()))
-    length = int(first.shape[1]) if first.ndim >= 2 else 1
+    if rows == 0:
+        msg = "a call must send at least one row (the features have 0 rows)"
+        raise ValueError(msg)
+    # The sequence length: the padded features', else axis 1 of the first feature.
+    if lengths:
+        length = next(iter(lengths.values()))
+    else:
+        first = next(iter(arrays.values()))
+        length = int(first.shape[1]) if first.ndim >= 2 else 1
     return [
         Row({name: value[i] for name, value in arrays.items()}, length, padded) for i in range(rows)
     ]
@@ -186,42 +193,60 @@ def _is_batched_array(value: object, n: int) -> bool:
     return bool(_kind(value)) and getattr(value, "ndim", 0) >= 1 and int(value.shape[0]) == n  # type: ignore[attr-defined]
 
 
-def split_output(out: object, rows: list[Row], longest: int, left: bool) -> list[Any]:
-    """The function's output for a batch, as one output per row.
+def split_output(
+    out: object,
+    rows: list[Row],
+    trimmed: Callable[[object], bool],
+    longest: int,
+    left: bool,
+) -> list[Any]:
+    """The model's output for a batch, as one output per row.
 
-    An array or tensor (leading batch axis), a mapping of them, or a tuple/list of them;
-    else a sequence of per-row results. An output axis 1 as long as the batch's padded
-    length is trimmed back to each row's own length, so a caller's rows stack again.
+    An array or tensor with a leading batch axis, a mapping of them, or a tuple/list of
+    them; else (no array in it) a sequence of one result per row. The outputs for which
+    ``trimmed(key)`` holds (key: None for a lone array, the dict key, the tuple index)
+    have the sequence on axis 1: each row's is cut back to the row's own length.
     """
     n = len(rows)
 
-    def part(value: Any, i: int) -> Any:
+    def part(value: Any, i: int, key: object) -> Any:
         piece = value[i]
-        row_length = rows[i].length
-        if (
-            longest
-            and row_length < longest
-            and getattr(piece, "ndim", 0) >= 1
-            and int(piece.shape[0]) == longest
-        ):
-            piece = piece[longest - row_length :] if left else piece[:row_length]
+        if trimmed(key) and getattr(piece, "ndim", 0) >= 1:
+            length = rows[i].length
+            if int(piece.shape[0]) != longest:
+                msg = (
+                    f"sequence output {key!r} has {int(piece.shape[0])} positions on axis 1, "
+                    f"but the batch was padded to {longest}"
+                )
+                raise ValueError(msg)
+            piece = piece[longest - length :] if left else piece[:length]
         return piece
 
     if _is_batched_array(out, n):
-        return [part(out, i) for i in range(n)]
+        return [part(out, i, None) for i in range(n)]
     if isinstance(out, Mapping):
         for key, value in out.items():
             if not _is_batched_array(value, n):
                 msg = (
                     f"output {key!r} must be an array or tensor with a leading batch axis of "
-                    f"{n}, got {type(value).__qualname__} {getattr(value, 'shape', '')}"
+                    f"{n}, got {type(value).__qualname__} {tuple(getattr(value, 'shape', ()))}"
                 )
                 raise ValueError(msg)
-        return [{key: part(value, i) for key, value in out.items()} for i in range(n)]
-    if isinstance(out, tuple | list):
-        if out and all(_is_batched_array(value, n) for value in out):
+        return [{key: part(value, i, key) for key, value in out.items()} for i in range(n)]
+    if isinstance(out, tuple | list) and out:
+        batched = [_is_batched_array(value, n) for value in out]
+        if all(batched):
             kind: Callable[[Any], Any] = type(out) if type(out) in (tuple, list) else tuple
-            return [kind(part(value, i) for value in out) for i in range(n)]
+            return [kind(part(value, i, k) for k, value in enumerate(out)) for i in range(n)]
+        if any(batched) or any(_kind(value) for value in out):
+            # Arrays that are not all per row (a loss next to logits, say): no guessing.
+            index = batched.index(False)
+            value = out[index]
+            msg = (
+                f"output {index} must be an array or tensor with a leading batch axis of "
+                f"{n}, got {type(value).__qualname__} {tuple(getattr(value, 'shape', ()))}"
+            )
+            raise ValueError(msg)
         if len(out) == n:
             return list(out)  # one result per row
     msg = (
@@ -231,21 +256,48 @@ def split_output(out: object, rows: list[Row], longest: int, left: bool) -> list
     raise TypeError(msg)
 
 
-def stack_rows(outputs: list[Any]) -> Any:
-    """A caller's row outputs, stacked back into the output's structure."""
+def _pad_to(piece: Any, shape: tuple[int, ...], left: bool) -> Any:
+    """``piece`` padded with zeros up to ``shape``: its first axis on the padding side."""
+    if tuple(piece.shape) == shape:
+        return piece
+    if is_tensor(piece):
+        import torch
+
+        out = torch.zeros(shape, dtype=piece.dtype, device=piece.device)
+    else:
+        out = _np().zeros(shape, dtype=piece.dtype)
+    index = tuple(
+        slice(size - own, size) if axis == 0 and left else slice(0, own)
+        for axis, (own, size) in enumerate(zip(piece.shape, shape, strict=True))
+    )
+    out[index] = piece
+    return out
+
+
+def stack_rows(outputs: list[Any], left: bool) -> Any:
+    """A caller's row outputs, stacked back into the output's structure.
+
+    Rows that travelled in different batches may come back padded to different lengths
+    (token-level outputs): they are padded to the longest, as one batch would have.
+    """
     first = outputs[0]
     if isinstance(first, dict):
-        return {key: stack_rows([out[key] for out in outputs]) for key in first}
+        return {key: stack_rows([out[key] for out in outputs], left) for key in first}
     if isinstance(first, tuple | list) and first and all(_kind(v) for v in first):
-        return type(first)(stack_rows([out[i] for out in outputs]) for i in range(len(first)))
+        parts = (stack_rows([out[i] for out in outputs], left) for i in range(len(first)))
+        return type(first)(parts)
     kind = _kind(first)
+    if not kind:
+        return list(outputs)
+    shapes = {tuple(out.shape) for out in outputs}
+    if len(shapes) > 1 and len({len(shape) for shape in shapes}) == 1:
+        shape = tuple(max(sizes) for sizes in zip(*shapes, strict=True))
+        outputs = [_pad_to(out, shape, left) for out in outputs]
     if kind == "torch":
         import torch
 
         return torch.stack(outputs)
-    if kind == "numpy":
-        return _np().stack(outputs)
-    return list(outputs)
+    return _np().stack(outputs)
 
 
 def partition(rows: list[Row]) -> tuple[list[int], list[Any]]:

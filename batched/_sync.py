@@ -526,7 +526,6 @@ class SyncFront(Binding, Generic[T, R]):
         return server.outcome(call)
 
 
-
 @final
 class SyncBatchedFunction(SyncFront[T, R]):
     """A sync batch function, called one item at a time from any number of threads.
@@ -587,4 +586,3 @@ class SyncBatchedMethod(Protocol[S, T, R]):
     def __get__(
         self, instance: S, owner: type[Any] | None = None, /
     ) -> SyncBatchedFunction[T, R]: ...
-

@@ -26,8 +26,10 @@ numpy is needed (the ``inference`` extra); torch is optional and never imported 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, final
+
+import attrs
 
 from ._decorator import AsyncFront, Binding, check_options, weak_method
 from ._padding import Row, collate, partition, split_call, split_output, stack_rows
@@ -55,12 +57,24 @@ class _Collator:
     """The batch function the batcher sees: rows in, one output per row out."""
 
     def __init__(
-        self, model: Callable[..., Any], pad_tokens: Mapping[str, Any], left: bool, spread: bool
+        self,
+        model: Callable[..., Any],
+        pad_tokens: Mapping[str, Any],
+        left: bool,
+        spread: bool,
+        sequence_outputs: object,
     ) -> None:
         self.model = model
         self.pad_tokens = pad_tokens
         self.left = left
         self.spread = spread
+        if sequence_outputs is True:
+            self.trimmed: Callable[[object], bool] = lambda key: True
+        elif not sequence_outputs:
+            self.trimmed = lambda key: False
+        else:
+            names = frozenset(sequence_outputs)  # type: ignore[call-overload]
+            self.trimmed = names.__contains__
 
     def _features(self, rows: list[Row]) -> tuple[list[int], list[Any], dict[str, Any], int]:
         main, results = partition(rows)
@@ -70,7 +84,7 @@ class _Collator:
     def _finish(
         self, rows: list[Row], main: list[int], results: list[Any], out: object, longest: int
     ) -> list[Any]:
-        outputs = split_output(out, [rows[i] for i in main], longest, self.left)
+        outputs = split_output(out, [rows[i] for i in main], self.trimmed, longest, self.left)
         for index, output in zip(main, outputs, strict=True):
             results[index] = output
         return results
@@ -98,37 +112,23 @@ def _features(features: object, keywords: dict[str, Any]) -> object:
     return features
 
 
-class _InferenceBase(Binding):
-    """Settings shared by both front-ends; binds to instances like the decorator."""
+@attrs.frozen
+class Padding:
+    """The inference settings of one decorated model, checked once."""
 
-    __slots__ = ("__dict__", "__weakref__", "_batched", "_inference")
+    pad_tokens: Mapping[str, Any]
+    left: bool
+    spread_kwargs: bool
+    sequence_outputs: object
 
-    _batched: Any
-    _awaitable: ClassVar[bool]
-
-    def __init__(
-        self,
-        fn: Any,
-        options: BatcherOptions,
-        pad_tokens: Mapping[str, Any] | None = None,
-        padding_side: str = "right",
-        spread_kwargs: bool = False,
-    ) -> None:
-        awaitable = self._awaitable
-        collator, inner = self._setup(
-            fn, options, pad_tokens, padding_side, spread_kwargs, awaitable
-        )
-        self._batched = AsyncFront(collator, inner) if awaitable else SyncFront(collator, inner)
-
-    def _setup(
-        self,
-        fn: Any,
-        options: BatcherOptions,
+    @classmethod
+    def check(
+        cls,
         pad_tokens: object,
-        padding_side: str,
+        padding_side: object,
         spread_kwargs: object,
-        awaitable: bool,
-    ) -> Any:
+        sequence_outputs: object,
+    ) -> Padding:
         if padding_side not in ("right", "left"):
             msg = f"'padding_side' must be 'right' or 'left': {padding_side!r}"
             raise ValueError(msg)
@@ -140,6 +140,28 @@ class _InferenceBase(Binding):
         if not isinstance(spread_kwargs, bool):
             msg = f"'spread_kwargs' must be a bool: {spread_kwargs!r}"
             raise TypeError(msg)
+        if not isinstance(sequence_outputs, bool) and (
+            isinstance(sequence_outputs, str) or not isinstance(sequence_outputs, Iterable)
+        ):
+            msg = (
+                f"'sequence_outputs' must be True, False or a collection of output keys "
+                f"(dict keys, tuple indexes): {sequence_outputs!r}"
+            )
+            raise TypeError(msg)
+        if not isinstance(sequence_outputs, bool):
+            sequence_outputs = frozenset(sequence_outputs)
+        return cls(dict(pad_tokens), padding_side == "left", spread_kwargs, sequence_outputs)
+
+
+class _InferenceBase(Binding):
+    """What both front-ends share; binds to instances like the decorator."""
+
+    __slots__ = ("__dict__", "__weakref__", "_batched", "_padding")
+
+    _batched: Any
+    _awaitable: ClassVar[bool]
+
+    def __init__(self, fn: Any, options: BatcherOptions, padding: Padding) -> None:
         if options.get("length_fn") is not None:
             msg = (
                 "'length_fn' is not a setting of batched.inference: "
@@ -147,26 +169,27 @@ class _InferenceBase(Binding):
             )
             raise TypeError(msg)
         fn = self._init_binding(fn, options)
-        self._inference = (dict(pad_tokens), padding_side, spread_kwargs, awaitable)
-        left = padding_side == "left"
+        self._padding = padding
         collator = (_AsyncCollator if is_async_callable(fn) else _Collator)(
-            fn, dict(pad_tokens), left, spread_kwargs
+            fn, padding.pad_tokens, padding.left, padding.spread_kwargs, padding.sequence_outputs
         )
-        inner: dict[str, Any] = {**options, "length_fn": _row_length, "padded": True}
-        return collator, inner
+        inner: Any = {**options, "length_fn": _row_length, "padded": True}
+        self._batched = (
+            AsyncFront(collator, inner) if self._awaitable else SyncFront(collator, inner)
+        )
+
+    def _rows(self, features: object, keywords: dict[str, Any]) -> list[Row]:
+        return split_call(_features(features, keywords), self._padding.pad_tokens)
 
     def _rebind(self, fn: Callable[..., Any]) -> Any:
-        pad_tokens, padding_side, spread_kwargs, awaitable = self._inference
-        if awaitable or is_async_callable(fn):
-            return AsyncInferenceFunction(
-                fn, self._options, pad_tokens, padding_side, spread_kwargs
-            )
+        if self._awaitable or is_async_callable(fn):
+            return AsyncInferenceFunction(fn, self._options, self._padding)
         instance, func = getattr(fn, "__self__", None), getattr(fn, "__func__", None)
         if func is not None and not isinstance(instance, type):
             # The serving thread must not keep the instance alive.
             with contextlib.suppress(TypeError):
                 fn = weak_method(func, instance)
-        return InferenceFunction(fn, self._options, pad_tokens, padding_side, spread_kwargs)
+        return InferenceFunction(fn, self._options, self._padding)
 
     @property
     def stats(self) -> BatchStats:
@@ -195,8 +218,10 @@ class AsyncInferenceFunction(_InferenceBase, Generic[O]):
         **keywords: Any,
     ) -> O:
         """The model's output for this call's rows, in the output's structure."""
-        rows = split_call(_features(features, keywords), self._inference[0])
-        return stack_rows(await self._batched.many(rows, priority=priority, wait=wait))  # type: ignore[no-any-return]
+        rows = self._rows(features, keywords)
+        outputs = await self._batched.many(rows, priority=priority, wait=wait)
+        result: O = stack_rows(outputs, self._padding.left)
+        return result
 
     async def __aenter__(self) -> Self:
         """Serve this event loop's calls from a batcher owned by the block."""
@@ -234,8 +259,10 @@ class InferenceFunction(_InferenceBase, Generic[O]):
         **keywords: Any,
     ) -> O:
         """The model's output for this call's rows; blocks the calling thread."""
-        rows = split_call(_features(features, keywords), self._inference[0])
-        return stack_rows(self._batched.many(rows, priority=priority, wait=wait))  # type: ignore[no-any-return]
+        rows = self._rows(features, keywords)
+        outputs = self._batched.many(rows, priority=priority, wait=wait)
+        result: O = stack_rows(outputs, self._padding.left)
+        return result
 
     async def acall(
         self,
@@ -247,8 +274,10 @@ class InferenceFunction(_InferenceBase, Generic[O]):
         **keywords: Any,
     ) -> O:
         """The same call for async callers (asyncio or trio)."""
-        rows = split_call(_features(features, keywords), self._inference[0])
-        return stack_rows(await self._batched.acall(rows, priority=priority, wait=wait))  # type: ignore[no-any-return]
+        rows = self._rows(features, keywords)
+        outputs = await self._batched.acall(rows, priority=priority, wait=wait)
+        result: O = stack_rows(outputs, self._padding.left)
+        return result
 
     def close(self) -> None:
         """Finish the accepted calls and stop the serving thread."""
@@ -274,6 +303,7 @@ def dynamically(
     pad_tokens: Mapping[str, Any] | None = None,
     padding_side: str = "right",
     spread_kwargs: bool = False,
+    sequence_outputs: bool | Iterable[str | int] = False,
     **settings: Any,
 ) -> Any:
     """Batch a model's calls, padding and stacking their features.
@@ -282,14 +312,17 @@ def dynamically(
     ``spread_kwargs=True``) gets one padded batch per call. On a plain ``def`` it gives an
     :class:`InferenceFunction` (blocking calls, ``acall``); on an ``async def`` an
     :class:`AsyncInferenceFunction`. Settings are those of :class:`batched.Batcher`
-    (but ``length_fn``), plus ``pad_tokens``, ``padding_side`` and ``spread_kwargs``.
+    (but ``length_fn``), plus ``pad_tokens``, ``padding_side``, ``spread_kwargs`` and
+    ``sequence_outputs`` (the outputs whose axis 1 is the sequence: True for all, or
+    their dict keys / tuple indexes; each caller gets them cut to its own length).
     """
     options = check_options(settings)
+    padding = Padding.check(pad_tokens, padding_side, spread_kwargs, sequence_outputs)
 
     def decorate(fn: Any) -> Any:
         target = fn.__func__ if isinstance(fn, staticmethod | classmethod) else fn
         kind = AsyncInferenceFunction if is_async_callable(target) else InferenceFunction
-        return kind(fn, options, pad_tokens, padding_side, spread_kwargs)
+        return kind(fn, options, padding)
 
     return decorate if fn is None else decorate(fn)
 
@@ -301,12 +334,14 @@ def aio_dynamically(
     pad_tokens: Mapping[str, Any] | None = None,
     padding_side: str = "right",
     spread_kwargs: bool = False,
+    sequence_outputs: bool | Iterable[str | int] = False,
     **settings: Any,
 ) -> Any:
     """:func:`dynamically`, always awaitable (a sync model runs in a worker thread)."""
     options = check_options(settings)
+    padding = Padding.check(pad_tokens, padding_side, spread_kwargs, sequence_outputs)
 
     def decorate(fn: Any) -> Any:
-        return AsyncInferenceFunction(fn, options, pad_tokens, padding_side, spread_kwargs)
+        return AsyncInferenceFunction(fn, options, padding)
 
     return decorate if fn is None else decorate(fn)
