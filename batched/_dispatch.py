@@ -160,6 +160,10 @@ class Dispatcher:
         """Split a failed batch in halves until the failing items stand alone."""
         half = len(entries) // 2
         for part in (entries[:half], entries[half:]):
+            # Callers that left while the batch ran are not retried.
+            part = [entry for entry in part if entry._call.state == QUEUED]
+            if not part:
+                continue
             results, error = await self._compute(part)
             if results is not None:
                 _deliver(part, results)

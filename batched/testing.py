@@ -33,6 +33,7 @@ import gc
 import inspect
 import itertools
 import math
+import types
 import warnings
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, final
@@ -436,7 +437,7 @@ def fn_outcomes(
 
     Up to ``max_batches`` :class:`BatchOutcome` (calls beyond them return results after
     1 ms), each lasting 0 to ``max_duration_ms`` whole milliseconds; mostly ``ok``, the
-    other ``kinds`` now and then. Shrinks towards every call ``ok`` in 0 ms.
+    other ``kinds`` now and then. Shrinks towards no plan: every call ``ok`` after 1 ms.
     """
     chosen = list(dict.fromkeys(kinds))
     unknown = set(chosen) - set(OUTCOME_KINDS)
@@ -716,7 +717,7 @@ class _Player:
         return ScheduleResult(
             schedule=self.schedule,
             backend=backend,
-            settings=self.settings,
+            settings=types.MappingProxyType(self.settings),
             callers=callers,
             batches=tuple(records),
             stats=self.batcher.stats,

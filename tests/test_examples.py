@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -44,7 +45,19 @@ EXPECTED: dict[str, list[str]] = {
         "from trio: [9, 16, 25]",
         "after `with score:` the function is closed",
     ],
+    "test_my_model.py": [
+        "examples/test_my_model.py: a model and its Batcher settings, under pytest",
+        "6 passed",
+    ],
+    "torch_embeddings.py": [
+        "256 callers: every embedding matches the unbatched one",
+        "batched: ",
+        "one call per item: ",
+        "speed-up: ",
+    ],
 }
+# Examples that need an optional dependency: skipped where it is not installed.
+NEEDS: dict[str, str] = {"torch_embeddings.py": "torch"}
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -78,10 +91,19 @@ def test_examples_exist() -> None:
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[path.name for path in EXAMPLES])
 def test_example_runs(path: Path) -> None:
+    if path.name in NEEDS and importlib.util.find_spec(NEEDS[path.name]) is None:
+        pytest.skip(f"needs {NEEDS[path.name]}")
     proc = _run(str(path))
     _check_ok(proc)
     for text in EXPECTED.get(path.name, []):
         assert text in proc.stdout, f"{text!r} not in the output:\n{proc.stdout}"
+    if path.name == "torch_embeddings.py":
+        # The figures vary from run to run: only their form is checked.
+        assert re.search(
+            r"^batched: [\d,]+ texts/s \(\d+ batches, mean batch [\d.]+\)$", proc.stdout, re.M
+        ), proc.stdout
+        assert re.search(r"^one call per item: [\d,]+ texts/s$", proc.stdout, re.M), proc.stdout
+        assert re.search(r"^speed-up: \d+\.\dx$", proc.stdout, re.M), proc.stdout
 
 
 def test_demo_prints_both_throughputs() -> None:

@@ -112,3 +112,40 @@ def test_import_does_not_load_optional_dependencies(code: str) -> None:
     loaded = _modules_loaded_by(code)
     assert "batched" in loaded
     assert not loaded & {"numpy", "trio", "uvloop", "torch", "hypothesis"}, loaded
+
+
+# -- batched.testing: public, imported on its own, never by `import batched` -----------
+
+
+def test_testing_module_exports_documented_final_names() -> None:
+    import batched.testing as testing
+
+    assert len(testing.__all__) == len(set(testing.__all__))
+    defined_here = {
+        name
+        for name, value in vars(testing).items()
+        if not name.startswith("_") and getattr(value, "__module__", None) == testing.__name__
+    }
+    assert defined_here <= set(testing.__all__), defined_here - set(testing.__all__)
+    for name in testing.__all__:
+        obj = getattr(testing, name)
+        if isinstance(obj, tuple):  # OUTCOME_KINDS
+            continue
+        assert obj.__module__ == "batched.testing", (name, obj.__module__)
+        assert inspect.getdoc(obj), f"batched.testing.{name} has no docstring"
+        if inspect.isclass(obj):
+            assert getattr(obj, "__final__", False) is True, f"batched.testing.{name} not final"
+
+
+def test_import_batched_does_not_import_testing() -> None:
+    code = "import batched, sys; print('batched.testing' in sys.modules)"
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert proc.stdout.strip() == "False"

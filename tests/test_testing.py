@@ -1,0 +1,445 @@
+"""batched.testing: the harness users test their batching with, tested on both backends.
+
+The async tests here run on ``batched.testing.anyio_backend`` (imported below, so it
+overrides the one in conftest.py for this module): that tests the fixture too.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import attrs
+import numpy as np
+import pytest
+import sniffio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import batched
+from batched.cache import MemoryCache
+from batched.testing import (
+    OUTCOME_KINDS,
+    Arrival,
+    BatchOutcome,
+    PlannedError,
+    Schedule,
+    ScheduleResult,
+    anyio_backend,  # noqa: F401 - the async tests of this module run on it
+    arrival_schedules,
+    batcher_settings,
+    check_batch_invariant,
+    check_invariants,
+    fn_outcomes,
+    run_schedule,
+    settle,
+    virtual_time_backends,
+)
+
+BACKENDS = ["asyncio", "trio"]
+
+
+async def echo(items: list[Any]) -> list[Any]:
+    return items
+
+
+# -- virtual time ----------------------------------------------------------------------
+
+
+def test_virtual_time_backends_are_instant_and_fresh() -> None:
+    async def hour() -> float:
+        start = anyio.current_time()
+        await anyio.sleep(3600)
+        return anyio.current_time() - start
+
+    pairs = virtual_time_backends()
+    assert [name for name, _ in pairs] == BACKENDS
+    assert pairs[1][1]["clock"] is not virtual_time_backends()[1][1]["clock"]
+    real0 = time.monotonic()
+    for backend, options in pairs:
+        assert anyio.run(hour, backend=backend, backend_options=options) >= 3600
+    assert time.monotonic() - real0 < 5
+
+
+@pytest.mark.anyio
+async def test_fixture_runs_each_backend_on_virtual_time(
+    anyio_backend: tuple[str, dict[str, Any]],  # noqa: F811 - the fixture under test
+) -> None:
+    assert sniffio.current_async_library() == anyio_backend[0]
+    real0, start = time.monotonic(), anyio.current_time()
+    await anyio.sleep(3600)
+    assert anyio.current_time() - start >= 3600
+    assert time.monotonic() - real0 < 5
+
+
+@pytest.mark.anyio
+async def test_settle_waits_for_other_tasks_without_moving_time() -> None:
+    reached: list[int] = []
+
+    async def worker() -> None:
+        for _ in range(5):
+            await anyio.lowlevel.checkpoint()
+        reached.append(1)
+        await anyio.sleep(10)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker)
+        start = anyio.current_time()
+        await settle()
+        assert reached == [1]
+        assert anyio.current_time() == start
+        tg.cancel_scope.cancel()
+
+
+# -- strategies ------------------------------------------------------------------------
+
+
+@settings(max_examples=100, deadline=None)
+@given(options=batcher_settings())
+def test_batcher_settings_are_valid(options: dict[str, Any]) -> None:
+    b: batched.Batcher[Any, Any] = batched.Batcher(echo, **options)
+    assert b.stats.submitted == 0
+
+
+@settings(max_examples=20, deadline=None)
+@given(options=batcher_settings(batch_size=32, timeout_ms=st.just(2.5), length_fn=len))
+def test_batcher_settings_take_fixed_values_and_strategies(options: dict[str, Any]) -> None:
+    assert (options["batch_size"], options["timeout_ms"], options["length_fn"]) == (32, 2.5, len)
+    batched.Batcher(echo, **options)
+
+
+def test_batcher_settings_reject_an_unknown_setting() -> None:
+    with pytest.raises(TypeError, match="batchsize"):
+        batcher_settings(batchsize=3)
+
+
+@settings(max_examples=100, deadline=None)
+@given(schedule=arrival_schedules(items=st.text(), max_callers=5, max_items=4, no_wait_calls=True))
+def test_arrival_schedules_are_well_formed(schedule: Schedule) -> None:
+    arrivals = schedule.arrivals
+    assert 1 <= len(arrivals) <= 5
+    items = [item for a in arrivals for item in a.items]
+    assert len(items) == len(set(items))
+    for a in arrivals:
+        assert 1 <= len(a.items) <= (4 if a.many else 1)
+        assert 0 <= a.at_ms <= 30
+        assert 0 <= a.priority <= 3
+        assert a.cancel_after_ms is None or 0 <= a.cancel_after_ms <= 20
+
+
+@settings(max_examples=50, deadline=None)
+@given(schedule=arrival_schedules(items=st.lists(st.integers(0, 3)), cancellations=False))
+def test_arrival_schedules_take_unhashable_items(schedule: Schedule) -> None:
+    reprs = [repr(item) for a in schedule.arrivals for item in a.items]
+    assert len(reprs) == len(set(reprs))
+    assert all(a.cancel_after_ms is None and a.wait for a in schedule.arrivals)
+
+
+@settings(max_examples=50, deadline=None)
+@given(outcomes=fn_outcomes(kinds=["raise", "ok"], max_batches=3, max_duration_ms=2))
+def test_fn_outcomes_keep_to_their_bounds(outcomes: tuple[BatchOutcome, ...]) -> None:
+    assert len(outcomes) <= 3
+    assert all(o.kind in ("ok", "raise") and 0 <= o.duration_ms <= 2 for o in outcomes)
+
+
+def test_plans_are_validated() -> None:
+    with pytest.raises(ValueError, match="kinds"):
+        fn_outcomes(kinds=["ok", "explode"])
+    with pytest.raises(ValueError, match="many=True"):
+        Arrival(0, (1, 2))
+    with pytest.raises(ValueError, match="kind"):
+        BatchOutcome(kind="explode")
+    assert set(OUTCOME_KINDS) == {"ok", "raise", "short", "long", "wrong_type", "item_failure"}
+
+
+# -- run_schedule ----------------------------------------------------------------------
+
+# batch_size 3, timeout 5 ms: callers 0 and 1 (two items) fill a batch at 0 ms that runs
+# 1 ms; caller 2 comes at 1 ms and leaves alone at its timeout, 6 ms.
+KNOWN = Schedule([Arrival(0, (0,)), Arrival(0, (10, 11), many=True), Arrival(1, (20,))])
+
+
+def fifo3(fn: Any) -> batched.Batcher[Any, Any]:
+    return batched.Batcher(fn, batch_size=3, timeout_ms=5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_known_schedule_is_recorded(backend: str) -> None:
+    result = run_schedule(fifo3, KNOWN, backend=backend)
+    # Callers 0 and 1 both come at 0 ms: trio starts them in either order.
+    assert [(sorted(b.items), b.start_ms, b.end_ms) for b in result.batches] == [
+        ([0, 10, 11], 0.0, 1.0),
+        ([20], 6.0, 7.0),
+    ]
+    assert [(c.kind, c.result, c.submitted_ms, c.done_ms) for c in result.callers] == [
+        ("result", 0, 0.0, 1.0),
+        ("result", [10, 11], 0.0, 1.0),
+        ("result", 20, 1.0, 7.0),
+    ]
+    assert result.settings["batch_size"] == 3
+    assert result.stats.completed == 4
+    assert not result.hung
+    check_invariants(result)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_item_fn_gives_the_results(backend: str) -> None:
+    result = run_schedule(fifo3, KNOWN, backend=backend, item_fn=lambda x: -x)
+    assert [c.result for c in result.callers] == [0, [-10, -11], -20]
+    check_invariants(result)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_outcome_kinds_reach_their_callers(backend: str) -> None:
+    # Pairs at 0, 10, 20, 30 ms each fill a batch of 2.
+    schedule = Schedule([Arrival(10 * (i // 2), (i,)) for i in range(8)])
+    outcomes = [BatchOutcome(0, kind) for kind in ("raise", "item_failure", "short", "wrong_type")]
+    result = run_schedule(
+        lambda fn: batched.Batcher(fn, batch_size=2, timeout_ms=5),
+        schedule,
+        backend=backend,
+        outcomes=outcomes,
+    )
+    got = [c.exception for c in result.callers]
+    assert isinstance(got[0], PlannedError)
+    assert got[1] is got[0]
+    first = result.batches[1].items[0]  # item_failure fails position 0 alone
+    assert isinstance(got[first], PlannedError)
+    assert got[first].position == 0
+    assert result.callers[5 - first].result == 5 - first
+    assert [type(e) for e in got[4:]] == [batched.BatchSizeMismatch] * 2 + [TypeError] * 2
+    check_invariants(result)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_isolate_errors_retries_are_recorded(backend: str) -> None:
+    schedule = Schedule([Arrival(0, (i,)) for i in range(4)])
+    plan = ("raise", "ok", "raise", "ok", "raise")
+    result = run_schedule(
+        lambda fn: batched.Batcher(fn, batch_size=4, isolate_errors=True),
+        schedule,
+        backend=backend,
+        outcomes=[BatchOutcome(1, kind) for kind in plan],
+    )
+    assert [b.retry_of for b in result.batches] == [None, 0, 0, 2, 2]
+    assert [len(b.items) for b in result.batches] == [4, 2, 2, 1, 1]
+    failed = [c.index for c in result.callers if c.kind == "error"]
+    assert failed == list(result.batches[4].items)
+    assert result.stats.total_batches == 1
+    check_invariants(result)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=150, deadline=None)
+@given(
+    options=batcher_settings(),
+    schedule=arrival_schedules(no_wait_calls=True),
+    outcomes=fn_outcomes(),
+)
+def test_a_correct_batcher_keeps_the_invariants(
+    backend: str, options: dict[str, Any], schedule: Schedule, outcomes: tuple[BatchOutcome, ...]
+) -> None:
+    result = run_schedule(
+        lambda fn: batched.Batcher(fn, **options), schedule, backend=backend, outcomes=outcomes
+    )
+    check_invariants(result)
+
+
+def test_run_schedule_refuses_what_it_cannot_check() -> None:
+    with pytest.raises(ValueError, match="distinct"):
+        run_schedule(fifo3, Schedule([Arrival(0, (1,)), Arrival(2, (1,))]))
+    with pytest.raises(ValueError, match="distinct"):
+        run_schedule(fifo3, Schedule([Arrival(0, (1, 1), many=True)]))
+    with pytest.raises(ValueError, match="backend"):
+        run_schedule(fifo3, KNOWN, backend="curio")
+    with pytest.raises(TypeError, match=r"batched\.Batcher"):
+        run_schedule(lambda fn: fn, KNOWN)  # type: ignore[arg-type,return-value]
+    with pytest.raises(ValueError, match="cache"):
+        run_schedule(lambda fn: batched.Batcher(fn, cache=MemoryCache(10)), KNOWN)
+
+
+# -- the checks fail on broken batching -------------------------------------------------
+
+
+def reversing(fn: Any) -> batched.Batcher[Any, Any]:
+    """A bug: the results come back in the wrong order."""
+
+    async def wrong_order(items: list[Any]) -> list[Any]:
+        return list(reversed(await fn(items)))
+
+    return batched.Batcher(wrong_order, batch_size=3, timeout_ms=5)
+
+
+def dropping(fn: Any) -> batched.Batcher[Any, Any]:
+    """A bug: the last item of a batch never reaches fn and gets ``None``."""
+
+    async def drop_last(items: list[Any]) -> list[Any]:
+        if len(items) == 1:
+            return list(await fn(items))
+        return [*(await fn(items[:-1])), None]
+
+    return batched.Batcher(drop_last, batch_size=3, timeout_ms=5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    ("factory", "match"),
+    [(reversing, r"got \d+ for item \d+, but fn returned"), (dropping, "never went through fn")],
+    ids=["wrong order", "dropped item"],
+)
+def test_check_invariants_catches_a_broken_batch_function(
+    backend: str, factory: Any, match: str
+) -> None:
+    result = run_schedule(factory, KNOWN, backend=backend)
+    with pytest.raises(AssertionError, match=match):
+        check_invariants(result)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_check_invariants_catches_a_hang(backend: str) -> None:
+    async def stuck(items: list[Any]) -> list[Any]:
+        await anyio.sleep_forever()
+        raise AssertionError  # never
+
+    result = run_schedule(lambda fn: batched.Batcher(stuck), KNOWN, backend=backend)
+    assert result.hung
+    assert [c.kind for c in result.callers] == ["missing"] * 3
+    with pytest.raises(AssertionError, match=r"hang: .* callers \[0, 1, 2\] still had no outcome"):
+        check_invariants(result)
+
+
+def test_hypothesis_finds_and_shrinks_a_misdelivery() -> None:
+    @settings(max_examples=200, deadline=None, database=None)
+    @given(schedule=arrival_schedules(cancellations=False))
+    def prop(schedule: Schedule) -> None:
+        check_invariants(run_schedule(reversing, schedule))
+
+    # Shrunk to a batch of two items sent at 0 ms (by one caller or two).
+    with pytest.raises(AssertionError, match=r"caller 0 \[b.* at 0 ms\]: got 1 for item 0, but"):
+        prop()
+
+
+@pytest.fixture(scope="module")
+def known() -> ScheduleResult:
+    return run_schedule(fifo3, KNOWN)
+
+
+def _evolve_settings(result: ScheduleResult, **changes: Any) -> ScheduleResult:
+    return attrs.evolve(result, settings={**result.settings, **changes})
+
+
+def _swap_results(result: ScheduleResult) -> ScheduleResult:
+    a, b = result.callers[0], result.callers[2]
+    callers = (
+        attrs.evolve(a, result=b.result),
+        result.callers[1],
+        attrs.evolve(b, result=a.result),
+    )
+    return attrs.evolve(result, callers=callers)
+
+
+def _set_batch_items(result: ScheduleResult, index: int, items: tuple[Any, ...]) -> ScheduleResult:
+    batches = list(result.batches)
+    batches[index] = attrs.evolve(batches[index], items=items)
+    return attrs.evolve(result, batches=tuple(batches))
+
+
+TAMPERS: list[tuple[str, Any, str]] = [
+    ("hang", lambda r: attrs.evolve(r, hung=True), "hang"),
+    ("task left", lambda r: attrs.evolve(r, tasks_left=1), "tasks left running"),
+    ("escaped", lambda r: attrs.evolve(r, escaped=RuntimeError("x")), "raised RuntimeError"),
+    ("misdelivered", _swap_results, "got 20 for item 0"),
+    ("unknown item", lambda r: _set_batch_items(r, 1, (99,)), "nobody sent: 99"),
+    ("processed twice", lambda r: _set_batch_items(r, 1, (20, 0)), "processed twice"),
+    ("over batch_size", lambda r: _evolve_settings(r, batch_size=2), "has 3 items"),
+    ("over length", lambda r: _evolve_settings(r, max_batch_length=2), "has length 3"),
+    ("premature", lambda r: _evolve_settings(r, timeout_ms=7), "before timeout_ms=7"),
+    ("idle slot", lambda r: _evolve_settings(r, timeout_ms=3), "yet no batch left"),
+    ("stats", lambda r: attrs.evolve(r, stats=attrs.evolve(r.stats, completed=0)), "stats"),
+]
+
+
+@pytest.mark.parametrize(("name", "tamper", "match"), TAMPERS, ids=[t[0] for t in TAMPERS])
+def test_check_invariants_catches_a_wrong_record(
+    known: ScheduleResult, name: str, tamper: Any, match: str
+) -> None:
+    """No check is vacuous: each fails on a record of the known run made wrong."""
+    check_invariants(known)
+    with pytest.raises(AssertionError, match=match):
+        check_invariants(tamper(known))
+
+
+# -- check_batch_invariant --------------------------------------------------------------
+
+
+def doubled(items: list[int]) -> list[int]:
+    return [2 * x for x in items]
+
+
+async def doubled_async(items: list[int]) -> list[int]:
+    await anyio.sleep(0.01)
+    return [2 * x for x in items]
+
+
+def centred(items: list[int]) -> list[float]:
+    """A bug: subtracting the batch mean makes each result depend on the batch."""
+    mean = sum(items) / len(items)
+    return [x - mean for x in items]
+
+
+def _pad(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    longest = max(map(len, rows))
+    ids = np.zeros((len(rows), longest))
+    mask = np.zeros((len(rows), longest), dtype=bool)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)], mask[i, : len(row)] = row, True
+    return ids, mask
+
+
+def pooled_without_mask(rows: list[list[int]]) -> np.ndarray:
+    ids, _ = _pad(rows)
+    return np.asarray(ids.mean(axis=1))  # the padding counts: a bug
+
+
+def pooled_with_mask(rows: list[list[int]]) -> np.ndarray:
+    ids, mask = _pad(rows)
+    return np.asarray((ids * mask).sum(axis=1) / mask.sum(axis=1))
+
+
+ROWS = st.lists(st.integers(1, 9), min_size=1, max_size=5)
+
+
+def test_batch_invariant_holds_for_elementwise_functions() -> None:
+    check_batch_invariant(doubled, items=st.integers(), max_examples=50)
+    check_batch_invariant(pooled_with_mask, items=ROWS, max_examples=50)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batch_invariant_takes_async_functions(backend: str) -> None:
+    check_batch_invariant(doubled_async, items=st.integers(), backend=backend, max_examples=20)
+
+
+@pytest.mark.parametrize(
+    ("fn", "items"),
+    [(centred, st.integers()), (pooled_without_mask, ROWS)],
+    ids=["batch mean", "pooled without mask"],
+)
+def test_batch_invariant_fails_when_the_batch_matters(fn: Any, items: Any) -> None:
+    with pytest.raises(AssertionError, match=r"fn gives item .+ a different result") as info:
+        check_batch_invariant(fn, items=items, max_examples=100)
+    assert "alone" in str(info.value)
+
+
+def test_batch_invariant_names_the_item() -> None:
+    def by_position(items: list[str]) -> list[int]:
+        return list(range(len(items)))
+
+    with pytest.raises(AssertionError, match=r"item '' .*alone 0, at position 1 .*: 1"):
+        check_batch_invariant(by_position, items=st.text(), max_examples=20)
+
+
+def test_batch_invariant_fails_on_a_bad_output() -> None:
+    with pytest.raises(AssertionError, match="1 results for a batch of 2"):
+        check_batch_invariant(lambda items: items[:1], items=st.integers(), max_examples=20)
