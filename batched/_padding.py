@@ -211,11 +211,12 @@ def split_output(
 
     def part(value: Any, i: int, key: object) -> Any:
         piece = value[i]
-        if trimmed(key) and getattr(piece, "ndim", 0) >= 1:
+        if trimmed(key) and longest:  # longest 0: nothing was padded, nothing to cut
             length = rows[i].length
-            if int(piece.shape[0]) != longest:
+            if getattr(piece, "ndim", 0) < 1 or int(piece.shape[0]) != longest:
+                positions = int(piece.shape[0]) if getattr(piece, "ndim", 0) else 0
                 msg = (
-                    f"sequence output {key!r} has {int(piece.shape[0])} positions on axis 1, "
+                    f"sequence output {key!r} has {positions} positions on axis 1, "
                     f"but the batch was padded to {longest}"
                 )
                 raise ValueError(msg)
@@ -248,12 +249,22 @@ def split_output(
             )
             raise ValueError(msg)
         if len(out) == n:
-            return list(out)  # one result per row
+            return [PerRow(value) for value in out]  # one result per row
     msg = (
         f"the model must return an array or tensor with a leading batch axis of {n}, a "
         f"dict or a tuple of them, or one result per row; got {type(out).__qualname__}"
     )
     raise TypeError(msg)
+
+
+@final
+class PerRow:
+    """One row's own result, when the model returns one per row: never stacked."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
 
 
 def _pad_to(piece: Any, shape: tuple[int, ...], left: bool) -> Any:
@@ -281,6 +292,8 @@ def stack_rows(outputs: list[Any], left: bool) -> Any:
     (token-level outputs): they are padded to the longest, as one batch would have.
     """
     first = outputs[0]
+    if type(first) is PerRow:
+        return [out.value for out in outputs]
     if isinstance(first, dict):
         return {key: stack_rows([out[key] for out in outputs], left) for key in first}
     if isinstance(first, tuple | list) and first and all(_kind(v) for v in first):

@@ -12,10 +12,12 @@ stacked in the output's structure (an array, a dict or a tuple of them).
   value is ``pad_tokens[name]``, default 0, on ``padding_side`` ("right" or "left").
   Other features (pixel values, per-row vectors) are stacked as they are; their shapes
   must agree.
-- An item's length is its length on axis 1 of the first feature; ``max_batch_length``
-  counts the padded size a batch costs: its longest item times its items.
-- An output axis 1 as long as the batch's padded length is trimmed back to each row's
-  length, so a caller gets outputs as if it had been batched alone.
+- An item's length is its padded features' length (else axis 1 of the first feature);
+  ``max_batch_length`` counts the padded size a batch costs: its longest item times its
+  items.
+- Outputs come back as the batch made them (token-level ones padded to the batch's
+  longest row); the outputs named in ``sequence_outputs`` are cut back to each row's own
+  length, so a caller gets what it would have got alone.
 - A call whose features differ from its batch-mates' (names, array type, dtype, device,
   shapes) fails alone with a ``ValueError`` naming both; the others are served.
 

@@ -8,7 +8,7 @@ import platform
 import sys
 import time
 
-from . import burst, cache, threads
+from . import burst, cache, inference, threads
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
             f" {row['half_repeated_us_per_item']:6.2f} µs  hit/miss {row['hit_to_miss']:.2f}"
         )
     rows += cache_rows
+    inference_rows = inference.run(quick=args.quick)
+    for row in inference_rows:
+        print(inference.describe(row))
+    rows += inference_rows
     if args.out:
         meta = {
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
