@@ -40,6 +40,7 @@ import asyncio
 import gc
 import itertools
 import math
+import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -1006,25 +1007,35 @@ CANCELLED_ON_ENTRY = Script(
 
 # pytest-timeout's 120 s guard is for hangs in real time; a failing example can take
 # longer than that to shrink, and the virtual fail_after already catches hangs.
-@pytest.mark.timeout(600)
-@pytest.mark.parametrize("backend", BACKENDS)
-@settings(deadline=None)
-@given(script=scripts())
-@example(script=CANCELLED_ON_ENTRY)
-def test_script_keeps_invariants(backend: str, script: Script) -> None:
-    run_and_check(script, backend)
-
-
 def _profile_examples() -> int:
     profile = settings.default
     assert profile is not None  # tests/conftest.py loads one
     return profile.max_examples
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(3600)
+# At least 500 examples per backend in CI (the `dev` profile may ask for fewer).
+CORE_EXAMPLES = (
+    _profile_examples()
+    if os.environ.get("HYPOTHESIS_PROFILE") == "dev"
+    else max(500, _profile_examples())
+)
+
+
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("backend", BACKENDS)
-@settings(deadline=None, max_examples=10 * _profile_examples())
+@settings(deadline=None, max_examples=CORE_EXAMPLES)
+@given(script=scripts())
+@example(script=CANCELLED_ON_ENTRY)
+def test_script_keeps_invariants(backend: str, script: Script) -> None:
+    run_and_check(script, backend)
+
+
+# `-m long`: 20,000 examples per backend, larger scripts (about an hour).
+@pytest.mark.slow
+@pytest.mark.long
+@pytest.mark.timeout(7200)
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(deadline=None, max_examples=20_000)
 @given(script=scripts(max_callers=30, max_batches=30))
 def test_script_keeps_invariants_long(backend: str, script: Script) -> None:
     run_and_check(script, backend)
