@@ -326,6 +326,15 @@ class Batcher(Generic[T, R]):
         return await keyed_many(self, self._open_engine, _wait, items, priority, wait)
 
 
+def _count_refused(stats: _Recorder, exc: BaseException, n: int) -> None:
+    """A keyed call that ends before it is sent: cancelled, rejected (counted by
+    the engine already) or failed."""
+    if isinstance(exc, anyio.get_cancelled_exc_class()):
+        stats.cancelled += n
+    elif not isinstance(exc, anyio.WouldBlock):
+        stats.failed += n
+
+
 def _wait(engine: Engine, call: Call) -> Awaitable[Any]:
     return call.wait()
 
@@ -353,7 +362,7 @@ async def keyed_call(
         settings = batcher._settings
         key = key_of(item, settings.cache_key)
         if settings.cache is not None:
-            open_engine()  # a closed batcher refuses before reading the cache
+            open_engine().release()  # a closed batcher refuses before reading the cache
             value = await cache_get(settings.cache, key, stats)
             if value is not MISS:
                 stats.completed += 1
@@ -362,17 +371,20 @@ async def keyed_call(
         engine = open_engine()
         call = engine.subscribe(item, key, length, priority, wait)
     except BaseException as exc:
-        if not isinstance(exc, anyio.WouldBlock):  # QueueFull is counted as rejected
-            stats.failed += 1
+        _count_refused(stats, exc, 1)
         if engine is not None:
             engine.release()
         raise
-    try:
-        await serve(engine, call)
-    except BaseException:
-        if call.state != CANCELLED and serve is _wait:
-            engine.abandon(call)
-        raise
+    if call.state != DONE:  # not already settled by an equal item being written
+        try:
+            await serve(engine, call)
+        except BaseException:
+            if call.state != CANCELLED and serve is _wait:
+                engine.abandon(call)
+            raise
+    else:
+        engine.release()
+        await anyio.lowlevel.checkpoint()
     return settle(stats, engine, call)
 
 
@@ -395,7 +407,7 @@ async def keyed_many(
         if type(priority) is not int:
             check_priority(priority)
         settings = batcher._settings
-        open_engine()
+        open_engine().release()  # a closed batcher refuses before reading the cache
         if not items:
             await anyio.lowlevel.checkpoint()
             return []
@@ -417,7 +429,7 @@ async def keyed_many(
         if isinstance(exc, anyio.WouldBlock):
             stats.rejected += n - 1  # the item that did not fit is counted already
         else:
-            stats.failed += n
+            _count_refused(stats, exc, n)
         raise
     engine.callers += 1  # keeps a caller-driven engine while this call waits
     try:
@@ -425,7 +437,9 @@ async def keyed_many(
             if call is not None and call.state != DONE:
                 await serve(engine, call)
     except BaseException:
-        stats.cancelled += n
+        # A caller-driven engine has counted the call it was serving already.
+        counted = sum(1 for call in calls if call is not None and call.state == CANCELLED)
+        stats.cancelled += n - counted
         for call in calls:
             if call is not None and call.state != CANCELLED:
                 engine.abandon(call, count=False)

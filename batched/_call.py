@@ -138,7 +138,7 @@ class SharedCall(Call):
     while it waits or runs, so equal items join it.
     """
 
-    __slots__ = ("key", "registry", "subscribers")
+    __slots__ = ("key", "registry", "storing", "subscribers")
 
     def __init__(
         self,
@@ -152,6 +152,9 @@ class SharedCall(Call):
         Call.__init__(self, item, length, priority, started, None)
         self.key = key
         self.registry = registry
+        # Its result goes to a cache: it stays registered (joinable, settled) until the
+        # write is done, so an equal call meanwhile is not computed again.
+        self.storing = False
         self.subscribers: dict[Call, None] = {}
 
     def forget(self) -> None:
@@ -161,7 +164,8 @@ class SharedCall(Call):
             del registry[self.key]
 
     def wake(self) -> None:
-        self.forget()
+        if not (self.storing and self.error is None and self.result is not None):
+            self.forget()
         subscribers, self.subscribers = self.subscribers, {}
         error = self.error
         for sub in subscribers:

@@ -226,18 +226,28 @@ class Dispatcher:
 
         Not errors (a ``Failure`` slot), not ``None`` (a cache reads it as a miss).
         """
-        pairs = [
-            (entry.key, result)
+        stored = [
+            (entry, result)
             for entry, result in zip(entries, results, strict=True)
             if type(entry) is SharedCall and result is not None and type(result) is not Failure
         ]
-        if not pairs:
+        if not stored:
             return
         tg = self.tg
         if tg is not None:
-            tg.start_soon(cache_store, self.cache, pairs, self.stats)
+            tg.start_soon(self._store_and_forget, stored)
         else:  # caller-driven: the caller that ran the batch writes them
-            await cache_store(self.cache, pairs, self.stats)
+            await self._store_and_forget(stored)
+
+    async def _store_and_forget(self, stored: list[tuple[SharedCall, Any]]) -> None:
+        # The result from fn, not the entry's: an entry whose callers all left has none.
+        try:
+            await cache_store(
+                self.cache, [(entry.key, result) for entry, result in stored], self.stats
+            )
+        finally:
+            for entry, _ in stored:  # written (or given up): equal keys read the cache now
+                entry.forget()
 
     def _count_batch(self, size: int, seconds: float) -> None:
         stats = self.stats

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from ._call import CANCELLED, INTAKE, QUEUED, ROOM, Call, SharedCall, Signal, backend_classes
+from ._call import CANCELLED, DONE, INTAKE, QUEUED, ROOM, Call, SharedCall, Signal, backend_classes
 from ._dispatch import Batch, Dispatcher
 from ._errors import QueueFull
 
@@ -296,12 +296,18 @@ class Engine(Dispatcher):
         now = self.clock()
         inflight = self.inflight
         shared = inflight.get(key) if inflight is not None else None
+        call = self.make_call(item, 0, priority, now, None)
+        if shared is not None and shared.state == DONE and shared.error is None:
+            # Computed, its cache write under way: the result is here already.
+            call.result = shared.result
+            call.state = DONE
+            return call
         if shared is None or shared.state > QUEUED:
             shared = SharedCall(item, length, priority, now, key, inflight)
+            shared.storing = self.cache is not None
             self.submit(shared, wait)
             if inflight is not None:
                 inflight[key] = shared
-        call = self.make_call(item, 0, priority, now, None)
         call.state = QUEUED
         call.shared = shared
         shared.subscribers[call] = None

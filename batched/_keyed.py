@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .cache import MISS, CacheStats
+from .cache import MISS, CacheStats, DiskCache, MemoryCache
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -97,11 +97,17 @@ def cache_stats(cache: Any, stats: _Recorder) -> CacheStats | None:
             value = getattr(own, name, 0)
             fields[name] = value if type(value) is int else 0
         own = CacheStats(**fields)
+    # The shipped caches count the errors they raise themselves.
+    errors = (
+        own.errors
+        if isinstance(cache, MemoryCache | DiskCache)
+        else own.errors + stats.cache_errors
+    )
     return CacheStats(
         gets=own.gets,
         hits=own.hits,
         misses=own.misses,
         sets=own.sets,
-        errors=own.errors + stats.cache_errors,
+        errors=errors,
         size=own.size,
     )

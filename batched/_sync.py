@@ -28,7 +28,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from ._batcher import Batcher, check_priority, new_batcher
-from ._call import CLOSED, DONE, Call
+from ._call import CANCELLED, CLOSED, DONE, ROOM, Call
 from ._decorator import Binding, weak_method
 from ._engine import OPEN
 from ._errors import BatcherClosed
@@ -238,7 +238,9 @@ class _Server:
             await event.wait()
             event.clear()
             while to_bridge:
-                tg.start_soon(self._bridge, *to_bridge.popleft())
+                call, wait = to_bridge.popleft()
+                if call.state != CANCELLED:
+                    tg.start_soon(self._bridge, call, wait)
             if stop.is_set():
                 return
 
@@ -266,6 +268,13 @@ class _Server:
         if scope is not None:
             call.waiter = None
             scope.cancel()
+            return
+        if self.keyed and call.state == ROOM:
+            # Still queued for its bridge (it has not reached the batcher): drop it there.
+            call.waiter = None
+            call.state = CANCELLED
+            self.stats.submitted += call.n
+            self.stats.cancelled += call.n
             return
         if call.state == DONE:
             # Counted when it was woken, but its caller never saw it.

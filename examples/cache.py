@@ -25,11 +25,20 @@ async def lookup(keys: list[str]) -> list[int]:
     return [len(key) * 10 for key in keys]
 
 
-class FlakyCache(MemoryCache[str, int]):
-    """A cache whose reads fail: the batcher computes without it."""
+class FlakyCache:
+    """A cache whose server is down: every read and write fails."""
 
     async def get(self, key: str) -> int | batched.cache.Miss:
         raise ConnectionError("cache server unreachable")
+
+    async def set(self, key: str, value: int) -> None:
+        raise ConnectionError("cache server unreachable")
+
+    async def clear(self) -> None:
+        pass
+
+    def stats(self) -> batched.cache.CacheStats:
+        return batched.cache.CacheStats()
 
 
 async def main() -> None:
@@ -54,7 +63,7 @@ async def main() -> None:
     print(f"cache: hits={stats.cache_stats.hits} size={stats.cache_stats.size}")
 
     looked_up.clear()
-    async with batched.Batcher(lookup, cache=FlakyCache(10)) as flaky:
+    async with batched.Batcher(lookup, cache=FlakyCache()) as flaky:
         value = await flaky("cherry")
         cache_stats = flaky.stats.cache_stats
         assert cache_stats is not None

@@ -37,7 +37,7 @@ EXPECTED: dict[str, list[str]] = {
         "30 concurrent calls, 3 distinct keys: lookup saw ['apple', 'banana', 'kiwi']",
         "a repeated key later: lookup saw 3 keys in all",
         "cache: hits=1 size=3",
-        "with a failing cache: 60, errors counted=1",
+        "with a failing cache: 60, errors counted=2",
     ],
     "threads.py": [
         "every caller got its own result",

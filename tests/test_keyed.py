@@ -1,0 +1,1406 @@
+"""Cache and in-flight dedupe: ``cache=``, ``cache_key=`` and ``dedupe=`` of a batcher.
+
+Every async test runs on asyncio (virtual-time loop) and trio (``MockClock``), and where
+it applies in both modes of use: a ``batched.Batcher`` owned by ``async with`` ("owned")
+and the decorator's caller-driven mode, ``batched.dynamically(...)`` called outside
+``async with`` ("driven"). The sync front-end (threads) runs in real time at small scale
+with bounded waits. The property test at the end runs each hypothesis example in its own
+``anyio.run`` on both backends.
+
+Tests marked ``xfail(strict=True, reason="BUG: ...")`` document defects found while
+writing this file; each reason names the suspected cause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import gc
+import logging
+import threading
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+from _settle import settle
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import batched
+from batched._virtual_time import VirtualTimeLoop, fresh_backend_options, real_time
+from batched.cache import MISS, CacheStats, DiskCache, MemoryCache
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
+    from pathlib import Path
+
+    from anyio.abc import TaskGroup
+
+pytestmark = pytest.mark.anyio
+
+BACKENDS = ["asyncio", "trio"]
+MODES = ["owned", "driven"]
+JOIN = 10.0  # seconds: the longest any single real-time wait in this file may take
+HOLD_GUARD_S = 600.0  # virtual seconds a held batch waits for its release at most
+
+
+class Boom(Exception):
+    """A failure planned by the test."""
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Boom and other.args == self.args
+
+    def __hash__(self) -> int:
+        return hash(self.args)
+
+
+def tag(items: list[Any]) -> list[tuple[str, Any]]:
+    return [("r", item) for item in items]
+
+
+def settled(stats: batched.BatchStats) -> int:
+    return stats.completed + stats.failed + stats.cancelled + stats.rejected
+
+
+def running_tasks() -> int:
+    """How many tasks exist now, on either backend (as tests/test_decorator.py counts)."""
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:  # no running asyncio loop: trio
+        pass
+    import trio.lowlevel
+
+    def count(task: Any) -> int:
+        return 1 + sum(count(child) for n in task.child_nurseries for child in n.child_tasks)
+
+    return count(trio.lowlevel.current_root_task())
+
+
+def _is_in(item: Any, keys: set[Any]) -> bool:
+    try:
+        return item in keys
+    except TypeError:  # an unhashable item
+        return False
+
+
+class Rec:
+    """A batch function that records its batches.
+
+    Batches holding an item of ``hold`` wait for ``release`` (``running`` is set then),
+    at most ``HOLD_GUARD_S`` virtual seconds.
+    A batch holding an item of ``raise_on`` raises ``Boom(item)`` for the whole batch;
+    an item of ``fail_on`` gets ``Failure(Boom(item))`` in its slot. Other results are
+    ``out(item)``, by default ``("r", item)``.
+    """
+
+    def __init__(
+        self,
+        *,
+        hold: set[Any] | None = None,
+        raise_on: set[Any] | None = None,
+        fail_on: set[Any] | None = None,
+        out: Callable[[Any], Any] | None = None,
+    ) -> None:
+        self.batches: list[list[Any]] = []
+        self.hold = hold or set()
+        self.raise_on = raise_on or set()
+        self.fail_on = fail_on or set()
+        self.out = out or (lambda item: ("r", item))
+        self.running = anyio.Event()
+        self.release = anyio.Event()
+
+    async def __call__(self, items: list[Any]) -> list[Any]:
+        self.batches.append(list(items))
+        if any(_is_in(item, self.hold) for item in items):
+            self.running.set()
+            # A guard: should a test fail while a batch is held, the held batch (shielded
+            # in a caller's task in driven mode) must not hang the test's task group.
+            with anyio.fail_after(HOLD_GUARD_S):
+                await self.release.wait()
+        for item in items:
+            if _is_in(item, self.raise_on):
+                raise Boom(item)
+        return [
+            batched.Failure(Boom(item)) if _is_in(item, self.fail_on) else self.out(item)
+            for item in items
+        ]
+
+    def seen(self) -> list[Any]:
+        return [item for batch in self.batches for item in batch]
+
+
+def recorded(rec: Rec, **settings: Any) -> batched.BatchedFunction[Any, Any]:
+    """``rec`` behind ``batched.dynamically(**settings)``, as an ``async def``."""
+
+    @batched.dynamically(**settings)
+    async def fn(items: list[Any]) -> list[Any]:
+        return await rec(items)
+
+    return fn
+
+
+@asynccontextmanager
+async def front(mode: str, rec: Rec, **settings: Any) -> AsyncIterator[Any]:
+    """A callable batching ``rec``: an open ``Batcher`` (owned) or a decorated function
+    called outside ``async with`` (driven). Either has ``f(item)``, ``f.many`` and
+    ``f.stats``; in both, every cache write is done once the block has exited (owned)
+    or every call has returned (driven)."""
+    with anyio.fail_after(3600):  # a hang guard on virtual time
+        if mode == "owned":
+            async with batched.Batcher(rec, **settings) as b:
+                yield b
+        else:
+            yield recorded(rec, **settings)
+
+
+class Caller:
+    """One call in its own cancel scope; ``outcome`` is ("result" | "error" | "cancelled", x)."""
+
+    def __init__(self, call: Callable[[], Awaitable[Any]]) -> None:
+        self.call = call
+        self.scope = anyio.CancelScope()
+        self.outcome: tuple[str, Any] | None = None
+        self.at = -1.0
+
+    async def run(self) -> None:
+        with self.scope:
+            try:
+                self.outcome = ("result", await self.call())
+            except Exception as exc:
+                self.outcome = ("error", exc)
+        if self.scope.cancelled_caught:
+            self.outcome = ("cancelled", None)
+        self.at = anyio.current_time()
+
+    @property
+    def result(self) -> Any:
+        assert self.outcome is not None, "the call has not returned"
+        kind, value = self.outcome
+        assert kind == "result", self.outcome
+        return value
+
+    @property
+    def error(self) -> BaseException:
+        assert self.outcome is not None, "the call has not returned"
+        kind, value = self.outcome
+        assert kind == "error", self.outcome
+        return value  # type: ignore[no-any-return]
+
+
+async def launch(tg: TaskGroup, f: Any, item: Any, **kwargs: Any) -> Caller:
+    """Start ``f(item, **kwargs)`` and let it reach its wait (trio shuffles start order)."""
+    caller = Caller(functools.partial(f, item, **kwargs))
+    tg.start_soon(caller.run)
+    await settle()
+    return caller
+
+
+async def launch_many(tg: TaskGroup, f: Any, items: list[Any], **kwargs: Any) -> Caller:
+    caller = Caller(functools.partial(f.many, items, **kwargs))
+    tg.start_soon(caller.run)
+    await settle()
+    return caller
+
+
+class SlowCache:
+    """A ``MemoryCache`` whose ``get`` and/or ``set`` first sleep (virtual seconds)."""
+
+    def __init__(self, get_delay: float = 0.0, set_delay: float = 0.0) -> None:
+        self.inner: MemoryCache[Any, Any] = MemoryCache(64)
+        self.get_delay = get_delay
+        self.set_delay = set_delay
+
+    async def get(self, key: Any) -> Any:
+        await anyio.sleep(self.get_delay)
+        return await self.inner.get(key)
+
+    async def set(self, key: Any, value: Any) -> None:
+        await anyio.sleep(self.set_delay)
+        await self.inner.set(key, value)
+
+    async def clear(self) -> None:
+        await self.inner.clear()
+
+    def stats(self) -> CacheStats:
+        return self.inner.stats()
+
+
+class FaultyCache:
+    """A cache whose ``get`` and/or ``set`` raise ``OSError``; counts nothing itself."""
+
+    def __init__(self, *, get_fails: bool, set_fails: bool) -> None:
+        self.data: dict[Any, Any] = {}
+        self.get_fails = get_fails
+        self.set_fails = set_fails
+        self.get_calls = 0
+        self.set_calls = 0
+
+    async def get(self, key: Any) -> Any:
+        await anyio.lowlevel.checkpoint()
+        self.get_calls += 1
+        if self.get_fails:
+            raise OSError("the cache is down (get)")
+        return self.data.get(key, MISS)
+
+    async def set(self, key: Any, value: Any) -> None:
+        await anyio.lowlevel.checkpoint()
+        self.set_calls += 1
+        if self.set_fails:
+            raise OSError("the cache is down (set)")
+        self.data[key] = value
+
+    async def clear(self) -> None:
+        self.data.clear()
+
+    def stats(self) -> CacheStats:
+        return CacheStats(size=len(self.data))
+
+
+class SeedCache:
+    """A cache written for mixedbread's ``batched``: ``get`` returns None on a miss, and
+    ``stats()`` is not a ``CacheStats`` but an object with some of its counters."""
+
+    def __init__(self) -> None:
+        self.data: dict[Any, Any] = {}
+        self.hits = self.misses = 0
+
+    async def get(self, key: Any) -> Any:
+        await anyio.lowlevel.checkpoint()
+        if key in self.data:
+            self.hits += 1
+            return self.data[key]
+        self.misses += 1
+        return None
+
+    async def set(self, key: Any, value: Any) -> None:
+        await anyio.lowlevel.checkpoint()
+        self.data[key] = value
+
+    async def clear(self) -> None:
+        self.data.clear()
+
+    def stats(self) -> SimpleNamespace:
+        return SimpleNamespace(hits=self.hits, misses=self.misses, size=len(self.data))
+
+
+def batched_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if record.name == "batched"]
+
+
+# -- 1. cache hits -----------------------------------------------------------------------
+
+
+@pytest.mark.virtual_time
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_hit_returns_at_once_and_fn_never_sees_it(mode: str) -> None:
+    rec = Rec()
+    cache: MemoryCache[Any, Any] = MemoryCache(16)
+    async with front(mode, rec, cache=cache, timeout_ms=50) as f:
+        start = anyio.current_time()
+        assert await f(1) == ("r", 1)
+        assert anyio.current_time() == pytest.approx(start + 0.05)  # a miss waits the window
+        await settle()  # the write is done (no time passes)
+        before = anyio.current_time()
+        assert await f(1) == ("r", 1)
+        assert anyio.current_time() == before  # a hit: no window, no time
+        assert await f(1) == ("r", 1)
+    stats = f.stats
+    assert rec.batches == [[1]]
+    assert (stats.submitted, stats.completed, stats.total_processed) == (3, 3, 1)
+    assert stats.cache_stats == CacheStats(gets=3, hits=2, misses=1, sets=1, size=1)
+    assert stats.queue_size == 0
+
+
+@pytest.mark.virtual_time
+async def test_results_are_written_after_their_batch_in_the_batchers_task_group() -> None:
+    """A slow ``set`` holds neither the caller nor the next batch; ``__aexit__`` waits
+    for every write."""
+    rec = Rec()
+    cache = SlowCache(set_delay=1.0)
+    async with batched.Batcher(rec, cache=cache, timeout_ms=0) as b:
+        start = anyio.current_time()
+        assert await b.many([1, 2, 3]) == tag([1, 2, 3])
+        assert anyio.current_time() == start  # the result did not wait for the write
+        assert await b(4) == ("r", 4)  # nor did the next batch
+        assert anyio.current_time() == start
+        assert cache.inner.stats().sets == 0  # still being written
+    assert anyio.current_time() >= start + 1.0  # the exit waited for the writes
+    assert cache.inner.stats().sets == 4
+    assert [await cache.inner.get(k) for k in (1, 2, 3, 4)] == tag([1, 2, 3, 4])
+    assert rec.batches == [[1, 2, 3], [4]]
+
+
+async def test_driven_writes_are_done_when_the_calls_return() -> None:
+    """Caller-driven: the caller that ran the batch writes its results before returning."""
+    rec = Rec()
+    cache = SlowCache(set_delay=1.0)
+    f = recorded(rec, cache=cache, timeout_ms=0)
+    with anyio.fail_after(3600):
+        assert await f.many([1, 2]) == tag([1, 2])
+        assert cache.inner.stats().sets == 2
+        assert await f(1) == ("r", 1)  # a hit
+    assert rec.batches == [[1, 2]]
+    assert f.stats.cache_stats == CacheStats(gets=3, hits=1, misses=2, sets=2, size=2)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("value", [0, "", [], 0.0, False], ids=repr)
+async def test_falsy_results_are_cached_and_served(mode: str, value: Any) -> None:
+    rec = Rec(out=lambda item: value)
+    cache: MemoryCache[Any, Any] = MemoryCache(4)
+    async with front(mode, rec, cache=cache) as f:
+        first = await f("k")
+        await settle()
+        second = await f("k")
+    stats = f.stats
+    assert first == second == value
+    assert type(second) is type(value)
+    assert rec.batches == [["k"]]
+    assert stats.cache_stats is not None
+    assert (stats.cache_stats.hits, stats.cache_stats.sets) == (1, 1)
+    assert stats.completed == 2
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_none_result_is_recomputed_every_time(mode: str) -> None:
+    rec = Rec(out=lambda item: None)
+    cache: MemoryCache[Any, Any] = MemoryCache(4)
+    async with front(mode, rec, cache=cache) as f:
+        for _ in range(3):
+            assert await f("k") is None
+            await settle()
+    stats = f.stats
+    assert rec.batches == [["k"]] * 3
+    assert stats.cache_stats == CacheStats(gets=3, hits=0, misses=3, sets=0, size=0)
+    assert stats.completed == 3
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_errors_are_never_cached(mode: str) -> None:
+    """``fn`` raising, and a ``Failure`` slot: recomputed each time; results beside a
+    ``Failure`` in the same batch are cached."""
+    rec = Rec(raise_on={"bad"}, fail_on={"slot"})
+    cache: MemoryCache[Any, Any] = MemoryCache(8)
+    async with front(mode, rec, cache=cache) as f:
+        for _ in range(2):
+            with pytest.raises(Boom) as raised:
+                await f("bad")
+            assert raised.value == Boom("bad")
+            await settle()
+        async with anyio.create_task_group() as tg:
+            ok = await launch(tg, f, "ok")
+            slot = await launch(tg, f, "slot")
+        assert ok.result == ("r", "ok")
+        assert slot.error == Boom("slot")
+        await settle()
+        async with anyio.create_task_group() as tg:
+            ok2 = await launch(tg, f, "ok")
+            slot2 = await launch(tg, f, "slot")
+        assert ok2.result == ("r", "ok")
+        assert slot2.error == Boom("slot")
+    stats = f.stats
+    assert rec.batches == [["bad"], ["bad"], ["ok", "slot"], ["slot"]]
+    assert stats.cache_stats is not None
+    assert (stats.cache_stats.sets, stats.cache_stats.size) == (1, 1)  # only "ok"
+    assert (stats.completed, stats.failed) == (2, 4)
+    assert stats.submitted == settled(stats) == 6
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_seed_style_cache_returning_none_reads_as_a_miss(mode: str) -> None:
+    rec = Rec()
+    cache = SeedCache()
+    async with front(mode, rec, cache=cache) as f:
+        assert await f(1) == ("r", 1)
+        await settle()
+        assert await f(1) == ("r", 1)
+        assert await f(2) == ("r", 2)
+    stats = f.stats
+    assert rec.batches == [[1], [2]]
+    assert cache.data == {1: ("r", 1), 2: ("r", 2)}
+    # Its counters are read into a CacheStats; the ones it lacks are 0.
+    assert stats.cache_stats == CacheStats(hits=1, misses=2, size=2)
+    assert stats.completed == 3
+
+
+# -- 2. a faulty cache -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("fails", ["get", "set", "both"])
+async def test_a_faulty_cache_never_fails_a_call(
+    mode: str, fails: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="batched")
+    cache = FaultyCache(get_fails=fails in {"get", "both"}, set_fails=fails in {"set", "both"})
+    rec = Rec()
+    async with front(mode, rec, cache=cache, batch_size=4) as f:
+        for _ in range(3):
+            assert await f(1) == ("r", 1)
+            await settle()
+        assert await f.many([2, 3, 2]) == tag([2, 3, 2])
+    stats = f.stats
+    # Reads that fail miss; writes that fail store nothing: 1 is computed each time.
+    assert rec.batches == [[1], [1], [1], [2, 3]]
+    errors = (cache.get_calls if cache.get_fails else 0) + (
+        cache.set_calls if cache.set_fails else 0
+    )
+    assert cache.get_calls == 6
+    assert cache.set_calls == 5  # one per computed key (dedupe merged the two 2s)
+    assert stats.cache_stats is not None
+    assert stats.cache_stats.errors == errors
+    assert stats.completed == stats.submitted == 6
+    records = batched_records(caplog)
+    assert len(records) == 1, records  # logged once, however many failures
+    assert records[0].levelno == logging.WARNING
+    assert "cache" in records[0].getMessage()
+    assert isinstance(records[0].exc_info[1], OSError)  # type: ignore[index]
+
+
+# -- 3. cache_key ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_cache_key_maps_items_to_keys(mode: str) -> None:
+    rec = Rec(out=lambda d: ("r", d["id"], d["text"]))
+    cache: MemoryCache[Any, Any] = MemoryCache(8)
+    async with front(mode, rec, cache=cache, cache_key=lambda d: d["id"]) as f:
+        assert await f({"id": 1, "text": "a"}) == ("r", 1, "a")
+        await settle()
+        # A different item with the same key: served from the cache.
+        assert await f({"id": 1, "text": "b"}) == ("r", 1, "a")
+        # Equal keys waiting at once: computed once, from the first item.
+        async with anyio.create_task_group() as tg:
+            x = await launch(tg, f, {"id": 2, "text": "x"})
+            y = await launch(tg, f, {"id": 2, "text": "y"})
+        assert x.result == y.result == ("r", 2, "x")
+    stats = f.stats
+    assert rec.batches == [[{"id": 1, "text": "a"}], [{"id": 2, "text": "x"}]]
+    assert await cache.get(1) == ("r", 1, "a")
+    assert await cache.get(2) == ("r", 2, "x")
+    assert stats.completed == stats.submitted == 4
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("keyed", ["cache", "dedupe"])
+async def test_an_unhashable_item_without_cache_key_fails_only_its_caller(
+    mode: str, keyed: str
+) -> None:
+    rec = Rec()
+    settings: dict[str, Any] = {"cache": MemoryCache(8)} if keyed == "cache" else {"dedupe": True}
+    async with front(mode, rec, timeout_ms=10, **settings) as f, anyio.create_task_group() as tg:
+        a = await launch(tg, f, "a")
+        bad = await launch(tg, f, {"no": "hash"})
+        c = await launch(tg, f, "c")
+    stats = f.stats
+    assert isinstance(bad.error, TypeError)
+    assert "cache_key" in str(bad.error)
+    assert (a.result, c.result) == (("r", "a"), ("r", "c"))
+    assert rec.batches == [["a", "c"]]
+    assert (stats.completed, stats.failed) == (2, 1)
+    assert stats.submitted == settled(stats) == 3
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_cache_key_that_raises_fails_only_its_caller(mode: str) -> None:
+    rec = Rec(out=lambda d: ("r", d["id"]))
+    async with (
+        front(mode, rec, cache=MemoryCache(8), cache_key=lambda d: d["id"]) as f,
+        anyio.create_task_group() as tg,
+    ):
+        a = await launch(tg, f, {"id": "a"})
+        bad = await launch(tg, f, {"name": "no id"})
+        c = await launch(tg, f, {"id": "c"})
+    stats = f.stats
+    assert isinstance(bad.error, KeyError)
+    assert any("cache_key" in note for note in getattr(bad.error, "__notes__", []))
+    assert (a.result, c.result) == (("r", "a"), ("r", "c"))
+    assert rec.batches == [[{"id": "a"}, {"id": "c"}]]
+    assert (stats.completed, stats.failed) == (2, 1)
+    assert stats.submitted == settled(stats) == 3
+
+
+async def test_a_cache_key_returning_an_unhashable_key_names_it() -> None:
+    rec = Rec()
+    async with batched.Batcher(rec, dedupe=True, cache_key=lambda item: [item]) as b:
+        with pytest.raises(TypeError, match="cache_key"):
+            await b(1)
+    assert rec.batches == []
+    assert b.stats.failed == b.stats.submitted == 1
+
+
+# -- 4. MemoryCache ttl ------------------------------------------------------------------
+
+
+@pytest.mark.virtual_time
+@pytest.mark.parametrize("mode", MODES)
+async def test_memory_cache_ttl_expires_on_the_virtual_clock(mode: str) -> None:
+    rec = Rec()
+    cache: MemoryCache[Any, Any] = MemoryCache(8, ttl=10.0)
+    async with front(mode, rec, cache=cache, timeout_ms=0) as f:
+        assert await f(1) == ("r", 1)  # written at t0
+        await settle()
+        await anyio.sleep(9.5)
+        assert await f(1) == ("r", 1)  # a hit before the ttl
+        assert rec.batches == [[1]]
+        await anyio.sleep(1.0)  # past t0 + 10 s
+        assert await f(1) == ("r", 1)  # expired: recomputed
+        assert rec.batches == [[1], [1]]
+        await settle()
+        assert await f(1) == ("r", 1)  # the fresh write is served again
+    stats = f.stats
+    assert rec.batches == [[1], [1]]
+    assert stats.cache_stats is not None
+    assert (stats.cache_stats.hits, stats.cache_stats.sets) == (2, 2)
+
+
+# -- 5. DiskCache ------------------------------------------------------------------------
+
+
+async def test_disk_cache_round_trip_through_a_batcher(tmp_path: Path) -> None:
+    """Results written by one batcher are served to another from the same directory.
+
+    In real time: DiskCache works in worker threads, and virtual time jumps while a
+    thread is busy (it would fire the batcher's bound on its writes at once).
+    """
+    rec = Rec()
+    directory = tmp_path / "cache"
+    with real_time(), DiskCache(directory) as cache:
+        async with batched.Batcher(rec, cache=cache) as b:
+            assert await b.many([1, "two", (3, 3)]) == tag([1, "two", (3, 3)])
+        assert cache.stats().sets == 3  # written by the time the block exited
+        assert b.stats.cache_stats == CacheStats(gets=3, hits=0, misses=3, sets=3, size=3)
+    with real_time(), DiskCache(directory) as cache:
+        async with batched.Batcher(rec, cache=cache) as b:
+            assert await b.many([(3, 3), 4, 1, "two"]) == tag([(3, 3), 4, 1, "two"])
+        stats = b.stats
+        assert cache.stats().sets == 1
+    assert rec.batches == [[1, "two", (3, 3)], [4]]
+    assert stats.cache_stats == CacheStats(gets=4, hits=3, misses=1, sets=1, size=4)
+    assert stats.completed == stats.submitted == 4
+
+
+# -- 6. dedupe ---------------------------------------------------------------------------
+
+DEDUPE_SETTINGS = {
+    "cache": lambda: {"cache": MemoryCache(16)},
+    "dedupe-only": lambda: {"dedupe": True},
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("keyed", list(DEDUPE_SETTINGS))
+async def test_equal_keys_waiting_at_once_are_computed_once(mode: str, keyed: str) -> None:
+    rec = Rec()
+    async with (
+        front(mode, rec, timeout_ms=10, **DEDUPE_SETTINGS[keyed]()) as f,
+        anyio.create_task_group() as tg,
+    ):
+        callers = [await launch(tg, f, item) for item in (1, 2, 1, 1, 2, 3)]
+        assert f.stats.queue_size == 3  # one per key
+    stats = f.stats
+    assert [c.result for c in callers] == tag([1, 2, 1, 1, 2, 3])
+    assert rec.batches == [[1, 2, 3]]
+    # The callers of one key get the very same result object.
+    assert callers[0].result is callers[2].result is callers[3].result
+    assert (stats.completed, stats.total_processed) == (6, 3)
+    assert stats.submitted == settled(stats) == 6
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_dedupe_false_with_a_cache_computes_duplicates(mode: str) -> None:
+    rec = Rec()
+    cache: MemoryCache[Any, Any] = MemoryCache(16)
+    async with front(mode, rec, timeout_ms=10, cache=cache, dedupe=False) as f:
+        async with anyio.create_task_group() as tg:
+            callers = [await launch(tg, f, item) for item in (1, 1, 2)]
+        await settle()
+        assert await f(1) == ("r", 1)  # still served from the cache
+    stats = f.stats
+    assert [c.result for c in callers] == tag([1, 1, 2])
+    assert rec.batches == [[1, 1, 2]]
+    assert (stats.completed, stats.total_processed) == (4, 3)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("keyed", list(DEDUPE_SETTINGS))
+async def test_a_cancelled_duplicate_leaves_the_shared_item_to_the_others(
+    mode: str, keyed: str
+) -> None:
+    """The caller that sent the shared item leaves while it waits: the rest still get it."""
+    rec = Rec()
+    async with (
+        front(mode, rec, timeout_ms=10, **DEDUPE_SETTINGS[keyed]()) as f,
+        anyio.create_task_group() as tg,
+    ):
+        first = await launch(tg, f, 1)
+        second = await launch(tg, f, 1)
+        third = await launch(tg, f, 1)
+        first.scope.cancel()
+        await settle()
+        assert f.stats.queue_size == 1  # the shared item stays
+        second.scope.cancel()
+        await settle()
+        assert f.stats.queue_size == 1
+    stats = f.stats
+    assert first.outcome == second.outcome == ("cancelled", None)
+    assert third.result == ("r", 1)
+    assert rec.batches == [[1]]
+    assert (stats.completed, stats.cancelled) == (1, 2)
+    assert stats.submitted == settled(stats) == 3
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("keyed", list(DEDUPE_SETTINGS))
+async def test_all_duplicates_cancelled_before_dispatch_drop_the_item(
+    mode: str, keyed: str
+) -> None:
+    rec = Rec()
+    async with front(mode, rec, timeout_ms=10, **DEDUPE_SETTINGS[keyed]()) as f:
+        async with anyio.create_task_group() as tg:
+            gone = [await launch(tg, f, "gone") for _ in range(3)]
+            kept = await launch(tg, f, "kept")
+            assert f.stats.queue_size == 2
+            for caller in gone:
+                caller.scope.cancel()
+            await settle()
+            assert f.stats.queue_size == 1
+        # A later equal call starts afresh.
+        assert await f("gone") == ("r", "gone")
+    stats = f.stats
+    assert all(c.outcome == ("cancelled", None) for c in gone)
+    assert kept.result == ("r", "kept")
+    assert rec.batches == [["kept"], ["gone"]]
+    assert (stats.completed, stats.cancelled) == (2, 3)
+    assert stats.submitted == settled(stats) == 5
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("keyed", list(DEDUPE_SETTINGS))
+async def test_a_duplicate_cancelled_while_the_batch_runs_spares_the_others(
+    mode: str, keyed: str
+) -> None:
+    rec = Rec(hold={1})
+    async with (
+        front(mode, rec, timeout_ms=10, **DEDUPE_SETTINGS[keyed]()) as f,
+        anyio.create_task_group() as tg,
+    ):
+        first = await launch(tg, f, 1)
+        second = await launch(tg, f, 1)
+        await rec.running.wait()
+        first.scope.cancel()  # in driven mode it may be running the batch: shielded
+        await settle()
+        rec.release.set()
+    stats = f.stats
+    assert first.outcome == ("cancelled", None)
+    assert second.result == ("r", 1)
+    assert rec.batches == [[1]]
+    assert (stats.completed, stats.cancelled) == (1, 1)
+    assert stats.submitted == settled(stats) == 2
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("keyed", list(DEDUPE_SETTINGS))
+async def test_dedupe_joins_an_item_already_running(mode: str, keyed: str) -> None:
+    rec = Rec(hold={1})
+    async with (
+        front(mode, rec, timeout_ms=0, **DEDUPE_SETTINGS[keyed]()) as f,
+        anyio.create_task_group() as tg,
+    ):
+        first = await launch(tg, f, 1)
+        await rec.running.wait()
+        joined = await launch(tg, f, 1)
+        other = await launch(tg, f, 2)  # a new key waits for the next batch
+        assert f.stats.queue_size == 1
+        rec.release.set()
+    stats = f.stats
+    assert first.result == joined.result == ("r", 1)
+    assert first.result is joined.result
+    assert other.result == ("r", 2)
+    assert rec.batches == [[1], [2]]
+    assert (stats.completed, stats.total_processed) == (3, 2)
+    assert stats.submitted == settled(stats) == 3
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_dedupe_callers_of_a_failing_item_all_get_its_error(mode: str) -> None:
+    rec = Rec(fail_on={"f"})
+    async with front(mode, rec, timeout_ms=10, dedupe=True) as f, anyio.create_task_group() as tg:
+        callers = [await launch(tg, f, "f") for _ in range(3)]
+        ok = await launch(tg, f, "ok")
+    stats = f.stats
+    assert all(c.error == Boom("f") for c in callers)
+    assert ok.result == ("r", "ok")
+    assert rec.batches == [["f", "ok"]]
+    assert (stats.completed, stats.failed) == (1, 3)
+    assert stats.submitted == settled(stats) == 4
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_stats_count_every_caller_hits_and_joins_included(mode: str) -> None:
+    rec = Rec(hold={"slow"}, fail_on={"bad"})
+    cache: MemoryCache[Any, Any] = MemoryCache(16)
+    async with front(mode, rec, timeout_ms=0, cache=cache) as f:
+        assert await f("hit") == ("r", "hit")
+        await settle()
+        async with anyio.create_task_group() as tg:
+            slow = await launch(tg, f, "slow")
+            await rec.running.wait()
+            joins = [await launch(tg, f, "slow") for _ in range(2)]
+            hits = [await launch(tg, f, "hit") for _ in range(3)]
+            bad = await launch(tg, f, "bad")
+            gone = await launch(tg, f, "bad")  # joins "bad", then leaves
+            gone.scope.cancel()
+            await settle()
+            rec.release.set()
+    stats = f.stats
+    assert all(c.result == ("r", "slow") for c in [slow, *joins])
+    assert all(c.result == ("r", "hit") for c in hits)
+    assert bad.error == Boom("bad")
+    assert gone.outcome == ("cancelled", None)
+    assert rec.batches == [["hit"], ["slow"], ["bad"]]
+    # completed: the first "hit", 3 hits, "slow" and its 2 joins.
+    assert (stats.completed, stats.failed, stats.cancelled, stats.rejected) == (7, 1, 1, 0)
+    assert stats.submitted == settled(stats) == 9
+    assert stats.total_processed == 3
+    assert stats.queue_size == 0
+
+
+# -- 7. many() with a cache --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_many_mixes_hits_misses_and_duplicates_in_input_order(mode: str) -> None:
+    rec = Rec()
+    cache: MemoryCache[Any, Any] = MemoryCache(16)
+    async with front(mode, rec, timeout_ms=10, cache=cache) as f:
+        assert await f.many([1, 2]) == tag([1, 2])
+        await settle()
+        items = [3, 1, 4, 3, 2, 4, 4, 5]
+        async with anyio.create_task_group() as tg:
+            lone = await launch(tg, f, 5)  # a single call of 5 waits already
+            big = await launch_many(tg, f, items)
+        assert big.result == tag(items)
+        assert lone.result == ("r", 5)
+    stats = f.stats
+    assert rec.batches == [[1, 2], [5, 3, 4]]
+    assert stats.completed == stats.submitted == 2 + 1 + len(items)
+    assert stats.cache_stats is not None
+    assert stats.cache_stats.hits == 2  # 1 and 2 inside the big call
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_many_raises_the_first_failing_item_once_all_settle(mode: str) -> None:
+    """Items in different batches: the error comes only when the held item is done, and
+    it is the first failing one in input order."""
+    rec = Rec(hold={"slow"}, fail_on={"x", "y"})
+    cache: MemoryCache[Any, Any] = MemoryCache(16)
+    async with front(mode, rec, batch_size=2, timeout_ms=0, cache=cache) as f:
+        async with anyio.create_task_group() as tg:
+            call = await launch_many(tg, f, ["ok", "y", "slow", "x"])
+            await rec.running.wait()
+            await settle()
+            assert call.outcome is None  # "slow" is not settled yet
+            rec.release.set()
+        await settle()
+        assert await f.many(["ok", "slow"]) == tag(["ok", "slow"])  # both cached
+    stats = f.stats
+    assert call.error == Boom("y")
+    assert sorted(rec.seen()) == ["ok", "slow", "x", "y"]
+    assert (stats.completed, stats.failed) == (2, 4)
+    assert stats.submitted == settled(stats) == 6
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_many_all_hits_and_empty(mode: str) -> None:
+    rec = Rec()
+    async with front(mode, rec, cache=MemoryCache(8)) as f:
+        assert await f.many([]) == []
+        assert await f.many([7, 8]) == tag([7, 8])
+        await settle()
+        before = anyio.current_time()
+        assert await f.many([8, 7, 8]) == tag([8, 7, 8])
+        assert anyio.current_time() == before
+    stats = f.stats
+    assert rec.batches == [[7, 8]]
+    assert stats.completed == stats.submitted == 5
+
+
+# -- 8. max_queue_size with dedupe -------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("keyed", list(DEDUPE_SETTINGS))
+async def test_joining_needs_no_room_a_new_key_does(mode: str, keyed: str) -> None:
+    rec = Rec(hold={0})
+    settings = {"batch_size": 1, "timeout_ms": 0, "max_queue_size": 1}
+    async with (
+        front(mode, rec, **settings, **DEDUPE_SETTINGS[keyed]()) as f,
+        anyio.create_task_group() as tg,
+    ):
+        running = await launch(tg, f, 0)
+        await rec.running.wait()
+        waiting = await launch(tg, f, 1)
+        assert f.stats.queue_size == 1  # full
+        joined = await launch(tg, f, 1, wait=False)
+        joined_running = await launch(tg, f, 0, wait=False)
+        with pytest.raises(batched.QueueFull):
+            await f(2, wait=False)
+        assert f.stats.queue_size == 1
+        rec.release.set()
+    stats = f.stats
+    assert running.result == joined_running.result == ("r", 0)
+    assert waiting.result == joined.result == ("r", 1)
+    assert rec.batches == [[0], [1]]
+    assert (stats.completed, stats.rejected) == (4, 1)
+    assert stats.submitted == settled(stats) == 5
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_shared_item_waiting_for_room_is_joined_and_dropped_with_its_callers(
+    mode: str,
+) -> None:
+    rec = Rec(hold={0})
+    settings = {"batch_size": 1, "timeout_ms": 0, "max_queue_size": 1, "dedupe": True}
+    async with front(mode, rec, **settings) as f, anyio.create_task_group() as tg:
+        running = await launch(tg, f, 0)
+        await rec.running.wait()
+        waiting = await launch(tg, f, 1)
+        for_room = await launch(tg, f, 2)  # waits for room
+        joiner = await launch(tg, f, 2, wait=False)  # joins it, no QueueFull
+        gone = await launch(tg, f, 3)  # waits for room, then leaves
+        gone.scope.cancel()
+        await settle()
+        rec.release.set()
+    stats = f.stats
+    assert [c.result for c in (running, waiting, for_room, joiner)] == tag([0, 1, 2, 2])
+    assert gone.outcome == ("cancelled", None)
+    assert rec.batches == [[0], [1], [2]]
+    assert (stats.completed, stats.cancelled, stats.rejected) == (4, 1, 0)
+    assert stats.submitted == settled(stats) == 5
+
+
+# -- owned mode: closing -----------------------------------------------------------------
+
+
+async def test_callers_of_a_shared_item_get_batcher_closed_when_the_block_fails() -> None:
+    rec = Rec(hold={1})
+
+    class Stop(Exception):
+        pass
+
+    b = batched.Batcher(rec, timeout_ms=10, dedupe=True)
+    callers: list[Caller] = []
+
+    async def fail_the_block(tg: TaskGroup) -> None:
+        async with b:
+            callers.extend([await launch(tg, b, 1) for _ in range(2)])  # running
+            await rec.running.wait()
+            callers.extend([await launch(tg, b, 2) for _ in range(2)])  # waiting
+            raise Stop
+
+    async with anyio.create_task_group() as tg:
+        with pytest.raises(Stop):
+            await fail_the_block(tg)
+    assert len(callers) == 4
+    for caller in callers:
+        assert isinstance(caller.error, batched.BatcherClosed)
+    assert rec.batches == [[1]]
+    stats = b.stats
+    assert stats.failed == 4
+    assert stats.submitted == settled(stats) == 4
+
+
+async def test_a_keyed_call_on_a_closed_batcher_raises_batcher_closed() -> None:
+    cache = FaultyCache(get_fails=False, set_fails=False)
+    b = batched.Batcher(Rec(), cache=cache)
+    with pytest.raises(batched.BatcherClosed):
+        await b(1)
+    with pytest.raises(batched.BatcherClosed):
+        await b.many([1, 2])
+    assert cache.get_calls == 0  # refused before reading the cache
+    assert b.stats.failed == b.stats.submitted == 3
+
+
+# -- 9. the sync front-end ---------------------------------------------------------------
+
+
+def _wait_until(predicate: Callable[[], bool], what: str) -> None:
+    """Wait for a condition another thread makes true (a bounded poll, not a timed sleep)."""
+    deadline = time.monotonic() + JOIN
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {JOIN} s waiting for {what}")
+        time.sleep(0.001)
+
+
+def _close_bounded(f: Any) -> None:
+    closer = threading.Thread(target=f.close, daemon=True)
+    closer.start()
+    closer.join(JOIN)
+    assert not closer.is_alive(), f"{f!r}.close() did not return within {JOIN} s"
+
+
+def _in_threads(calls: dict[Any, Callable[[], Any]]) -> dict[Any, Any]:
+    """Run each call in its own thread at once; each one's result or exception."""
+    out: dict[Any, Any] = {}
+    barrier = threading.Barrier(len(calls), timeout=JOIN)
+
+    def run(key: Any, call: Callable[[], Any]) -> None:
+        barrier.wait()
+        try:
+            out[key] = call()
+        except Exception as exc:
+            out[key] = exc
+
+    threads = [
+        threading.Thread(target=run, args=(key, call), daemon=True) for key, call in calls.items()
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + JOIN
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    assert not any(thread.is_alive() for thread in threads), "a calling thread hung"
+    return out
+
+
+def test_sync_front_end_with_a_cache_from_threads() -> None:
+    seen: list[list[int]] = []
+
+    @batched.dynamically(cache=MemoryCache(32), timeout_ms=1)
+    def square(items: list[int]) -> list[int]:
+        seen.append(list(items))
+        return [x * x for x in items]
+
+    try:
+        assert square(3) == 9
+        _wait_until(lambda: square.stats.cache_stats.sets == 1, "the write of 3")  # type: ignore[union-attr]
+        got = _in_threads({n: functools.partial(square.many, [3, 4, 3, 4]) for n in range(6)})
+        assert got == {n: [9, 16, 9, 16] for n in range(6)}
+        computed = [x for batch in seen for x in batch]
+        assert computed.count(3) == 1  # served from the cache to every thread
+        assert 1 <= computed.count(4) <= 6  # one per call at most; dedupe may merge more
+        _wait_until(lambda: square.stats.cache_stats.sets >= 2, "the write of 4")  # type: ignore[union-attr]
+        assert square([4, 5, 5]) == [16, 25, 25]
+        before = len(seen)
+
+        async def from_a_loop() -> list[int]:
+            return [await square.acall(3), *(await square.acall([4, 3]))]
+
+        for backend in BACKENDS:
+            assert anyio.run(from_a_loop, backend=backend) == [9, 16, 9]
+        assert len(seen) == before  # acall was served from the cache too
+    finally:
+        _close_bounded(square)
+    stats = square.stats
+    assert [x for batch in seen for x in batch].count(5) == 1  # dedupe inside one call
+    assert stats.cache_stats is not None
+    # 3 in every thread's call, 4 in square([4, 5, 5]), all three acall items, twice.
+    assert stats.cache_stats.hits >= 6 * 2 + 1 + 3 * 2
+    assert stats.cache_stats.sets == stats.total_processed  # every computed item written
+    assert stats.completed == stats.submitted == 1 + 6 * 4 + 3 + 3 * 2
+    assert stats.queue_size == 0
+
+
+def test_sync_front_end_dedupes_equal_items_from_threads() -> None:
+    entered = threading.Event()
+    release = threading.Event()
+    seen: list[list[str]] = []
+
+    @batched.dynamically(dedupe=True, timeout_ms=50)
+    def fn(items: list[str]) -> list[tuple[str, str]]:
+        seen.append(list(items))
+        if "hold" in items:
+            entered.set()
+            assert release.wait(JOIN)
+        return tag(items)
+
+    try:
+        holder = threading.Thread(target=fn, args=("hold",), daemon=True)
+        holder.start()
+        assert entered.wait(JOIN)
+        # fn holds the serving thread: these four pile up and are sent together.
+        results: dict[int, Any] = {}
+
+        def call(n: int) -> None:
+            results[n] = fn("same")
+
+        threads = [threading.Thread(target=call, args=(n,), daemon=True) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        _wait_until(lambda: len(fn._server.pending) == 4, "four calls queued")  # type: ignore[union-attr]
+        release.set()
+        for thread in [holder, *threads]:
+            thread.join(JOIN)
+        assert results == dict.fromkeys(range(4), ("r", "same"))
+    finally:
+        release.set()
+        _close_bounded(fn)
+    assert seen == [["hold"], ["same"]]
+    stats = fn.stats
+    assert stats.completed == stats.submitted == 5
+    assert stats.total_processed == 2
+
+
+# -- known defects -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_caller_cancelled_during_the_cache_read_counts_as_cancelled(mode: str) -> None:
+    rec = Rec()
+    cache = SlowCache(get_delay=1.0)
+    async with front(mode, rec, cache=cache) as f:
+        with anyio.move_on_after(0.5):
+            await f(1)
+        with anyio.move_on_after(0.5):
+            await f.many([2, 3])
+    stats = f.stats
+    assert rec.batches == []
+    assert stats.submitted == 3
+    assert (stats.failed, stats.cancelled) == (0, 3)
+
+
+async def test_driven_hits_leave_no_engine_behind() -> None:
+    rec = Rec()
+    f = recorded(rec, cache=MemoryCache(8))
+    assert await f(1) == ("r", 1)
+    assert f._engines == {}
+    assert await f(1) == ("r", 1)  # a hit
+    assert await f.many([]) == []
+    assert rec.batches == [[1]]
+    assert f._engines == {}
+
+
+async def test_driven_keyed_many_cancelled_counts_each_item_once() -> None:
+    rec = Rec()
+    f = recorded(rec, cache=MemoryCache(8), timeout_ms=1000)
+    with anyio.move_on_after(0.5):
+        await f.many([1, 2])
+    stats = f.stats
+    assert rec.batches == []
+    assert (stats.submitted, stats.cancelled) == (2, 2)
+
+
+async def test_asking_again_while_the_result_is_written_is_not_recomputed() -> None:
+    rec = Rec()
+    cache = SlowCache(set_delay=0.001)  # any real cache takes some time to write
+    async with batched.Batcher(rec, cache=cache, timeout_ms=0) as b:
+        assert await b(1) == ("r", 1)
+        assert await b(1) == ("r", 1)  # no settle() between: a plain sequential loop
+    assert rec.batches == [[1]]
+
+
+class _Unpicklable:
+    def __reduce__(self) -> Any:
+        raise Boom("not picklable")
+
+
+async def test_a_disk_cache_failure_is_counted_once(tmp_path: Path) -> None:
+    rec = Rec(out=lambda item: _Unpicklable())
+    with real_time(), DiskCache(tmp_path / "cache") as cache:
+        async with batched.Batcher(rec, cache=cache) as b:
+            assert isinstance(await b(1), _Unpicklable)  # the call does not fail
+        stats = b.stats
+    assert stats.cache_stats is not None
+    assert stats.cache_stats.sets == 0
+    assert stats.cache_stats.errors == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "BUG (or doubtful design): when every caller of a running shared item leaves, "
+        "Engine.abandon (batched/_engine.py:319-322) forgets it from the dedupe registry "
+        "and marks it CANCELLED although fn is still computing it; an equal call that "
+        "arrives while that batch still runs sends a second copy instead of joining"
+    ),
+)
+async def test_an_equal_call_joins_a_running_item_whose_callers_all_left() -> None:
+    rec = Rec(hold={1})
+    async with (
+        batched.Batcher(rec, timeout_ms=0, dedupe=True) as b,
+        anyio.create_task_group() as tg,
+    ):
+        first = await launch(tg, b, 1)
+        await rec.running.wait()
+        first.scope.cancel()
+        await settle()
+        later = await launch(tg, b, 1)  # arrives while fn still computes 1
+        rec.release.set()
+    assert later.result == ("r", 1)
+    assert rec.batches == [[1]]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sync_acall_cancelled_before_its_bridge_never_reaches_fn(backend: str) -> None:
+    entered = threading.Event()
+    release = threading.Event()
+    seen: list[list[str]] = []
+
+    @batched.dynamically(cache=MemoryCache(8), max_queue_size=4, timeout_ms=0)
+    def fn(items: list[str]) -> list[tuple[str, str]]:
+        seen.append(list(items))
+        if "hold" in items:
+            entered.set()
+            assert release.wait(JOIN)
+        return tag(items)
+
+    async def cancelled_acall() -> None:
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await fn.acall("gone")
+
+    try:
+        holder = threading.Thread(target=fn, args=("hold",), daemon=True)
+        holder.start()
+        assert entered.wait(JOIN)  # fn now holds the serving thread's loop
+        anyio.run(cancelled_acall, backend=backend)
+        release.set()
+        holder.join(JOIN)
+        results = [fn(f"after {n}", wait=False) for n in range(3)]
+        assert results == tag([f"after {n}" for n in range(3)])
+    finally:
+        release.set()
+        _close_bounded(fn)
+    assert "gone" not in [x for batch in seen for x in batch]
+    stats = fn.stats
+    assert stats.submitted == settled(stats)
+    assert stats.completed == 4
+
+
+# -- 10. the property --------------------------------------------------------------------
+
+
+@dataclass
+class KeyedPlan:
+    arrival_ms: int
+    key: int
+    cancel_after_ms: int | None
+
+
+@dataclass
+class KeyedScript:
+    batch_size: int
+    timeout_ms: int
+    slots: int
+    cache: bool
+    dedupe: bool
+    durations_ms: list[int]
+    calls: list[KeyedPlan]
+
+
+@st.composite
+def keyed_scripts(draw: st.DrawFn) -> KeyedScript:
+    cache = draw(st.booleans())
+    dedupe = draw(st.booleans()) if cache else True
+    calls = draw(
+        st.lists(
+            st.builds(
+                KeyedPlan,
+                arrival_ms=st.integers(0, 20),
+                key=st.integers(0, 3),
+                # Never 0: a cancellation during the cache read is miscounted (see the
+                # xfail test above); it is not what this property is about.
+                cancel_after_ms=st.none() | st.integers(1, 12),
+            ),
+            min_size=1,
+            max_size=12,
+        )
+    )
+    return KeyedScript(
+        batch_size=draw(st.integers(1, 4)),
+        timeout_ms=draw(st.integers(0, 5)),
+        slots=draw(st.integers(1, 2)),
+        cache=cache,
+        dedupe=dedupe,
+        durations_ms=draw(st.lists(st.integers(0, 6), min_size=1, max_size=4)),
+        calls=calls,
+    )
+
+
+@dataclass
+class Sighting:
+    """One batch fn ran: its items, when it started and returned."""
+
+    items: list[int]
+    start: float
+    end: float = float("inf")
+
+
+@dataclass
+class KeyedCallRec:
+    plan: KeyedPlan
+    arrival: float = -1.0
+    cancel_at: float | None = None
+    outcomes: list[tuple[str, Any, float]] = field(default_factory=list)
+
+
+class KeyedRun:
+    """One script on a fresh event loop; plain synchronous checks afterwards."""
+
+    def __init__(self, script: KeyedScript, mode: str) -> None:
+        self.script = script
+        self.mode = mode
+        self.calls = [KeyedCallRec(plan) for plan in script.calls]
+        self.batches: list[Sighting] = []
+        self.t0 = 0.0
+        self.tasks_left = -1
+        self.engines_busy: list[tuple[int, int]] = []
+        self.stats: batched.BatchStats | None = None
+        self.loop: VirtualTimeLoop | None = None
+
+    async def fn(self, items: list[int]) -> list[tuple[str, int, tuple[int, int]]]:
+        index = len(self.batches)
+        sighting = Sighting(list(items), anyio.current_time())
+        self.batches.append(sighting)
+        durations = self.script.durations_ms
+        await anyio.sleep(durations[index % len(durations)] / 1000)
+        sighting.end = anyio.current_time()
+        # Tag each result with where it was computed, so a cached or shared result shows.
+        return [("r", item, (index, pos)) for pos, item in enumerate(items)]
+
+    async def caller(self, f: Any, rec: KeyedCallRec) -> None:
+        await anyio.sleep_until(self.t0 + rec.plan.arrival_ms / 1000)
+        rec.arrival = now = anyio.current_time()
+        with anyio.CancelScope() as scope:
+            if rec.plan.cancel_after_ms is not None:
+                rec.cancel_at = scope.deadline = now + rec.plan.cancel_after_ms / 1000
+            try:
+                got = await f(rec.plan.key)
+            except Exception as exc:
+                rec.outcomes.append(("error", exc, anyio.current_time()))
+            else:
+                rec.outcomes.append(("result", got, anyio.current_time()))
+        if scope.cancelled_caught:
+            rec.outcomes.append(("cancelled", None, anyio.current_time()))
+
+    async def main(self) -> None:
+        s = self.script
+        settings: dict[str, Any] = {
+            "batch_size": s.batch_size,
+            "timeout_ms": s.timeout_ms,
+            "max_concurrent_batches": s.slots,
+            "dedupe": s.dedupe,
+            "cache": MemoryCache(64) if s.cache else None,
+        }
+        baseline = running_tasks()
+        self.t0 = anyio.current_time()
+        with anyio.fail_after(3600):
+            if self.mode == "owned":
+                async with (
+                    batched.Batcher(self.fn, **settings) as f,
+                    anyio.create_task_group() as tg,
+                ):
+                    for rec in self.calls:
+                        tg.start_soon(self.caller, f, rec)
+            else:
+                f = batched.dynamically(**settings)(self.fn)
+                async with anyio.create_task_group() as tg:
+                    for rec in self.calls:
+                        tg.start_soon(self.caller, f, rec)
+                # A cache hit leaves an idle engine behind (see the xfail test above):
+                # check that whatever is left is idle.
+                self.engines_busy = [(e.callers, e.queued) for e in f._engines.values()]
+        self.tasks_left = running_tasks() - baseline
+        self.stats = f.stats
+
+    def run(self, backend: str) -> None:
+        options = fresh_backend_options(backend)
+        if backend == "asyncio":
+
+            def loop_factory() -> VirtualTimeLoop:
+                self.loop = VirtualTimeLoop()
+                return self.loop
+
+            options = {"loop_factory": loop_factory}
+        gc.freeze()  # the collection below then walks only what this example made
+        try:
+            anyio.run(self.main, backend=backend, backend_options=options)
+            if self.loop is not None:
+                self.loop.set_exception_handler(None)
+                gc.collect()
+        finally:
+            gc.unfreeze()
+        assert self.loop is None or self.loop.recorded_errors == []
+
+    def check(self) -> None:
+        s = self.script
+        eps = 1e-9
+        assert self.tasks_left == 0
+        assert all(busy == (0, 0) for busy in self.engines_busy), self.engines_busy
+        served: list[tuple[KeyedCallRec, Sighting, float]] = []  # caller, batch, got at
+        for rec in self.calls:
+            assert len(rec.outcomes) == 1, rec
+            kind, value, at = rec.outcomes[0]
+            assert kind in {"result", "cancelled"}, rec
+            if kind == "cancelled":
+                assert rec.cancel_at is not None
+                continue
+            # Exactly fn of its own item, computed in a batch that held it.
+            label, item, (index, pos) = value
+            assert (label, item) == ("r", rec.plan.key), rec
+            batch = self.batches[index]
+            assert batch.items[pos] == rec.plan.key, (rec, batch)
+            assert at >= batch.end - eps
+            if batch.end <= rec.arrival - eps:
+                assert s.cache, (rec, batch)  # a value from before it came: a cache hit
+            served.append((rec, batch, at))
+        for batch in self.batches:
+            assert 1 <= len(batch.items) <= s.batch_size
+            if s.dedupe:
+                assert len(set(batch.items)) == len(batch.items), batch
+            # fn never sees a key all of whose callers left before its batch started.
+            for key in batch.items:
+                assert any(
+                    rec.plan.key == key
+                    and rec.arrival <= batch.start + eps
+                    and rec.outcomes[0][2] >= batch.start - eps
+                    for rec in self.calls
+                ), (key, batch)
+        if s.dedupe:
+            # A caller that arrives while an equal caller's item waits or runs joins it:
+            # same batch, unless it was served from the cache.
+            for rec1, batch1, _ in served:
+                for rec2, batch2, _ in served:
+                    if (
+                        rec1.plan.key == rec2.plan.key
+                        and rec1.arrival + eps < rec2.arrival < batch1.end - eps
+                        and batch2 is not batch1
+                    ):
+                        assert s.cache, (rec1, rec2)
+                        assert batch2.end <= rec2.arrival + eps, (rec1, rec2)
+        if s.cache:
+            # Once a key's result is written (its batch ended), later callers never make
+            # fn compute it again: they are served from the cache.
+            for rec, batch, _ in served:
+                earlier = [
+                    b for b in self.batches if rec.plan.key in b.items and b.end < rec.arrival - eps
+                ]
+                if earlier:
+                    assert batch.end <= rec.arrival + eps, (rec, batch, earlier)
+        stats = self.stats
+        assert stats is not None
+        n_done = len(served)
+        assert stats.submitted == settled(stats) == len(self.calls)
+        assert (stats.completed, stats.cancelled) == (n_done, len(self.calls) - n_done)
+        assert (stats.failed, stats.rejected, stats.queue_size) == (0, 0, 0)
+        assert stats.total_batches == len(self.batches)
+        assert stats.total_processed == sum(len(b.items) for b in self.batches)
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=max(10, settings().max_examples // 2))
+@given(script=keyed_scripts())
+def test_keyed_property(backend: str, mode: str, script: KeyedScript) -> None:
+    """Random keys, arrivals and cancellations under a cache and/or dedupe."""
+    run = KeyedRun(script, mode)
+    run.run(backend)
+    run.check()
