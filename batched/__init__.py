@@ -64,3 +64,14 @@ for _name in __all__:
     if getattr(_obj, "__module__", "").startswith("batched."):
         _obj.__module__ = "batched"
 del _name, _obj
+
+
+def __getattr__(name: str) -> object:
+    # `batched.inference` and `batched.testing` load on first use: they need numpy, or
+    # hypothesis and trio, which `import batched` must not import.
+    if name in ("inference", "testing"):
+        import importlib
+
+        return importlib.import_module(f"batched.{name}")
+    msg = f"module 'batched' has no attribute {name!r}"
+    raise AttributeError(msg)
