@@ -217,7 +217,7 @@ class Engine(Dispatcher):
             if call.state == QUEUED:
                 call.close()
         for pool in (self.small, self.bulk):
-            for entry in pool.cut(len(pool), math.inf):
+            for entry in self._empty(pool):
                 entry._pool = None
                 if entry._call.state == QUEUED:
                     entry._call.close()
@@ -226,6 +226,25 @@ class Engine(Dispatcher):
                 if entry._call.state == QUEUED:
                     entry._call.close()
         self.queued = self.waiting = self.waiting_len = 0
+
+    def _empty(self, pool: Pool) -> list[Entry]:
+        """Every entry of a pool, even of one whose ``cut`` fails (a fault in a user's
+        pool must not keep its callers waiting): then one ``oldest``/``remove`` at a time."""
+        try:
+            return pool.cut(len(pool), math.inf)
+        except Exception:  # the fault is reported where it happened
+            pass
+        entries: list[Entry] = []
+        try:
+            for _ in range(self.waiting + 1):
+                entry = pool.oldest()
+                if entry is None:
+                    break
+                pool.remove(entry)
+                entries.append(entry)
+        except Exception:  # nothing more can be taken from it
+            pass
+        return entries
 
     # -- the caller's side -------------------------------------------------------------
 
