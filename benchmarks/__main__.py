@@ -8,7 +8,7 @@ import platform
 import sys
 import time
 
-from . import burst, cache, inference, threads
+from . import burst, cache, closed_loop, inference, latency, open_loop, scale, threads
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,6 +45,27 @@ def main(argv: list[str] | None = None) -> int:
     for row in inference_rows:
         print(inference.describe(row))
     rows += inference_rows
+    quick = args.quick
+    for module, kwargs in (
+        (closed_loop, {"rounds": 100, "repeats": 3} if quick else {"rounds": 1_000, "repeats": 7}),
+        (latency, {"rounds": 40, "repeats": 3} if quick else {"rounds": 300, "repeats": 3}),
+        (open_loop, {"seconds": 0.4, "repeats": 2} if quick else {"seconds": 2.0, "repeats": 5}),
+        (
+            scale,
+            {
+                "sizes": (1_000, 10_000, 100_000),
+                "repeats": (1, 5),
+                "items_per_size": 100_000,
+                "memory_n": 10_000,
+                "memory_repeats": 1,
+            }
+            if quick
+            else {},
+        ),
+    ):
+        for row in module.run(**kwargs):
+            print(module.describe(row), flush=True)
+            rows.append(row)
     if args.out:
         meta = {
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
