@@ -229,11 +229,15 @@ class Engine(Dispatcher):
 
     def _empty(self, pool: Pool) -> list[Entry]:
         """Every entry of a pool, even of one whose ``cut`` fails (a fault in a user's
-        pool must not keep its callers waiting): then one ``oldest``/``remove`` at a time."""
+        pool must not keep its callers waiting): then one ``oldest``/``remove`` at a time.
+
+        A BaseException from the pool is kept to be raised from ``__aexit__``, after
+        every caller is released and the task group has ended.
+        """
         try:
             return pool.cut(len(pool), math.inf)
-        except Exception:  # the fault is reported where it happened
-            pass
+        except BaseException as exc:  # the fault is reported where it happened
+            self._keep_fatal(exc)
         entries: list[Entry] = []
         try:
             for _ in range(self.waiting + 1):
@@ -242,9 +246,13 @@ class Engine(Dispatcher):
                     break
                 pool.remove(entry)
                 entries.append(entry)
-        except Exception:  # nothing more can be taken from it
-            pass
+        except BaseException as exc:  # nothing more can be taken from it
+            self._keep_fatal(exc)
         return entries
+
+    def _keep_fatal(self, exc: BaseException) -> None:
+        if not isinstance(exc, Exception) and self.fatal is None:
+            self.fatal = exc
 
     # -- the caller's side -------------------------------------------------------------
 
