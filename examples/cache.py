@@ -64,10 +64,10 @@ async def main() -> None:
 
     looked_up.clear()
     async with batched.Batcher(lookup, cache=FlakyCache()) as flaky:
-        value = await flaky("cherry")
-        cache_stats = flaky.stats.cache_stats
-        assert cache_stats is not None
-        print(f"with a failing cache: {value}, errors counted={cache_stats.errors}")
+        value = await flaky("cherry")  # the read failed; the write fails after the batch
+    cache_stats = flaky.stats.cache_stats  # after the block: the write has been tried
+    assert cache_stats is not None
+    print(f"with a failing cache: {value}, errors counted={cache_stats.errors}")
 
 
 if __name__ == "__main__":
