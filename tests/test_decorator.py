@@ -723,6 +723,7 @@ async def test_caller_cancelled_while_its_batch_runs_elsewhere() -> None:
 # -- 5. owned mode ---------------------------------------------------------------------
 
 
+@pytest.mark.virtual_time
 async def test_owned_block_serves_calls_and_stats_carry_across_modes() -> None:
     rec = Rec()
     f = recorded(rec, batch_size=2, timeout_ms=1)

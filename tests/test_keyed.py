@@ -816,6 +816,7 @@ async def test_many_raises_the_first_failing_item_once_all_settle(mode: str) -> 
     assert stats.submitted == settled(stats) == 6
 
 
+@pytest.mark.virtual_time
 @pytest.mark.parametrize("mode", MODES)
 async def test_many_all_hits_and_empty(mode: str) -> None:
     rec = Rec()

@@ -623,6 +623,7 @@ class Soak:
     memory: dict[int, int] = field(default_factory=dict)
 
 
+@pytest.mark.virtual_time
 @pytest.mark.anyio
 @pytest.mark.parametrize("wait", [False, True], ids=["wait=False", "wait=True+deadline"])
 async def test_overload_soak(wait: bool) -> None:
@@ -827,6 +828,7 @@ def assert_crashed(run: FaultRun, fault: BaseException) -> None:
     assert run.fn_log == [("start", (0, 1, 2, 3)), ("cancelled", (0, 1, 2, 3))], run.fn_log
 
 
+@pytest.mark.virtual_time
 @pytest.mark.anyio
 @pytest.mark.parametrize("fault_type", [Boom, Fatal])
 async def test_pool_cut_fault_closes_the_batcher(fault_type: type[BaseException]) -> None:
@@ -854,6 +856,7 @@ async def test_pool_cut_fault_closes_the_batcher(fault_type: type[BaseException]
         assert await b(10) == 10
 
 
+@pytest.mark.virtual_time
 @pytest.mark.anyio
 @pytest.mark.parametrize("fault_type", [Boom, Fatal])
 async def test_drain_fault_closes_the_batcher(
