@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, final
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, Protocol, TypeVar, final
 
 import anyio.lowlevel
 import attrs
@@ -33,6 +33,7 @@ __all__ = [
     "keyed_call",
     "keyed_many",
     "new_batcher",
+    "raise_error",
     "settle",
 ]
 
@@ -71,9 +72,18 @@ def settle(stats: _Recorder, engine: Engine, call: Call) -> Any:
         stats.completed += call.n
         return call.result
     stats.failed += call.n
+    raise_error(call, engine.cause)
+
+
+def raise_error(
+    call: Call,
+    cause: BaseException | None,
+    closed: str = "the Batcher closed before this call was done",
+) -> NoReturn:
+    """Raise a settled call's error; ``BatcherClosed`` (chained to ``cause``) for a close."""
+    error = call.error
     if error is CLOSED:
-        msg = "the Batcher closed before this call was done"
-        raise BatcherClosed(msg) from engine.cause
+        raise BatcherClosed(closed) from cause
     # One exception object reaches every caller of the batch: reset its traceback so
     # it does not grow by one caller's frames per raise.
     raise error.with_traceback(call.error_tb)  # type: ignore[union-attr]
@@ -452,10 +462,7 @@ async def keyed_many(
             continue
         if call.error is not None:
             stats.failed += n
-            if call.error is CLOSED:
-                msg = "the Batcher closed before this call was done"
-                raise BatcherClosed(msg) from engine.cause
-            raise call.error.with_traceback(call.error_tb)  # type: ignore[union-attr]
+            raise_error(call, engine.cause)
         results[index] = call.result
     stats.completed += n
     return results

@@ -27,8 +27,8 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
-from ._batcher import Batcher, check_priority, new_batcher
-from ._call import CANCELLED, CLOSED, DONE, ROOM, Call
+from ._batcher import Batcher, check_priority, new_batcher, raise_error
+from ._call import CANCELLED, DONE, ROOM, Call
 from ._decorator import Binding, weak_method
 from ._engine import OPEN
 from ._errors import BatcherClosed
@@ -198,14 +198,14 @@ class _Server:
 
     def outcome(self, call: Call) -> Any:
         """The outcome of a woken call, in its caller's thread."""
-        error = call.error
-        if error is None:
+        if call.error is None:
             return call.result
-        if error is CLOSED:
-            msg = "the batched function closed before this call was done"
-            engine = self.last_engine
-            raise BatcherClosed(msg) from engine.cause if engine is not None else None
-        raise error.with_traceback(call.error_tb)  # type: ignore[union-attr]
+        engine = self.last_engine
+        raise_error(
+            call,
+            engine.cause if engine is not None else None,
+            "the batched function closed before this call was done",
+        )
 
     # -- the serving thread ------------------------------------------------------------
 
