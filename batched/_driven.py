@@ -85,18 +85,13 @@ class DrivenEngine(Engine):
                 leader = self.leader
                 if leader is None:
                     self.leader = leader = me
+                if leader is me:
+                    self._drain()
+                    if not self.waiting:
+                        # Our items are in a running batch: nothing to lead until more
+                        # arrive, and a new caller takes the lead then.
+                        self.leader = leader = None
                 if leader is not me:
-                    parked.add(me)
-                    try:
-                        await me.wait()
-                    finally:
-                        parked.discard(me)
-                    continue
-                self._drain()
-                if not self.waiting:
-                    # Our items are in a running batch: nothing to lead until more arrive,
-                    # and a new caller takes the lead then.
-                    self.leader = None
                     parked.add(me)
                     try:
                         await me.wait()
