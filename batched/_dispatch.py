@@ -51,11 +51,12 @@ class Worker:
     a task per batch would cost more than the hand-over.
     """
 
-    __slots__ = ("batch", "event")
+    __slots__ = ("batch", "event", "streak")
 
     def __init__(self, event: Signal) -> None:
         self.batch: Batch | None = None
         self.event = event
+        self.streak = 0  # batches it has cut itself in a row, without yielding to the loop
 
 
 def check_results(out: object, n: int) -> Sequence[Any]:
@@ -172,11 +173,19 @@ class Dispatcher:
             elif error is not None:
                 _fail(part, error)
 
+    def _next_batch(self, worker: Worker | None) -> Batch | None:
+        """A batch for the slot that just finished, to start before the hand-back; None
+        gives the slot back to the collector. The engine overrides it."""
+        return None
+
     async def _worker(self, batch: Batch) -> None:
         worker = Worker(self.make_signal())
         try:
             while True:
-                await self._run(batch, worker)
+                following = await self._run(batch, worker)
+                if following is not None:
+                    batch = following
+                    continue
                 await worker.event.wait()
                 if worker.batch is None:
                     return  # the collector has ended
@@ -184,20 +193,26 @@ class Dispatcher:
         finally:
             self.workers -= 1
 
-    async def _run(self, batch: Batch, worker: Worker | None) -> None:
+    async def _run(self, batch: Batch, worker: Worker | None) -> Batch | None:
+        """Run one batch and hand back its outcomes; the batch this slot runs next, if
+        one was ready when ``fn`` returned."""
         released = False
+        following: Batch | None = None
         try:
             live = batch.entries
             if batch.abandons != self.abandons:  # a caller left since the cut: skip its items
                 live = [entry for entry in live if entry._call.state == QUEUED]
                 if not live:
-                    return  # every caller left before the batch started
+                    return None  # every caller left before the batch started
             clock = self.clock
             start = clock()
             results, error = await self._compute(live)
             self._count_batch(len(live), clock() - start)
-            # Free the slot before handing back, so the next batch is not held up.
-            self._free_slot(worker)
+            # The next batch is cut before the hand-back, and its fn is started before the
+            # woken callers run: the device does not idle while they do.
+            following = self._next_batch(worker)
+            if following is None:
+                self._free_slot(worker)
             released = True
             if results is not None:
                 _deliver(live, results)
@@ -210,16 +225,20 @@ class Dispatcher:
             end = clock()
             stats.latency.extend([end - entry._call.started for entry in live])
         except anyio.get_cancelled_exc_class():
-            for entry in batch.entries:
+            for entry in batch.entries + (following.entries if following is not None else []):
                 if entry._call.state == QUEUED:
                     entry._call.close()
+            if following is not None:
+                self.running.discard(following)
             raise
         except BaseException as exc:
+            following = None  # crash() has released its callers too
             self.crash(exc)
         finally:
             self.running.discard(batch)
             if not released:
                 self._free_slot(worker)
+        return following
 
     async def _store(self, entries: list[Entry], results: Sequence[Any]) -> None:
         """Write the computed results to the cache, in the batcher's task group.

@@ -102,14 +102,8 @@ class DrivenEngine(Engine):
                     self.slot_wanted = True
                     await me.wait()  # a batch's end wakes the leader
                     continue
-                oldest = self._oldest()
-                assert oldest is not None
-                deadline = oldest.arrival + self.timeout
-                if (
-                    self.waiting < self.batch_size
-                    and self.waiting_len < self.max_len
-                    and self.clock() < deadline
-                ):
+                deadline = self._due()
+                if deadline is not None:
                     self.leader_waits = True
                     try:
                         with anyio.CancelScope(deadline=deadline):

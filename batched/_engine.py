@@ -19,10 +19,11 @@ from ._dispatch import Batch, Dispatcher
 from ._errors import QueueFull
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
     from anyio.abc import TaskGroup, TaskStatus
 
+    from ._dispatch import Worker
     from ._settings import Settings
     from ._stats import _Recorder
     from ._strategies import Entry, Pool
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 OPEN = 1
 CLOSING = 2
 CLOSED = 3
+# Batches a slot may cut for itself in a row before it yields to the event loop.
+_STREAK = 16
 
 
 def _clock() -> Callable[[], float]:
@@ -69,6 +72,7 @@ class Engine(Dispatcher):
         "intake_queue",
         "is_async",
         "isolate",
+        "lengths",
         "make_call",
         "make_signal",
         "max_len",
@@ -102,6 +106,11 @@ class Engine(Dispatcher):
         )
         self.max_queue = settings.max_queue_size
         self.padded = settings.padded
+        # Padded with a budget: how many waiting items have each length, so the padded
+        # size of what waits (longest x items) is known without a scan.
+        self.lengths: dict[int, int] | None = (
+            {} if self.padded and self.max_len != math.inf else None
+        )
         self.threshold = settings.small_batch_threshold
         self.isolate = settings.isolate_errors
         self.cache = settings.cache
@@ -226,6 +235,8 @@ class Engine(Dispatcher):
                 if entry._call.state == QUEUED:
                     entry._call.close()
         self.queued = self.waiting = self.waiting_len = 0
+        if self.lengths is not None:
+            self.lengths.clear()
 
     def _empty(self, pool: Pool) -> list[Entry]:
         """Every entry of a pool, even of one whose ``cut`` fails (a fault in a user's
@@ -368,6 +379,8 @@ class Engine(Dispatcher):
                     pool.remove(entry)
                     self.waiting -= 1
                     self.waiting_len -= entry.length
+                    if self.lengths is not None:
+                        self._forget_lengths((entry,))
                 entry._pool = None
                 self.queued -= 1
         if self.room and self.state == OPEN:
@@ -390,24 +403,32 @@ class Engine(Dispatcher):
             return  # its caller left while it was in the stream
         pool = self.small if call.n <= self.threshold else self.bulk
         entries = call.entries
+        lengths = self.lengths
         if entries is None:
             pool.add(call)
             call._pool = pool
             self.waiting += 1
             self.waiting_len += call.length
+            if lengths is not None:
+                lengths[call.length] = lengths.get(call.length, 0) + 1
             return
         length = 0
         for entry in entries:
             pool.add(entry)
             entry._pool = pool
             length += entry.length
+            if lengths is not None:
+                lengths[entry.length] = lengths.get(entry.length, 0) + 1
         self.waiting += call.n
         self.waiting_len += length
 
     def _drain(self) -> bool:
         """Move everything the intake holds into the pools; True once it has closed."""
         intake = self.intake_queue
-        if intake:
+        if intake and self.lengths is not None:
+            while intake:
+                self._pool_call(intake.popleft())
+        elif intake:
             # Single-item calls, the bulk of the traffic, go to their pool inline.
             pool = self.small if self.threshold else self.bulk
             add, pool_call = pool.add, self._pool_call
@@ -475,13 +496,8 @@ class Engine(Dispatcher):
                 draining = self._drain() or draining
                 if not self.waiting:
                     break
-                if draining or self.waiting >= self.batch_size or self.waiting_len >= self.max_len:
-                    cut = True
-                    break
-                oldest = self._oldest()
-                assert oldest is not None
-                deadline = oldest.arrival + self.timeout
-                if self.clock() >= deadline:
+                deadline = self._due()
+                if deadline is None:
                     cut = True
                     break
                 with anyio.CancelScope(deadline=deadline):
@@ -492,16 +508,55 @@ class Engine(Dispatcher):
                 else:
                     self.idle.append(worker)
                 continue
-            batch = Batch(self._cut(self.clock()), self.abandons)
-            self.running.add(batch)
-            if self.room:
-                self._grant_room()
+            batch = self._take()
             if worker is None:
                 assert self.tg is not None
                 self.tg.start_soon(self._worker, batch)
             else:
                 worker.batch = batch
                 worker.event.set()
+
+    def _due(self) -> float | None:
+        """None when the waiting items make a batch now (full, overdue, or the intake has
+        closed); else the time they will. Call it after ``_drain`` with items waiting."""
+        if (
+            not self.intake_open
+            or self.waiting >= self.batch_size
+            or self.waiting_len >= self.max_len
+            or (self.lengths is not None and max(self.lengths) * self.waiting >= self.max_len)
+        ):
+            # Padded, a batch is full once the longest waiting item times the items
+            # waiting reaches the budget: a cut then stops on it, or fills it exactly.
+            return None
+        oldest = self._oldest()
+        assert oldest is not None
+        deadline = oldest.arrival + self.timeout
+        return None if self.clock() >= deadline else deadline
+
+    def _take(self) -> Batch:
+        """Cut the next batch for a free slot; it counts as running from now."""
+        batch = Batch(self._cut(self.clock()), self.abandons)
+        self.running.add(batch)
+        if self.room:
+            self._grant_room()
+        return batch
+
+    def _next_batch(self, worker: Worker | None) -> Batch | None:
+        # A slot whose fn just returned takes the next batch itself when one is due, so
+        # the batch starts before the collector's and the callers' wake-ups run. Every
+        # so often it yields instead: a backlog of batches of a fn that never awaits
+        # would otherwise hold the event loop until the backlog is gone.
+        if worker is None or not self.collecting or self.state == CLOSED:
+            return None
+        if worker.streak >= _STREAK:
+            worker.streak = 0
+            return None
+        self._drain()
+        if not self.waiting or self._due() is not None:
+            worker.streak = 0
+            return None
+        worker.streak += 1
+        return self._take()
 
     def _cut(self, now: float) -> list[Entry]:
         """Take the next batch, applying the rules: overdue, small calls, strategy."""
@@ -597,7 +652,19 @@ class Engine(Dispatcher):
         self.waiting -= len(batch)
         self.waiting_len -= sum([entry.length for entry in batch])
         self.queued -= len(batch)
+        if self.lengths is not None:
+            self._forget_lengths(batch)
         return batch
+
+    def _forget_lengths(self, entries: Iterable[Entry]) -> None:
+        lengths = self.lengths
+        assert lengths is not None
+        for entry in entries:
+            left = lengths[entry.length] - 1
+            if left:
+                lengths[entry.length] = left
+            else:
+                del lengths[entry.length]
 
 
 __all__ = ["CLOSED", "CLOSING", "OPEN", "Engine"]

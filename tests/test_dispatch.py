@@ -366,3 +366,59 @@ async def test_each_caller_gets_fn_of_its_own_item() -> None:
     assert manys == {k: [((k, j), "r") for j in range(k)] for k in range(4)}
     assert all(1 <= len(batch) <= 5 for batch in rec.batches)
     assert sum(len(batch) for batch in rec.batches) == 12 + 3 * (0 + 1 + 2 + 3)
+
+
+class Log:
+    """A batch function that logs each batch; the first one waits for ``release``."""
+
+    def __init__(self, *, yields: bool) -> None:
+        self.log: list[tuple[str, Any]] = []
+        self.yields = yields
+        self.held = anyio.Event()
+        self.release = anyio.Event()
+
+    async def __call__(self, items: list[int]) -> list[int]:
+        self.log.append(("fn", list(items)))
+        if not self.held.is_set():
+            self.held.set()
+            await self.release.wait()
+        elif self.yields:
+            await anyio.lowlevel.checkpoint()
+        return [item * 10 for item in items]
+
+
+async def _backlog(fn: Log, n: int, batch_size: int) -> None:
+    """``n`` callers whose items wait behind a held first batch; then release it."""
+    async with batched.Batcher(fn, batch_size=batch_size, timeout_ms=50.0) as b:
+
+        async def call(i: int) -> None:
+            assert await b(i) == i * 10
+            fn.log.append(("got", i))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(n):
+                tg.start_soon(call, i)
+                await settle()  # in arrival order: trio runs new tasks in any order
+            assert fn.held.is_set()  # the first batch holds the only slot
+            fn.release.set()
+
+
+async def test_next_batch_starts_before_the_previous_callers_resume() -> None:
+    # The device must not idle while the callers of the batch it just finished run: a
+    # due batch is cut and its fn started before those callers are woken.
+    fn = Log(yields=True)
+    await _backlog(fn, n=4, batch_size=2)
+    log = fn.log
+    assert log[:2] == [("fn", [0, 1]), ("fn", [2, 3])], log
+    assert sorted(log[2:]) == [("got", 0), ("got", 1), ("got", 2), ("got", 3)], log
+
+
+async def test_a_backlog_of_batches_lets_callers_run_on_the_way() -> None:
+    # A fn that never awaits, with a backlog of 40 batches: the slot takes due batches
+    # itself, but not all of them in a row, or no caller would run until the backlog is
+    # gone (and nothing else on the event loop either).
+    fn = Log(yields=False)
+    await _backlog(fn, n=40, batch_size=1)
+    log = fn.log
+    assert [entry for entry in log if entry[0] == "fn"] == [("fn", [i]) for i in range(40)]
+    assert log.index(("got", 0)) < log.index(("fn", [39])), log

@@ -1247,14 +1247,9 @@ async def test_a_custom_pool_with_max_batch_length_keeps_the_padded_budget() -> 
 # -- bugs ------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the collector (and the caller-driven leader) cut early on the summed "
-    "length (waiting_len >= max_len), not the padded size: a batch full by padded size "
-    "waits out timeout_ms",
-)
+@pytest.mark.virtual_time
 @pytest.mark.parametrize("owned", [False, True], ids=["caller-driven", "owned"])
-async def test_bug_a_batch_full_by_padded_size_waits_for_the_timeout(owned: bool) -> None:
+async def test_a_batch_full_by_padded_size_leaves_at_once(owned: bool) -> None:
     rec = Recorder()
     model = model_of(rec, batch_size=32, timeout_ms=50, max_batch_length=100)
     t0 = anyio.current_time()
