@@ -3,8 +3,8 @@
 ``BatchedFunction`` serves awaiting callers. Inside ``async with f:`` its calls go to a
 ``Batcher`` owned by that block; outside it, the callers drive the batching themselves
 (``_driven``), so nothing outlives the calls. Methods get one batched function per
-instance, made on first access and kept in the instance's ``__dict__``, where later
-lookups find it directly.
+instance, made on first access and kept in the instance's ``__dict__`` under a private
+key.
 """
 
 from __future__ import annotations
@@ -94,12 +94,13 @@ class Binding:
     """Method binding shared by the async and sync front-ends.
 
     A decorated function defined in a class body binds to each instance on first
-    access: one batcher per instance, kept in the instance's ``__dict__`` (so it is
-    found there directly afterwards and collected with the instance), or in a weak
-    mapping for instances without one.
+    access: one batcher per instance, kept in the instance's ``__dict__`` under a key of
+    this descriptor's own (collected with the instance; a ``super()`` call reaches an
+    overridden one), or in a weak mapping for instances without one. A copied or
+    unpickled instance gets a batcher of its own on first access, never its original's.
     """
 
-    __slots__ = ("_bound", "_kind", "_name", "_options")
+    __slots__ = ("_bound", "_for", "_key", "_kind", "_name", "_options")
 
     __wrapped__: Callable[..., Any]
 
@@ -114,8 +115,24 @@ class Binding:
         self._options: BatcherOptions = options
         self._name: str | None = None
         self._bound: weakref.WeakKeyDictionary[Any, Any] | None = None
+        self._key = f"__batched_{id(self):x}"  # where an instance keeps its binding
+        self._for: int | None = None  # id() of the instance a binding serves
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
         return fn
+
+    def __copy__(self) -> Self:
+        return self
+
+    def __deepcopy__(self, memo: object) -> Self | None:
+        # An instance deep-copied with its binding in its __dict__ gets None there, and a
+        # binding of its own on first access: the original's holds loop-bound state.
+        return None if self._for is not None else self
+
+    def __reduce__(self) -> str | tuple[Callable[[], None], tuple[()]]:
+        if self._for is not None:
+            return _unbound, ()  # as in __deepcopy__: an unpickled instance binds afresh
+        name: str = self.__dict__["__qualname__"]  # set by functools.update_wrapper
+        return name  # by reference, like the function it decorates
 
     def _rebind(self, fn: Callable[..., Any]) -> Any:
         raise NotImplementedError
@@ -136,10 +153,17 @@ class Binding:
             target = instance
             namespace = getattr(instance, "__dict__", None)
             if type(namespace) is dict:
-                slot = self._slot(type(instance))
-                bound = namespace.get(slot)
-                if bound is None:
-                    bound = namespace.setdefault(slot, self._rebind(fn.__get__(instance)))
+                key = self._key
+                bound = namespace.get(key)
+                if bound is None or bound._for != id(instance):
+                    # None yet, or a shallow copy's, made for the original it came from.
+                    new = self._rebind(fn.__get__(instance))
+                    new._for = id(instance)
+                    if bound is None:
+                        bound = namespace.setdefault(key, new)  # a racing thread may win
+                    if bound is None or bound._for != id(instance):
+                        # A copy's; or None, left by a deep copy or an unpickling.
+                        namespace[key] = bound = new
                 return bound
         # No __dict__ (or a class): a weak mapping, whose values bind their key weakly so
         # that they do not keep it alive.
@@ -158,22 +182,10 @@ class Binding:
             raise TypeError(msg) from None
         return bound
 
-    def _slot(self, cls: type) -> str:
-        """Where an instance keeps its batched function.
 
-        Under the attribute's own name when this descriptor is what the name finds on
-        the instance's class, so later lookups find it in the instance directly; else
-        (an overridden method reached through ``super()``) under a name of its own.
-        """
-        name = self._name
-        if name is not None:
-            for klass in cls.__mro__:
-                found = klass.__dict__.get(name)
-                if found is not None:
-                    if found is self:
-                        return name
-                    break
-        return f"__batched_{id(self):x}"
+def _unbound() -> None:
+    """What a pickled binding unpickles to: its instance binds afresh on first access."""
+    return None
 
 
 class _WeakMethod:

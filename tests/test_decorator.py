@@ -913,7 +913,6 @@ async def test_two_instances_batch_separately_at_once() -> None:
     assert a.predict is a.predict
     assert a.predict is not b.predict
     assert isinstance(a.predict, batched.BatchedFunction)
-    assert a.__dict__["predict"] is a.predict  # cached on the instance
     assert Model.predict is Model.__dict__["predict"]  # on the class: the descriptor
     out: dict[Any, Any] = {}
     with anyio.fail_after(60):
@@ -1626,3 +1625,56 @@ def test_caller_driven_property(backend: str, script: DrivenScript) -> None:
     run = DrivenRun(script)
     run.run(backend)
     run.check()
+
+
+# -- copies and pickles of instances ---------------------------------------------------
+
+
+class Scaler:
+    """Module level, so that instances and the decorated method pickle by reference."""
+
+    def __init__(self, factor: int) -> None:
+        self.factor = factor
+
+    @batched.dynamically(batch_size=4, timeout_ms=1)
+    async def scale(self, items: list[int]) -> list[int]:
+        return [item * self.factor for item in items]
+
+
+@batched.dynamically(batch_size=4, timeout_ms=1)
+async def double(items: list[int]) -> list[int]:
+    return [2 * item for item in items]
+
+
+async def test_a_copied_instance_gets_a_batcher_of_its_own() -> None:
+    import copy
+
+    original = Scaler(2)
+    assert await original.scale(5) == 10  # bound and cached on first use
+    for clone in (copy.copy(original), copy.deepcopy(original)):
+        clone.factor = 3
+        assert clone.scale is not original.scale
+        assert clone.scale is clone.scale
+        assert await clone.scale(5) == 15  # its own weights, not its original's
+        assert clone.scale.stats.completed == 1
+    assert await original.scale(1) == 2
+    assert original.scale.stats.completed == 2
+
+
+async def test_an_instance_pickles_after_use_and_binds_afresh() -> None:
+    import pickle
+
+    original = Scaler(2)
+    assert await original.scale(5) == 10
+    clone = pickle.loads(pickle.dumps(original))
+    assert clone.factor == 2
+    assert clone.scale is not original.scale
+    assert await clone.scale(4) == 8
+    assert clone.scale.stats.completed == 1
+
+
+def test_a_decorated_function_pickles_by_reference() -> None:
+    import pickle
+
+    assert pickle.loads(pickle.dumps(double)) is double
+    assert pickle.loads(pickle.dumps(Scaler.scale)) is Scaler.scale
