@@ -1,21 +1,63 @@
-"""Run the benchmarks: ``python -m benchmarks [--quick] [--out results.json]``."""
+"""Run the benchmarks: ``python -m benchmarks [--quick] [--out results.json] [--plot DIR]``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
-from . import burst, cache, closed_loop, inference, latency, open_loop, scale, threads
+from . import burst, cache, closed_loop, inference, latency, open_loop, plot, scale, threads
+
+
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` where there is one (Linux), else what
+    ``platform`` knows."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    for key in ("model name", "Hardware", "Processor", "cpu model"):  # x86, then Arm, MIPS
+        for line in text.splitlines():
+            name, sep, value = line.partition(":")
+            if sep and name.strip() == key and value.strip():
+                return " ".join(value.split())
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def meta(quick: bool) -> dict[str, Any]:
+    """Where and when the results came from; the plots' captions read it."""
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count() or 0,
+        "platform": platform.platform(),
+        "quick": quick,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
-    parser.add_argument("--quick", action="store_true", help="small sizes, a few seconds")
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes: every scenario in under 2 minutes"
+    )
     parser.add_argument("--out", help="write the results as JSON to this file")
+    parser.add_argument(
+        "--plot",
+        metavar="DIR",
+        help="draw the results' plots (PNG) into this folder; needs matplotlib (extra bench)",
+    )
     args = parser.parse_args(argv)
+    if args.plot:
+        plot.require_matplotlib()  # before minutes of benchmarks, not after
     n, repeats = (2_000, 3) if args.quick else (20_000, 7)
     rows = burst.run(n=n, repeats=repeats)
     for row in rows:
@@ -66,15 +108,14 @@ def main(argv: list[str] | None = None) -> int:
         for row in module.run(**kwargs):
             print(module.describe(row), flush=True)
             rows.append(row)
+    results = {"meta": meta(quick), "results": rows}
     if args.out:
-        meta = {
-            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "python": sys.version.split()[0],
-            "machine": platform.machine(),
-            "processor": platform.processor(),
-        }
         with open(args.out, "w") as f:
-            json.dump({"meta": meta, "results": rows}, f, indent=2)
+            json.dump(results, f, indent=2)
+    if args.plot:
+        # On stderr: stdout holds one line per result row.
+        for path in plot.render(results, args.plot):
+            print(f"wrote {path}", file=sys.stderr)
     return 0
 
 

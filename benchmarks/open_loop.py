@@ -8,7 +8,9 @@ latency is measured from the arrival's scheduled time, so a late start counts ag
 the batcher instead of hiding (no coordinated omission). Reported per load: p50 and p99
 latency, and throughput (items over the time from the schedule's start to the last
 result) as a fraction of the bound. Targets: at 80 %, p99 <= 10 ms; at 95 %, throughput
->= 0.94 of the bound in every repeat.
+>= 0.94 of the bound in every repeat. Also per load, over all repeats together: the
+batch-size histogram (``{size: batches}``, counted by ``fn`` as it sees each batch), the
+batches the batcher's stats report, and the items sent.
 
 How the device's time is kept precise: not with ``anyio.sleep(a + b·n)`` alone. asyncio
 and trio wait in ``epoll_wait`` with a timeout rounded up to whole milliseconds, and
@@ -33,11 +35,12 @@ each repeat offers exactly the load it names.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import itertools
 import random
 import statistics
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
 import sniffio
@@ -72,17 +75,19 @@ def schedule(rate: float, seconds: float, seed: int) -> list[float]:
 class _Device:
     """The simulated model: its batch ends when the ticker sees the deadline pass."""
 
-    __slots__ = ("deadline", "done", "intended", "took")
+    __slots__ = ("deadline", "done", "intended", "sizes", "took")
 
     def __init__(self) -> None:
         self.deadline = 0.0
         self.done: anyio.Event | None = None
         self.took = 0.0  # seconds fn took, summed
         self.intended = 0.0  # a + b·n, summed
+        self.sizes: collections.Counter[int] = collections.Counter()  # batches per size
 
     async def __call__(self, items: list[int]) -> list[int]:
         if self.done is not None:
             raise AssertionError("two batches at once: max_concurrent_batches=1 is broken")
+        self.sizes[len(items)] += 1
         start = now()
         cost = A + B * len(items)
         self.deadline = start + cost
@@ -93,11 +98,20 @@ class _Device:
         return items
 
 
-def _once(run: Any, load: float, seconds: float, seed: int) -> dict[str, float]:
+class _Sample(NamedTuple):
+    """One repeat: its figures (latencies in ms, ratios), batch sizes, batches and items."""
+
+    figures: dict[str, float]
+    sizes: collections.Counter[int]
+    batches: int
+    items: int
+
+
+def _once(run: Any, load: float, seconds: float, seed: int) -> _Sample:
     arrivals = schedule(load * BOUND, seconds, seed)
     n = len(arrivals)
 
-    async def main() -> dict[str, float]:
+    async def main() -> _Sample:
         tick: Callable[[], Awaitable[None]]
         if sniffio.current_async_library() == "trio":
             import trio
@@ -137,30 +151,36 @@ def _once(run: Any, load: float, seconds: float, seed: int) -> dict[str, float]:
                     done.set()
                 await tick()
             stats = b.stats
-        return {
+        figures = {
             "p50": statistics.median(latencies) * 1e3,
             "p99": percentile(latencies, 99) * 1e3,
             "throughput": n / (last_done - start) / BOUND,
             "batch": stats.avg_batch_size,
             "device": device.took / device.intended,
         }
+        return _Sample(figures, device.sizes, stats.total_batches, n)
 
-    result: dict[str, float] = run(main)
+    result: _Sample = run(main)
     return result
 
 
 def run(seconds: float = 2.0, repeats: int = 5, seed: int = 1) -> list[dict[str, Any]]:
     """Per backend and load: medians over ``repeats`` runs of ``seconds`` of arrivals
-    (each repeat its own seed), and the lowest throughput of the repeats."""
+    (each repeat its own seed), and the lowest throughput of the repeats; the batch sizes,
+    batches and items of all repeats together."""
     rows = []
     for backend, runner in runners().items():
         for load in LOADS:
             samples = [_once(runner, load, seconds, seed + k) for k in range(repeats)]
+            figures = [sample.figures for sample in samples]
 
-            def median(key: str, samples: list[dict[str, float]] = samples) -> float:
-                return statistics.median(sample[key] for sample in samples)
+            def median(key: str, figures: list[dict[str, float]] = figures) -> float:
+                return statistics.median(sample[key] for sample in figures)
 
-            p99, low = median("p99"), min(sample["throughput"] for sample in samples)
+            p99, low = median("p99"), min(sample["throughput"] for sample in figures)
+            sizes: collections.Counter[int] = collections.Counter()
+            for sample in samples:
+                sizes.update(sample.sizes)
             p99_target = P99_TARGET_MS.get(load)
             throughput_target = THROUGHPUT_TARGET.get(load)
             met = None
@@ -176,12 +196,17 @@ def run(seconds: float = 2.0, repeats: int = 5, seed: int = 1) -> list[dict[str,
                     "offered_items_per_s": round(load * BOUND, 1),
                     "bound_items_per_s": round(BOUND, 1),
                     "seconds": seconds,
+                    "repeats": repeats,
                     "p50_ms": round(median("p50"), 3),
                     "p99_ms": round(p99, 3),
                     "throughput_to_bound": round(median("throughput"), 4),
                     "min_throughput_to_bound": round(low, 4),
                     "mean_batch_size": round(median("batch"), 2),
                     "device_time_ratio": round(median("device"), 4),
+                    "items": sum(sample.items for sample in samples),
+                    "batches": sum(sample.batches for sample in samples),
+                    # {size: batches of that size}, by size; JSON keys are strings.
+                    "batch_size_histogram": {str(k): sizes[k] for k in sorted(sizes)},
                     "target_p99_ms": p99_target,
                     "target_min_throughput_to_bound": throughput_target,
                     "met": met,

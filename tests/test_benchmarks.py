@@ -1,4 +1,4 @@
-"""``python -m benchmarks --quick`` runs every scenario and writes sane JSON.
+"""``python -m benchmarks --quick`` runs every scenario, writes sane JSON and plots it.
 
 The guard that the benchmarks never rot. It checks the shape of the results, never a
 speed: speed targets belong to the benchmarks' own report, not to a shared test machine.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -27,13 +28,26 @@ SCENARIOS = {
 }
 # Settings that may rightly be zero; every other number must be positive.
 MAY_BE_ZERO = {"timeout_ms"}
+PLOTS = ("latency_vs_load.png", "batch_sizes.png", "overhead.png")
+OPEN_LOOP_BATCH_SIZE = 32  # benchmarks/open_loop.py
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    """The width and height of a PNG, from its signature and IHDR chunk."""
+    head = path.read_bytes()[:24]
+    assert head[:8] == PNG_SIGNATURE, (path, head[:8])
+    assert head[12:16] == b"IHDR", (path, head[12:16])
+    width, height = struct.unpack(">II", head[16:24])
+    return width, height
 
 
 @pytest.mark.timeout(300)
 def test_quick_benchmarks_write_every_scenario(tmp_path: Path) -> None:
     out = tmp_path / "r.json"
+    images = tmp_path / "images"
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(out), "--plot", str(images)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -42,6 +56,9 @@ def test_quick_benchmarks_write_every_scenario(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = json.loads(out.read_text())
+    meta = results["meta"]
+    assert {"date", "python", "platform", "cpu_model", "cpu_count"} <= meta.keys(), meta
+    assert meta["quick"] is True, meta
     rows = results["results"]
     assert {row["scenario"] for row in rows} == SCENARIOS
     assert {row["case"] for row in rows if row["scenario"] == "latency"} == {
@@ -67,5 +84,41 @@ def test_quick_benchmarks_write_every_scenario(tmp_path: Path) -> None:
                 assert value >= 0, (key, row)
             else:
                 assert value > 0, (key, row)
+    # The batch sizes fn saw: every batch the batcher's stats report, every item sent.
+    for row in rows:
+        if row["scenario"] != "open_loop":
+            continue
+        histogram = {int(size): count for size, count in row["batch_size_histogram"].items()}
+        assert histogram, row
+        assert all(1 <= size <= OPEN_LOOP_BATCH_SIZE for size in histogram), row
+        assert all(isinstance(count, int) and count > 0 for count in histogram.values()), row
+        assert sum(histogram.values()) == row["batches"], row
+        assert sum(size * count for size, count in histogram.items()) == row["items"], row
     # One printed line per row, after nothing but the results.
     assert len(proc.stdout.splitlines()) == len(rows), proc.stdout
+    # The plots, under their stable names; their paths reported on stderr.
+    assert sorted(p.name for p in images.iterdir()) == sorted(PLOTS)
+    for name in PLOTS:
+        width, height = _png_size(images / name)
+        assert width > 600, (name, width)
+        assert height > 400, (name, height)
+        assert str(images / name) in proc.stderr, proc.stderr
+
+
+def test_plot_without_matplotlib_names_the_extra(tmp_path: Path) -> None:
+    # matplotlib blocked from importing: the message names the extra, the exit is 2.
+    code = (
+        "import sys; sys.modules['matplotlib'] = None; from benchmarks.plot import main;"
+        f" sys.exit(main([{str(tmp_path / 'r.json')!r}, '--out-dir', {str(tmp_path)!r}]))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "pip install 'batched[bench]'" in proc.stderr, proc.stderr
+    assert not list(tmp_path.iterdir())
