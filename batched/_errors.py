@@ -47,7 +47,7 @@ class Failure:
     """A per-item failure: return ``Failure(exc)`` in a result slot and that caller alone
     gets ``exc`` raised, while the rest of the batch gets its results.
 
-    :param exception: the exception to raise in the caller of that item
+    :ivar exception: the exception to raise in the caller of that item
     """
 
     exception: Exception = attrs.field(validator=attrs.validators.instance_of(Exception))

@@ -191,13 +191,13 @@ class PlannedError(Exception):
 class Arrival:
     """One caller in a :class:`Schedule`.
 
-    :param at_ms: when it calls, in milliseconds after the start
-    :param items: what it sends: one item calls ``b(item)``; ``many=True`` calls
+    :ivar at_ms: when it calls, in milliseconds after the start
+    :ivar items: what it sends: one item calls ``b(item)``; ``many=True`` calls
         ``b.many(items)``. Items must be distinct across a schedule.
-    :param many: send ``items`` with ``b.many``
-    :param priority: the ``priority`` of the call
-    :param cancel_after_ms: cancel the caller this long after it calls (``None``: never)
-    :param wait: ``False`` calls with ``wait=False`` (``QueueFull`` when there is no room)
+    :ivar many: send ``items`` with ``b.many``
+    :ivar priority: the ``priority`` of the call
+    :ivar cancel_after_ms: cancel the caller this long after it calls (``None``: never)
+    :ivar wait: ``False`` calls with ``wait=False`` (``QueueFull`` when there is no room)
     """
 
     at_ms: float
@@ -240,7 +240,7 @@ class Schedule:
 class BatchOutcome:
     """What one call of the batch function does: wait ``duration_ms``, then ``kind``.
 
-    :param kind: one of :data:`OUTCOME_KINDS`
+    :ivar kind: one of :data:`OUTCOME_KINDS`
     """
 
     duration_ms: float = 1.0
