@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 import subprocess
 import sys
@@ -122,3 +123,24 @@ def test_plot_without_matplotlib_names_the_extra(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "pip install 'batched[bench]'" in proc.stderr, proc.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_seed_comparison_child_measures_this_library() -> None:
+    # The head-to-head needs mixedbread's batched in another interpreter; here the child
+    # runs on this one, so the scenarios keep working against the shared API.
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "seed.py"), "--child", "--quick"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(proc.stdout)
+    assert Path(row["library"]).resolve().parent == ROOT / "batched", row
+    for key in ("burst_us", "burst_spawn_us", "closed_loop_us", "full_batch_p50_ms"):
+        assert 0 < row[key] < 10_000, (key, row)
+    # A lone request waits out timeout_ms=5: never less.
+    assert 5.0 <= row["lone_p50_ms"] < 1_000, row
