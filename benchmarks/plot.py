@@ -4,7 +4,8 @@ Three PNGs, with stable names (``python -m benchmarks --out r.json --plot DIR`` 
 same ones right after a run):
 
 - ``latency_vs_load.png``: the open loop's p50 and p99 latency against the offered load
-  (25/50/80/95 % of the bound) per backend, with the p99 target at 80 %; below, the
+  (25/50/80/95 % of the bound) per backend, with the p99 target at 80 % and what a
+  batcher that costs nothing would get on the same arrivals; below, the
   throughput each load got as a fraction of the bound, with the target at 95 %.
 - ``batch_sizes.png``: the open loop's batch-size histogram per load and backend.
 - ``overhead.png``: µs per item per scenario and backend: the burst (native spawn, the
@@ -191,6 +192,19 @@ def plot_latency_vs_load(results: dict[str, Any], path: Path) -> Path:
         top.plot(
             x, [r["p99_ms"] for r in mine], "--s", color=color, mfc="white", label=f"{backend} p99"
         )
+    if all("ideal_p99_ms" in row for row in rows):
+        # The rule played with no cost on the same schedules: the floor of any batcher.
+        first = sorted(
+            (row for row in rows if row["backend"] == backends[0]), key=lambda r: r["load"]
+        )
+        x = [100 * row["load"] for row in first]
+        for key, style, label in (
+            ("ideal_p50_ms", "-", "no-cost p50"),
+            ("ideal_p99_ms", "--", "no-cost p99"),
+        ):
+            top.plot(
+                x, [r[key] for r in first], style, color="black", lw=1, alpha=0.45, label=label
+            )
     p99_targets = {row["load"]: row["target_p99_ms"] for row in rows if row.get("target_p99_ms")}
     for load, target in sorted(p99_targets.items()):
         _segment(top, 100 * load, 6, target, f"p99 target at {load:.0%}: ≤ {target:g} ms")

@@ -144,3 +144,18 @@ def test_seed_comparison_child_measures_this_library() -> None:
         assert 0 < row[key] < 10_000, (key, row)
     # A lone request waits out timeout_ms=5: never less.
     assert 5.0 <= row["lone_p50_ms"] < 1_000, row
+
+
+def test_open_loop_ideal_plays_the_rule() -> None:
+    from benchmarks import open_loop as ol
+
+    # One lone item waits out timeout_ms, then its batch of one runs: 5 + 2 + 0.1 ms.
+    lone = ol.ideal([0.0])
+    assert lone["p50"] == pytest.approx(ol.TIMEOUT_MS + (ol.A + ol.B) * 1e3)
+    # Two full batches at once: the second starts when the device frees; the device never
+    # idles, so the throughput is the bound.
+    burst = ol.ideal([0.0] * (2 * ol.BATCH_SIZE))
+    one = (ol.A + ol.B * ol.BATCH_SIZE) * 1e3
+    assert burst["p50"] == pytest.approx(1.5 * one)  # the median of 32 x one, 32 x two
+    assert burst["p99"] == pytest.approx(2 * one)
+    assert burst["throughput"] == pytest.approx(1.0)
