@@ -12,7 +12,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m batched")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser(
-        "demo", help="measure a numpy model served one call per item, then batched"
+        "demo",
+        help="measure a model served to many callers one call per item, then batched",
+        description="Serve an embedded model (a torch transformer encoder when torch is "
+        "installed, else a numpy MLP) to many concurrent callers, first one call per item, "
+        "then batched, on each event loop; show the throughput, the latency per caller "
+        "(p50, p99) and the speed-up.",
     )
     _demo.add_arguments(demo)
     args = parser.parse_args(argv)

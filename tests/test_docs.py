@@ -25,7 +25,7 @@ SOURCES = [README, *PAGES]
 
 # The README's first code block; .ci/run greps for the second command's test command.
 COMMANDS = (
-    "python3 -m venv .venv && . .venv/bin/activate && pip install -e . numpy"
+    "python3 -m venv .venv && . .venv/bin/activate && pip install -e '.[demo]'"
     " && python -m batched demo\n"
     "python3 -m venv .venv && . .venv/bin/activate && pip install -e '.[test]'"
     ' && python -m pytest -q -p no:cacheprovider -m "not slow"\n'
