@@ -1,9 +1,9 @@
 """The dispatcher: execution slots that run the batch function and hand back results.
 
 A slot is a worker task, started on first need up to ``max_concurrent_batches`` and kept:
-spawning a task per batch costs more than handing a batch over by a signal. A worker
-frees its slot as soon as the batch function returns, then writes the results, so the
-hand-back never holds up the next batch.
+spawning a task per batch costs more than handing a batch over by a signal. When the batch
+function returns, the worker takes the next batch itself if one is due (else frees its
+slot), then writes the results, so the hand-back never holds up the next batch.
 """
 
 from __future__ import annotations

@@ -106,8 +106,7 @@ class DrivenEngine(Engine):
                 if deadline is not None:
                     self.leader_waits = True
                     try:
-                        with anyio.CancelScope(deadline=deadline):
-                            await me.wait()
+                        await self._wait_until(me, deadline)
                     finally:
                         self.leader_waits = False
                     continue
