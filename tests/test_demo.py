@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import os
 import re
 import struct
-import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+from _subprocess import check_exit_ok, run_python
 
 from batched import _demo
+
+if TYPE_CHECKING:
+    import subprocess
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 120
@@ -41,39 +44,25 @@ def _run(*args: str, block: str | None = None, **env: str) -> subprocess.Complet
 
     ``block`` names a module made unimportable first, as if it were not installed.
     """
-    environ = dict(os.environ, **env)
-    # Import this checkout's `batched`, installed or not.
-    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), environ.get("PYTHONPATH")]))
     if block is not None:
         code = (
             f"import sys; sys.modules[{block!r}] = None\n"  # makes the import fail
             "from batched.__main__ import main\n"
             f"raise SystemExit(main({list(args)!r}))\n"
         )
-        command = [sys.executable, "-c", code]
+        command: tuple[str, ...] = ("-c", code)
     elif args[:1] == ("-c",):
-        command = [sys.executable, *args]
+        command = args
     else:
-        command = [sys.executable, "-m", "batched", *args]
-    return subprocess.run(
-        command,
-        cwd=ROOT,
-        env=environ,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        check=False,
-    )
+        command = ("-m", "batched", *args)
+    return run_python(*command, timeout=TIMEOUT_S, **env)
 
 
 def _check_ok(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 0, (
-        f"exit status {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
-    )
+    out = check_exit_ok(proc)
     assert "Traceback" not in proc.stderr, proc.stderr
     assert "Warning" not in proc.stderr, proc.stderr
-    return proc.stdout
+    return out
 
 
 def _check_plain(out: str, backends: tuple[str, ...], batch_size: int = 64) -> None:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+from _subprocess import check_exit_ok, run_python
+
+if TYPE_CHECKING:
+    import subprocess
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
@@ -93,26 +95,12 @@ NEEDS: dict[str, str] = {
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    # Import this checkout's `batched`, installed or not.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return subprocess.run(
-        [sys.executable, *args],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        check=False,
-    )
+    return run_python(*args, timeout=TIMEOUT_S)
 
 
 def _check_ok(proc: subprocess.CompletedProcess[str]) -> None:
-    assert proc.returncode == 0, (
-        f"exit status {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
-    )
-    assert proc.stdout.strip(), f"printed nothing\n--- stderr\n{proc.stderr}"
+    out = check_exit_ok(proc)
+    assert out.strip(), f"printed nothing\n--- stderr\n{proc.stderr}"
 
 
 def test_examples_exist() -> None:
