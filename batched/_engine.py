@@ -372,6 +372,10 @@ class Engine(Dispatcher):
             subscribers = shared.subscribers
             subscribers.pop(call, None)
             if not subscribers and shared.state <= QUEUED:
+                if shared.state == QUEUED and shared._pool is None:
+                    # Cut into a batch: fn computes it (and the cache keeps it) anyway, so
+                    # an equal call may still join it until it settles.
+                    return
                 shared.forget()
                 self.abandon(shared, count=False)
             return

@@ -1113,15 +1113,6 @@ async def test_a_disk_cache_failure_is_counted_once(tmp_path: Path) -> None:
     assert stats.cache_stats.errors == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG (or doubtful design): when every caller of a running shared item leaves, "
-        "Engine.abandon (batched/_engine.py:319-322) forgets it from the dedupe registry "
-        "and marks it CANCELLED although fn is still computing it; an equal call that "
-        "arrives while that batch still runs sends a second copy instead of joining"
-    ),
-)
 async def test_an_equal_call_joins_a_running_item_whose_callers_all_left() -> None:
     rec = Rec(hold={1})
     async with (
