@@ -85,6 +85,13 @@ def _in_event_loop() -> bool:
     return trio is not None and bool(trio.lowlevel.in_trio_run())
 
 
+class _Inside(threading.local):
+    server: _Server | None = None  # whose batch function this thread is running
+
+
+_inside = _Inside()
+
+
 class _Server:
     """The event-loop thread of one sync batched function, and its batcher."""
 
@@ -109,6 +116,19 @@ class _Server:
                 return out
 
             fn = run_here
+        else:
+            threaded_fn = fn
+
+            def in_worker(items: list[Any]) -> Any:
+                # Marks the worker thread, so that close() called from inside fn does not
+                # wait for the serving thread, which waits for this very batch.
+                _inside.server = self
+                try:
+                    return threaded_fn(items)
+                finally:
+                    _inside.server = None
+
+            fn = in_worker
         self.batcher: Batcher[Any, Any] = new_batcher(fn, options)
         self.batcher._stats = stats
         # Under a cache or dedupe a call needs a task (the cache read is awaited): a
@@ -191,9 +211,10 @@ class _Server:
             self.post(self.stop_event.set)
 
     def stop(self, timeout: float | None) -> None:
-        """Drain and end the serving thread (not from the serving thread itself)."""
+        """Drain and end the serving thread; wait for that, unless called from inside a
+        batch of its own (the serving thread, or a worker thread running fn)."""
         self.stop_soon()
-        if threading.current_thread() is not self.thread:
+        if threading.current_thread() is not self.thread and _inside.server is not self:
             self.thread.join(timeout)
 
     def outcome(self, call: Call) -> Any:
@@ -387,7 +408,8 @@ class SyncFront(Binding, Generic[T, R]):
 
     def close(self) -> None:
         """Finish the accepted calls and stop the serving thread; later calls raise
-        :exc:`BatcherClosed`. Blocks until then; idempotent."""
+        :exc:`BatcherClosed`. Blocks until then (but from inside the function's own
+        batch, where it cannot wait for that batch); idempotent."""
         self._close(None)
 
     def _close(self, timeout: float | None) -> None:

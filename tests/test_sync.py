@@ -746,6 +746,32 @@ def test_calls_after_close_raise_batcher_closed(cleanup: contextlib.ExitStack) -
     assert serving_threads(fn) == []  # a refused call starts nothing
 
 
+@pytest.mark.parametrize("slots", [1, 2], ids=["serving-thread", "worker-threads"])
+def test_close_from_inside_fn_does_not_wait_for_its_own_batch(
+    cleanup: contextlib.ExitStack, slots: int
+) -> None:
+    # With one slot fn runs in the serving thread, with more in worker threads: either way
+    # close() there cannot wait for the serving thread, which waits for this batch.
+    @batched.dynamically(batch_size=4, timeout_ms=1, max_concurrent_batches=slots)
+    def fn(items: list[Any]) -> list[Any]:
+        if "close" in items:
+            fn.close()
+        return tag(items)
+
+    closing(cleanup, fn)
+    outcome: list[Any] = []
+    caller = threading.Thread(target=lambda: outcome.append(fn("close")), daemon=True)
+    caller.start()
+    caller.join(JOIN)
+    assert not caller.is_alive(), "close() inside fn waited for its own batch"
+    assert outcome == [("r", "close")]  # the batch it was in still finished
+    with pytest.raises(batched.BatcherClosed):
+        fn(1)
+    for thread in serving_threads(fn):
+        thread.join(JOIN)
+    assert serving_threads(fn) == []
+
+
 def test_close_before_first_use(cleanup: contextlib.ExitStack) -> None:
     @batched.dynamically
     def fn(items: list[Any]) -> list[Any]:
