@@ -540,7 +540,11 @@ class SyncFront(Binding, Generic[T, R]):
         return await self._await(item, None, priority, wait)  # type: ignore[no-any-return]
 
     async def _await(self, item: Any, items: list[Any] | None, priority: float, wait: bool) -> Any:
-        server = self._server_or_refuse(1 if items is None else len(items))
+        n = 1 if items is None else len(items)
+        server = self._server
+        if server is None or server.ended:
+            # Starting the serving thread waits for its event loop: not in this one's.
+            server = await anyio.to_thread.run_sync(self._server_or_refuse, n)
         call = self._make_call(server, item, items, priority)
         loop = asyncio._get_running_loop()
         if loop is not None:

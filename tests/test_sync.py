@@ -513,6 +513,43 @@ def test_acall_results(cleanup: contextlib.ExitStack, backend: str) -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_first_acall_starts_the_serving_thread_without_blocking_its_loop(
+    cleanup: contextlib.ExitStack, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The serving thread's start is held until another task of the caller's event loop
+    # runs: if the first acall started it in the loop's thread, that task never would.
+    entered, gate = threading.Event(), threading.Event()
+    start = batched._sync._Server.start
+
+    def held_start(server: Any) -> None:
+        entered.set()
+        assert gate.wait(JOIN), "the first acall blocked its event loop"
+        start(server)
+
+    monkeypatch.setattr(batched._sync._Server, "start", held_start)
+
+    @batched.dynamically(batch_size=8, timeout_ms=1)
+    def fn(items: list[Any]) -> list[Any]:
+        return tag(items)
+
+    closing(cleanup, fn)
+
+    async def main() -> None:
+        with anyio.fail_after(2 * JOIN):
+            async with anyio.create_task_group() as tg:
+
+                async def first() -> None:
+                    assert await fn.acall(1) == ("r", 1)
+
+                tg.start_soon(first)
+                assert await anyio.to_thread.run_sync(entered.wait, JOIN)
+                gate.set()  # only if this loop still runs while the thread starts
+
+    anyio.run(main, backend=backend)
+    assert fn.stats.completed == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_acall_and_thread_calls_share_a_batch(cleanup: contextlib.ExitStack, backend: str) -> None:
     batches: list[list[Any]] = []
 
