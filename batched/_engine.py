@@ -186,6 +186,11 @@ class Engine(Dispatcher):
                 else:
                     # Any other exception propagates unchanged, never in an ExceptionGroup.
                     await tg.__aexit__(None, None, None)
+        except BaseException:
+            # fn's BaseException wins over the block's own cancellation, which the task
+            # group re-raises when fn raised it as the owner was being cancelled.
+            if self.fatal is None:
+                raise
         finally:
             self.state = CLOSED
         if self.fatal is not None:

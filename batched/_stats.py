@@ -21,9 +21,11 @@ class BatchStats:
 
     Counters count items, not calls, by what their caller got. ``submitted`` equals
     ``completed + failed + cancelled + rejected`` plus the items still waiting or running.
-    Percentiles are in milliseconds over the most recent 8,192 items that went through
-    the batch function (``wait``: arrival to batch start; ``latency``: arrival to
-    result), and read 0.0 before the first sample.
+    ``total_batches`` counts the calls of the batch function (each ``isolate_errors``
+    retry is one) and ``total_processed`` the items they were given. Percentiles are in
+    milliseconds over the most recent 8,192 items that went through the batch function
+    (``wait``: arrival to batch start; ``latency``: the call to its result, a wait for
+    queue room included), and read 0.0 before the first sample.
     """
 
     submitted: int = 0
