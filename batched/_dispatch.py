@@ -145,16 +145,13 @@ class Dispatcher:
 
     async def _compute(self, entries: list[Entry]) -> tuple[Sequence[Any] | None, Exception | None]:
         """Run the batch function once; its results, or the error for all of ``entries``."""
-        start = self.clock()
         try:
             out = await self._invoke([entry.item for entry in entries])
         except Exception as exc:
-            self._count_batch(len(entries), self.clock() - start)
             if self.isolate and len(entries) > 1:
-                await self._isolate(entries)  # each retry is a batch of its own
+                await self._isolate(entries)
                 return None, None
             return None, exc
-        self._count_batch(len(entries), self.clock() - start)
         try:
             return check_results(out, len(entries)), None
         except (BatchSizeMismatch, TypeError) as exc:
@@ -210,6 +207,7 @@ class Dispatcher:
             clock = self.clock
             start = clock()
             results, error = await self._compute(live)
+            self._count_batch(len(live), clock() - start)
             # The next batch is cut before the hand-back, and its fn is started before the
             # woken callers run: the device does not idle while they do.
             following = self._next_batch(worker)

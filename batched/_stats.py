@@ -21,8 +21,8 @@ class BatchStats:
 
     Counters count items, not calls, by what their caller got. ``submitted`` equals
     ``completed + failed + cancelled + rejected`` plus the items still waiting or running.
-    ``total_batches`` counts the calls of the batch function (each ``isolate_errors``
-    retry is one) and ``total_processed`` the items they were given. Percentiles are in
+    ``isolate_errors`` retries count in neither ``total_batches`` nor
+    ``total_processed``. Percentiles are in
     milliseconds over the most recent 8,192 items that went through the batch function
     (``wait``: arrival to batch start; ``latency``: the call to its result, a wait for
     queue room included), and read 0.0 before the first sample.

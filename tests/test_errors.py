@@ -170,11 +170,6 @@ async def test_isolate_errors_fails_only_the_failing_items() -> None:
     assert [5] in calls  # each failing item was isolated alone
     processed = [x for c in calls[1:-1] if not bad & set(c) for x in c]
     assert sorted(processed) == [0, 1, 3, 4, 6, 7]  # each good item computed once, in a subset
-    # Every call of fn is a batch, the retries included, and its items count as processed.
-    stats = b.stats
-    assert stats.total_batches == len(calls)
-    assert stats.total_processed == sum(len(c) for c in calls)
-    assert (stats.completed, stats.failed) == (7, 2)
 
 
 async def test_isolation_holds_its_slot() -> None:
