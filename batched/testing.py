@@ -51,7 +51,7 @@ from ._dispatch import check_results
 from ._errors import BatchSizeMismatch, Failure, QueueFull
 from ._settings import is_async_callable
 from ._strategies import ByLength, ByPriority, Fifo
-from ._virtual_time import BACKEND_NAMES, VirtualTimeLoop, fresh_backend_options
+from ._virtual_time import BACKEND_NAMES, VirtualTimeLoop, fresh_backend_options, real_time
 
 if TYPE_CHECKING:
     from ._stats import BatchStats
@@ -65,12 +65,15 @@ __all__ = [
     "PlannedError",
     "Schedule",
     "ScheduleResult",
+    "VirtualTimeLoop",
     "anyio_backend",
     "arrival_schedules",
     "batcher_settings",
     "check_batch_invariant",
     "check_invariants",
     "fn_outcomes",
+    "fresh_backend_options",
+    "real_time",
     "run_schedule",
     "settle",
     "virtual_time_backends",
