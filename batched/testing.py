@@ -1215,3 +1215,10 @@ def check_batch_invariant(
                 raise AssertionError(msg)
 
     batch_invariance()
+
+
+# The virtual-time helpers live in a private module (the library's own loop-free code
+# needs none of them); they are public here, under this module's name.
+for _public in (VirtualTimeLoop, real_time, fresh_backend_options):
+    _public.__module__ = __name__
+del _public
