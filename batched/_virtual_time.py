@@ -16,7 +16,7 @@ import asyncio
 import selectors
 import time
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, final
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -74,6 +74,7 @@ class _AutojumpSelector(selectors.BaseSelector):
         self._real.close()
 
 
+@final
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
     """A selector event loop on a virtual clock that autojumps to the next timer.
 
