@@ -7,17 +7,19 @@ calls one batch function, and hands each caller its own result.
 from __future__ import annotations
 
 from . import aio as aio
-from ._batcher import Batcher as Batcher
-from ._decorator import BatchedFunction as BatchedFunction
-from ._decorator import BatchedMethod as BatchedMethod
-from ._decorator import BatcherOptions as BatcherOptions
-from ._dynamically import dynamically as dynamically
 from ._errors import BatchedError as BatchedError
 from ._errors import BatcherClosed as BatcherClosed
 from ._errors import BatchSizeMismatch as BatchSizeMismatch
 from ._errors import Failure as Failure
 from ._errors import QueueFull as QueueFull
-from ._seed import BatchProcessor as BatchProcessor
+from ._front.batcher import Batcher as Batcher
+from ._front.decorator import BatchedFunction as BatchedFunction
+from ._front.decorator import BatchedMethod as BatchedMethod
+from ._front.decorator import BatcherOptions as BatcherOptions
+from ._front.dynamically import dynamically as dynamically
+from ._front.seed import BatchProcessor as BatchProcessor
+from ._front.sync import SyncBatchedFunction as SyncBatchedFunction
+from ._front.sync import SyncBatchedMethod as SyncBatchedMethod
 from ._stats import BatchStats as BatchProcessorStats
 from ._stats import BatchStats as BatchStats
 from ._strategies import ByLength as ByLength
@@ -27,8 +29,6 @@ from ._strategies import Fifo as Fifo
 from ._strategies import Pool as Pool
 from ._strategies import PriorityStrategy as PriorityStrategy
 from ._strategies import Strategy as Strategy
-from ._sync import SyncBatchedFunction as SyncBatchedFunction
-from ._sync import SyncBatchedMethod as SyncBatchedMethod
 
 __version__ = "0.1.0.dev0"
 

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast, final
 import anyio
 import attrs
 
-from ._batcher import Batcher
+from ._front.batcher import Batcher
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

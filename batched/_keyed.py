@@ -17,7 +17,7 @@ from .cache import MISS, CacheStats, DiskCache, MemoryCache
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ._stats import _Recorder
+    from ._core.counts import Counts
 
 __all__ = ["STORE_BOUND_S", "cache_get", "cache_stats", "cache_store", "key_of"]
 
@@ -52,7 +52,7 @@ def key_of(item: Any, cache_key: Callable[[Any], Any] | None) -> Any:
     return key
 
 
-def _cache_failed(stats: _Recorder, what: str, exc: Exception) -> None:
+def _cache_failed(stats: Counts, what: str, exc: Exception) -> None:
     stats.cache_errors += 1
     if stats.cache_errors == 1:
         logger.warning(
@@ -62,7 +62,7 @@ def _cache_failed(stats: _Recorder, what: str, exc: Exception) -> None:
         )
 
 
-async def cache_get(cache: Any, key: Any, stats: _Recorder) -> Any:
+async def cache_get(cache: Any, key: Any, stats: Counts) -> Any:
     """The cached value, or ``MISS`` (also for ``None``, and when the cache raised)."""
     try:
         value = await cache.get(key)
@@ -72,7 +72,7 @@ async def cache_get(cache: Any, key: Any, stats: _Recorder) -> Any:
     return MISS if value is None else value
 
 
-async def cache_store(cache: Any, pairs: list[tuple[Any, Any]], stats: _Recorder) -> None:
+async def cache_store(cache: Any, pairs: list[tuple[Any, Any]], stats: Counts) -> None:
     """Write a batch's results; a bounded wait, so a hung cache cannot hold an exit."""
     with anyio.move_on_after(STORE_BOUND_S):
         for key, value in pairs:
@@ -82,7 +82,7 @@ async def cache_store(cache: Any, pairs: list[tuple[Any, Any]], stats: _Recorder
                 _cache_failed(stats, "set()", exc)
 
 
-def cache_stats(cache: Any, stats: _Recorder) -> CacheStats | None:
+def cache_stats(cache: Any, stats: Counts) -> CacheStats | None:
     """The cache's own counters, plus the errors the batcher counted."""
     if cache is None:
         return None

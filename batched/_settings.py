@@ -23,6 +23,7 @@ __all__ = [
     "non_negative_float",
     "optional_positive_int",
     "positive_int",
+    "settings_from",
     "to_strategy",
 ]
 
@@ -143,6 +144,9 @@ def check_length(length: object, item: object, length_fn: Callable[[Any], Any]) 
     return int(number)
 
 
+_FIFO = Fifo()
+
+
 @attrs.frozen
 class Settings:
     """A batcher's validated settings (see ``Batcher`` for their meaning)."""
@@ -169,16 +173,16 @@ class Settings:
 def make_settings(
     fn: object,
     *,
-    batch_size: object,
-    timeout_ms: object,
-    max_batch_length: object,
-    length_fn: object,
-    strategy: object,
-    small_batch_threshold: object,
-    max_wait_ms: object,
-    max_queue_size: object,
-    max_concurrent_batches: object,
-    isolate_errors: object,
+    batch_size: object = 32,
+    timeout_ms: object = 5.0,
+    max_batch_length: object = None,
+    length_fn: object = None,
+    strategy: object = _FIFO,
+    small_batch_threshold: object = 8,
+    max_wait_ms: object = 1000.0,
+    max_queue_size: object = None,
+    max_concurrent_batches: object = 1,
+    isolate_errors: object = False,
     cache: object = None,
     cache_key: object = None,
     dedupe: object = None,
@@ -225,3 +229,12 @@ def make_settings(
         cache_key=cache_key,  # type: ignore[arg-type]
         dedupe=dedupe,
     )
+
+
+def settings_from(fn: object, options: Mapping[str, Any]) -> Settings:
+    """Settings from a front's options (the decorators' keywords); ``padded`` is
+    batched.inference's, private: the length budget then counts the padded size."""
+    options = dict(options)
+    padded = options.pop("padded", False)
+    settings = make_settings(fn, **options)
+    return attrs.evolve(settings, padded=True) if padded else settings

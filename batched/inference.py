@@ -33,17 +33,17 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, final
 
 import attrs
 
-from ._decorator import AsyncFront, Binding, check_options, weak_method
+from ._front.decorator import AsyncFront, Binding, check_options, weak_method
+from ._front.sync import SyncFront
 from ._padding import Row, collate, partition, split_call, split_output, stack_rows
 from ._settings import is_async_callable
-from ._sync import SyncFront
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from types import TracebackType
     from typing import Self
 
-    from ._decorator import BatcherOptions
+    from ._front.decorator import BatcherOptions
     from ._stats import BatchStats
 
 __all__ = ["AsyncInferenceFunction", "InferenceFunction", "dynamically"]

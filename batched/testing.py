@@ -46,9 +46,10 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from ._batcher import Batcher
-from ._dispatch import check_results
+from ._core.results import check_results
 from ._errors import BatchSizeMismatch, Failure, QueueFull
+from ._front.batcher import Batcher
+from ._front.submit import length_of
 from ._settings import is_async_callable
 from ._strategies import ByLength, ByPriority, Fifo
 from ._virtual_time import BACKEND_NAMES, VirtualTimeLoop, fresh_backend_options, real_time
@@ -638,10 +639,11 @@ class _Player:
 
     @staticmethod
     def _length(b: Batcher[Any, Any], item: Any) -> int | None:
-        if b._length_fn is None:
+        length_fn = b._settings.length_fn
+        if length_fn is None:
             return 1
         try:
-            return b._length(item)
+            return length_of(length_fn, item)
         except Exception:
             return None
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .._decorator import BatchedFunction as BatchedFunction
-from .._dynamically import aio_dynamically as dynamically
-from .._seed import AsyncBatchProcessor as AsyncBatchProcessor
+from .._front.decorator import BatchedFunction as BatchedFunction
+from .._front.dynamically import aio_dynamically as dynamically
+from .._front.seed import AsyncBatchProcessor as AsyncBatchProcessor
 from .._strategies import PriorityStrategy as PriorityStrategy
 
 __all__ = ["AsyncBatchProcessor", "BatchedFunction", "PriorityStrategy", "dynamically"]

@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
-from ._decorator import BatchedFunction, BatchedMethod, check_options
-from ._settings import is_async_callable
-from ._sync import SyncBatchedFunction, SyncBatchedMethod
+from .._settings import is_async_callable
+from .decorator import BatchedFunction, BatchedMethod, check_options
+from .sync import SyncBatchedFunction, SyncBatchedMethod
 
 if TYPE_CHECKING:
     from typing import Unpack
 
-    from ._batcher import ResultsLike
-    from ._decorator import BatcherOptions
+    from .batcher import ResultsLike
+    from .decorator import BatcherOptions
 
 __all__ = ["AsyncDecorator", "Decorator", "aio_dynamically", "dynamically"]
 

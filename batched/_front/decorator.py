@@ -1,38 +1,33 @@
-"""``batched.dynamically``: a batch function called one item at a time.
+"""``batched.dynamically``'s async front: a batch function called one item at a time.
 
 ``BatchedFunction`` serves awaiting callers. Inside ``async with f:`` its calls go to a
 ``Batcher`` owned by that block; outside it, the callers drive the batching themselves
-(``_driven``), so nothing outlives the calls. Methods get one batched function per
-instance, made on first access and kept in the instance's ``__dict__`` under a private
-key.
+(``_run.driven``), so nothing outlives the calls. Methods get one batched function per
+instance (``Binding``), made on first access.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import weakref
 from collections.abc import Callable, Hashable  # noqa: TC003 - BatcherOptions' annotations
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypedDict, TypeVar, final, overload
 
-import anyio.lowlevel
-
-from ._batcher import Batcher, check_priority, keyed_call, keyed_many, new_batcher, settle
-from ._driven import DrivenEngine
-from ._engine import OPEN
-from ._keyed import cache_stats
-from ._settings import is_async_callable
-from ._strategies import Entry
+from .._backends import loop_key
+from .._keyed import cache_stats
+from .._run.driven import Driven
+from .._settings import is_async_callable, settings_from
+from .batcher import Batcher, nothing
+from .submit import keyed_many, keyed_one, submit_many, submit_one
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Iterable
+    from collections.abc import Coroutine, Iterable
     from types import TracebackType
     from typing import Self
 
-    from ._call import Call
-    from ._stats import BatchStats
-    from ._strategies import PriorityStrategy, Strategy
-    from .cache import AsyncCache
+    from .._stats import BatchStats
+    from .._strategies import PriorityStrategy, Strategy
+    from ..cache import AsyncCache
 
 __all__ = [
     "AsyncFront",
@@ -41,7 +36,6 @@ __all__ = [
     "BatcherOptions",
     "Binding",
     "check_options",
-    "loop_key",
     "weak_method",
 ]
 
@@ -66,22 +60,6 @@ class BatcherOptions(TypedDict, total=False):
     cache_key: Callable[[Any], Hashable] | None
     dedupe: bool | None
     isolate_errors: bool
-
-
-_trio_token: Callable[[], object] | None = None
-
-
-def loop_key() -> object:
-    """The event loop running in this thread (asyncio's loop, or trio's run token)."""
-    loop = asyncio._get_running_loop()
-    if loop is not None:
-        return loop
-    global _trio_token
-    if _trio_token is None:
-        import trio
-
-        _trio_token = trio.lowlevel.current_trio_token
-    return _trio_token()
 
 
 # How a decorated callable binds when it is looked up on a class or an instance.
@@ -221,16 +199,17 @@ def weak_method(func: Callable[..., Any], instance: object) -> Callable[[list[An
 
 
 class AsyncFront(Binding, Generic[T, R]):
-    """The async front-end: ``BatchedFunction`` and the seed's ``AsyncBatchProcessor``."""
+    """The async front: ``BatchedFunction`` and the seed's ``AsyncBatchProcessor``."""
 
-    __slots__ = ("__dict__", "__weakref__", "_batcher", "_engines", "_owner", "_stats")
+    __slots__ = ("__dict__", "__weakref__", "_batcher", "_drivers", "_owner", "_settings")
 
     def __init__(self, fn: Any, options: BatcherOptions) -> None:
         fn = self._init_binding(fn, options)
-        # Validates the settings now, at decoration time; also the batcher of `async with`.
-        self._batcher: Batcher[T, R] = new_batcher(fn, options)
-        self._stats = self._batcher._stats
-        self._engines: dict[object, DrivenEngine] = {}
+        # Checks the settings now, at decoration time.
+        self._settings = settings_from(fn, options)
+        # The batcher of `async with f:`; its counters count every call of the function.
+        self._batcher: Batcher[T, R] = Batcher._from_settings(self._settings)
+        self._drivers: dict[object, Driven] = {}  # caller-driven, one per event loop
         self._owner: object = None  # the event loop of the open `async with` block
 
     def _rebind(self, fn: Callable[..., Any]) -> Any:
@@ -242,10 +221,11 @@ class AsyncFront(Binding, Generic[T, R]):
     @property
     def stats(self) -> BatchStats:
         """A snapshot of the counters over every call (see :class:`BatchStats`)."""
-        engine = self._batcher._engine
-        queued = engine.queued if engine is not None else 0
-        queued += sum([driven.queued for driven in list(self._engines.values())])
-        return self._stats.snapshot(queued, cache_stats(self._batcher._settings.cache, self._stats))
+        run = self._batcher._run
+        queued = run.core.queued if run is not None else 0
+        queued += sum([driver.core.queued for driver in list(self._drivers.values())])
+        counts = self._batcher._counts
+        return counts.snapshot(queued, cache_stats(self._settings.cache, counts))
 
     # -- `async with f:` ---------------------------------------------------------------
 
@@ -268,105 +248,87 @@ class AsyncFront(Binding, Generic[T, R]):
     # -- calls -------------------------------------------------------------------------
 
     @overload
-    async def __call__(
+    def __call__(
         self, item: list[T], *, priority: float = 0, wait: bool = True
-    ) -> list[R]: ...
+    ) -> Coroutine[Any, Any, list[R]]: ...
 
     @overload
-    async def __call__(self, item: T, *, priority: float = 0, wait: bool = True) -> R: ...
+    def __call__(
+        self, item: T, *, priority: float = 0, wait: bool = True
+    ) -> Coroutine[Any, Any, R]: ...
 
-    async def __call__(self, item: Any, *, priority: float = 0, wait: bool = True) -> Any:
-        """``f(item)`` → its result; ``f(list_of_items)`` → their results, in order.
+    def __call__(self, item: Any, *, priority: float = 0, wait: bool = True) -> Any:
+        """``await f(item)`` → its result; ``await f(list_of_items)`` → their results.
 
         :param priority: lower is more urgent (read by :class:`ByPriority`)
         :param wait: raise :exc:`QueueFull` instead of waiting for queue room
         """
         if isinstance(item, list):
-            return await self.many(item, priority=priority, wait=wait)
-        key = loop_key()
-        batcher = self._batcher
-        if batcher._engine is not None and self._owner is key:
-            return await batcher(item, priority=priority, wait=wait)
-        if batcher._keyed:
-            return await keyed_call(batcher, self._opener(key), _serve, item, priority, wait)
-        engine, call = self._submit(key, item, None, priority, wait)
-        await engine.serve(call)
-        return settle(self._stats, engine, call)
+            return self.many(item, priority=priority, wait=wait)
+        return self.one(item, priority=priority, wait=wait)
 
-    async def one(self, item: T, *, priority: float = 0, wait: bool = True) -> R:
+    def one(self, item: T, *, priority: float = 0, wait: bool = True) -> Coroutine[Any, Any, R]:
         """One item's result, also when the item is itself a list."""
         key = loop_key()
         batcher = self._batcher
-        if batcher._engine is not None and self._owner is key:
-            return await batcher(item, priority=priority, wait=wait)
+        if batcher._run is not None and self._owner is key:
+            return batcher(item, priority=priority, wait=wait)
         if batcher._keyed:
-            opener = self._opener(key)
-            return await keyed_call(batcher, opener, _serve, item, priority, wait)  # type: ignore[no-any-return]
-        engine, call = self._submit(key, item, None, priority, wait)
-        await engine.serve(call)
-        return settle(self._stats, engine, call)  # type: ignore[no-any-return]
+            opener = functools.partial(self._driver_for, key)
+            return keyed_one(batcher._counts, opener, item, priority, wait, self._settings)
+        return self._driven_one(key, item, priority, wait)
 
-    async def many(self, items: Iterable[T], *, priority: float = 0, wait: bool = True) -> list[R]:
+    def many(
+        self, items: Iterable[T], *, priority: float = 0, wait: bool = True
+    ) -> Coroutine[Any, Any, list[R]]:
         """Many items as one call; their results in the same order (see :meth:`Batcher.many`)."""
         key = loop_key()
         batcher = self._batcher
-        if batcher._engine is not None and self._owner is key:
-            return await batcher.many(items, priority=priority, wait=wait)
+        if batcher._run is not None and self._owner is key:
+            return batcher.many(items, priority=priority, wait=wait)
         items = list(items)
         if batcher._keyed:
-            return await keyed_many(batcher, self._opener(key), _serve, items, priority, wait)
-        if not items:
-            if type(priority) is not int:
-                check_priority(priority)
-            await anyio.lowlevel.checkpoint()
-            return []
-        if len(items) == 1:  # one item travels as a single call does
-            engine, call = self._submit(key, items[0], None, priority, wait)
-        else:
-            engine, call = self._submit(key, None, items, priority, wait)
-        await engine.serve(call)
-        result = settle(self._stats, engine, call)
-        return result if call.entries is not None else [result]
+            opener = functools.partial(self._driver_for, key)
+            return keyed_many(batcher._counts, opener, items, priority, wait, self._settings)
+        return self._driven_many(key, items, priority, wait)
 
     # -- caller-driven batching --------------------------------------------------------
 
-    def _engine_for(self, key: object) -> DrivenEngine:
-        """This event loop's engine, made afresh if there is none."""
-        engines = self._engines
-        engine = engines.get(key)
-        if engine is None or engine.state != OPEN:
-            engine = engines[key] = DrivenEngine(self._batcher._settings, self._stats, key, engines)
-        return engine
+    def _driver_for(self, key: object) -> Driven:
+        """This event loop's caller-driven driver, made afresh if there is none."""
+        drivers = self._drivers
+        driver = drivers.get(key)
+        if driver is None or not driver.core.accepting:
+            driver = drivers[key] = Driven(self._settings, self._batcher._counts, drivers)
+        return driver
 
-    def _opener(self, key: object) -> Callable[[], DrivenEngine]:
-        return functools.partial(self._engine_for, key)
-
-    def _submit(
-        self, key: object, item: Any, items: list[Any] | None, priority: float, wait: bool
-    ) -> tuple[DrivenEngine, Call]:
-        """Accept a call into this event loop's engine; ``engine.serve`` waits for it."""
-        engine = self._engine_for(key)
-        stats = self._stats
-        n = 1 if items is None else len(items)
-        stats.submitted += n
-        call: Call
+    async def _driven_one(self, key: object, item: Any, priority: float, wait: bool) -> Any:
+        driver = self._driver_for(key)
         try:
-            if type(priority) is not int:
-                check_priority(priority)
-            length_of = self._batcher._length
-            if items is None:
-                length = 1 if self._batcher._length_fn is None else length_of(item)
-                call = engine.make_call(item, length, priority, engine.clock(), None)
-            else:
-                entries = [Entry(one, length_of(one), priority) for one in items]
-                call = engine.make_call(None, 0, priority, engine.clock(), entries)
-            engine.submit(call, wait)
-        except BaseException as exc:
-            if not isinstance(exc, anyio.WouldBlock):  # QueueFull is counted as rejected
-                stats.failed += n
-            engine.release()
+            call = submit_one(driver, item, priority, wait, self._settings)
+        except BaseException:
+            driver.release()
             raise
-        return engine, call
+        await driver.serve(call)
+        return call.outcome()
+
+    async def _driven_many(
+        self, key: object, items: list[Any], priority: float, wait: bool
+    ) -> list[Any]:
+        if not items:
+            return await nothing(priority)
+        driver = self._driver_for(key)
+        try:
+            if len(items) == 1:  # one item travels as a single call does
+                call = submit_one(driver, items[0], priority, wait, self._settings)
+            else:
+                call = submit_many(driver, items, priority, wait, self._settings)
+        except BaseException:
+            driver.release()
+            raise
+        await driver.serve(call)
+        result = call.outcome()
+        return result if call.entries is not None else [result]
 
 
 @final
@@ -381,10 +343,6 @@ class BatchedFunction(AsyncFront[T, R]):
     """
 
     __slots__ = ()
-
-
-def _serve(engine: DrivenEngine, call: Call) -> Awaitable[None]:
-    return engine.serve(call)
 
 
 class BatchedMethod(Protocol[S, T, R]):

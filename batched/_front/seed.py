@@ -11,10 +11,9 @@ from typing import Any, TypeVar, final
 
 import anyio.lowlevel
 
-from ._decorator import AsyncFront, check_options
-from ._stats import _Recorder
-from ._strategies import PriorityStrategy
-from ._sync import SyncFront
+from .._strategies import PriorityStrategy
+from .decorator import AsyncFront, check_options
+from .sync import SyncFront
 
 __all__ = ["AsyncBatchProcessor", "BatchProcessor"]
 
@@ -59,7 +58,7 @@ class BatchProcessor(SyncFront[T, R]):
 
     def clear_stats(self) -> None:
         """Reset the counters."""
-        _Recorder.__init__(self._template._stats)
+        self._counts.reset()
 
 
 @final
@@ -109,4 +108,4 @@ class AsyncBatchProcessor(AsyncFront[T, R]):
 
     def clear_stats(self) -> None:
         """Reset the counters."""
-        _Recorder.__init__(self._stats)
+        self._batcher._counts.reset()

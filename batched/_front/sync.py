@@ -1,0 +1,343 @@
+"""Sync batch functions called from threads, each served by one event-loop thread.
+
+``SyncBatchedFunction`` blocks its calling thread (``f(item)``) and serves async callers
+too (``await f.acall(item)``); both hand their calls to the serving thread
+(``_run.thread``), so calls from threads and event loops batch together.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, final, overload
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+
+from .._backends import current, in_event_loop
+from .._core.counts import Counts
+from .._errors import BatcherClosed
+from .._keyed import cache_stats
+from .._run.thread import Server, ThreadCall
+from .._settings import settings_from
+from .._strategies import Entry
+from .decorator import Binding, weak_method
+from .submit import check_priority, closed, keyed_many, keyed_one, length_of
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from types import TracebackType
+    from typing import Self
+
+    from .._run.owned import Owned
+    from .._stats import BatchStats
+    from .decorator import BatcherOptions
+
+__all__ = ["SyncBatchedFunction", "SyncBatchedMethod", "SyncFront"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+S = TypeVar("S", contravariant=True)
+
+
+def _stop_current(box: list[Server | None]) -> None:
+    server = box[0]
+    if server is not None:
+        server.stop_soon()
+
+
+_live: weakref.WeakSet[SyncFront[Any, Any]] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    # At exit a hung batch function must not hold the interpreter: bounded waits.
+    for function in list(_live):
+        function._close(timeout=5.0)
+
+
+class SyncFront(Binding, Generic[T, R]):
+    """The sync front: ``SyncBatchedFunction`` and the seed's ``BatchProcessor``."""
+
+    __slots__ = (
+        "__dict__",
+        "__weakref__",
+        "_closed",
+        "_counts",
+        "_fn",
+        "_lock",
+        "_server",
+        "_settings",
+    )
+
+    def __init__(self, fn: Any, options: BatcherOptions) -> None:
+        self._fn = fn = self._init_binding(fn, options)
+        self._settings = settings_from(fn, options)  # checked now, at decoration time
+        self._counts = Counts()  # over every serving thread this function will have
+        self._lock = threading.Lock()
+        self._server: Server | None = None
+        self._closed = False
+        # One finalizer for every server this function will have: collecting the
+        # function (a method's, with its instance) stops the current one.
+        self._box: list[Server | None] = [None]
+        weakref.finalize(self, _stop_current, self._box)
+
+    def _rebind(self, fn: Callable[..., Any]) -> Any:
+        instance = getattr(fn, "__self__", None)
+        func = getattr(fn, "__func__", None)
+        if func is not None and not isinstance(instance, type):
+            # Not weakly referable: the serving thread keeps it until close().
+            with contextlib.suppress(TypeError):
+                fn = weak_method(func, instance)
+        return SyncBatchedFunction(fn, self._options)
+
+    def __repr__(self) -> str:
+        name = getattr(self.__wrapped__, "__qualname__", self.__wrapped__)
+        return f"<batched sync function {name!r}>"
+
+    @property
+    def stats(self) -> BatchStats:
+        """A snapshot of the counters over every call (see :class:`BatchStats`)."""
+        server = self._server
+        run = server.run if server is not None else None
+        return self._counts.snapshot(
+            run.core.queued if run is not None else 0,
+            cache_stats(self._settings.cache, self._counts),
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def _keyed(self) -> Callable[[Owned, ThreadCall, bool], Any] | None:
+        settings, counts = self._settings, self._counts
+        if settings.cache is None and not settings.dedupe:
+            return None
+
+        async def keyed(run: Owned, call: ThreadCall, wait: bool) -> Any:
+            def open_run() -> Owned:
+                if not run.core.accepting:
+                    raise closed(run)
+                return run
+
+            if call.entries is None:
+                return await keyed_one(counts, open_run, call.item, call.priority, wait, settings)
+            items = [entry.item for entry in call.entries]
+            return await keyed_many(counts, open_run, items, call.priority, wait, settings)
+
+        return keyed
+
+    def _serve(self) -> Server:
+        with self._lock:
+            if self._closed:
+                msg = "this batched function is closed (reopen it with `with f:`)"
+                raise BatcherClosed(msg)
+            server = self._server
+            if server is None or server.ended:  # first use, or fn's BaseException ended it
+                name = getattr(self._fn, "__qualname__", type(self._fn).__qualname__)
+                server = Server(self._settings, self._counts, name, self._keyed())
+                server.start()
+                self._server = self._box[0] = server
+                _live.add(self)
+            return server
+
+    def _server_or_refuse(self, n: int) -> Server:
+        server = self._server
+        if server is not None and not server.ended:
+            return server
+        try:
+            return self._serve()
+        except BatcherClosed:
+            with self._lock:  # no serving thread counts now
+                self._counts.refused(n)
+            raise
+
+    def close(self) -> None:
+        """Finish the accepted calls and stop the serving thread; later calls raise
+        :exc:`BatcherClosed`. Blocks until then (but from inside the function's own
+        batch, where it cannot wait for that batch); idempotent."""
+        self._close(None)
+
+    def _close(self, timeout: float | None) -> None:
+        with self._lock:
+            self._closed = True
+            server, self._server = self._server, None
+        if server is not None:
+            server.stop(timeout)
+
+    async def aclose(self) -> None:
+        """:meth:`close` without blocking the event loop."""
+        await anyio.to_thread.run_sync(self.close)
+
+    def __enter__(self) -> Self:
+        """Open (or reopen) the function; the block's end closes it."""
+        with self._lock:
+            self._closed = False
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- calls -------------------------------------------------------------------------
+
+    def _make_call(
+        self, server: Server, item: Any, items: list[Any] | None, priority: float
+    ) -> ThreadCall:
+        """The call, checked in the caller's thread; a refusal is counted by the loop."""
+        settings = self._settings
+        try:
+            if type(priority) is not int:
+                check_priority(priority)
+            length_fn = settings.length_fn
+            if items is None:
+                call = ThreadCall(item)
+                if length_fn is not None:
+                    call.length = length_of(length_fn, item)
+            else:
+                call = ThreadCall(None)
+                if length_fn is None:
+                    call.init_many([Entry(one, 1, priority) for one in items])
+                else:
+                    call.init_many(
+                        [Entry(one, length_of(length_fn, one), priority) for one in items]
+                    )
+        except BaseException:
+            assert server.post is not None
+            server.post(self._counts.refused, 1 if items is None else len(items))
+            raise
+        if priority:
+            call.priority = priority
+        return call
+
+    def _send(self, server: Server, call: ThreadCall, wait: bool) -> None:
+        with self._lock:
+            if self._server is not server or server.ended:
+                msg = "this batched function is closed"
+                raise BatcherClosed(msg)
+            server.send(call, wait)
+
+    def _block(self, item: Any, items: list[Any] | None, priority: float, wait: bool) -> Any:
+        if in_event_loop():
+            name = getattr(self.__wrapped__, "__name__", "f")
+            msg = (
+                f"{name}() would block this thread, which runs an event loop: "
+                f"use `await {name}.acall(...)` here"
+            )
+            raise RuntimeError(msg)
+        server = self._server_or_refuse(1 if items is None else len(items))
+        call = self._make_call(server, item, items, priority)
+        lock = threading.Lock()
+        lock.acquire()
+        call.waiter = lock.release
+        self._send(server, call, wait)
+        try:
+            lock.acquire()
+        except BaseException:  # interrupted (KeyboardInterrupt): drop what still waits
+            assert server.post is not None
+            server.post(server.abandon, call)
+            raise
+        return server.outcome(call)
+
+    @overload
+    def __call__(self, item: list[T], *, priority: float = 0, wait: bool = True) -> list[R]: ...
+
+    @overload
+    def __call__(self, item: T, *, priority: float = 0, wait: bool = True) -> R: ...
+
+    def __call__(self, item: Any, *, priority: float = 0, wait: bool = True) -> Any:
+        """``f(item)`` → its result; ``f(list_of_items)`` → their results; blocks.
+
+        :raises RuntimeError: when called from a thread that runs an event loop (use
+            :meth:`acall` there)
+        """
+        if isinstance(item, list):
+            return self.many(item, priority=priority, wait=wait)
+        return self._block(item, None, priority, wait)
+
+    def one(self, item: T, *, priority: float = 0, wait: bool = True) -> R:
+        """One item's result, also when the item is itself a list; blocks."""
+        return self._block(item, None, priority, wait)  # type: ignore[no-any-return]
+
+    def many(self, items: Iterable[T], *, priority: float = 0, wait: bool = True) -> list[R]:
+        """Many items as one call; their results in the same order; blocks."""
+        items = list(items)
+        if len(items) == 1:
+            return [self._block(items[0], None, priority, wait)]
+        if not items:
+            return []
+        return self._block(None, items, priority, wait)  # type: ignore[no-any-return]
+
+    @overload
+    async def acall(self, item: list[T], *, priority: float = 0, wait: bool = True) -> list[R]: ...
+
+    @overload
+    async def acall(self, item: T, *, priority: float = 0, wait: bool = True) -> R: ...
+
+    async def acall(self, item: Any, *, priority: float = 0, wait: bool = True) -> Any:
+        """``await f.acall(item)``: the same call for async callers (asyncio or trio);
+        a list gives a list. Cancelling it drops the item if it still waits."""
+        items: list[Any] | None = None
+        if isinstance(item, list):
+            if len(item) != 1:
+                if not item:
+                    await anyio.lowlevel.checkpoint()
+                    return []
+                items = item
+            else:
+                return [await self.acall_one(item[0], priority=priority, wait=wait)]
+        return await self._await(item, items, priority, wait)
+
+    async def acall_one(self, item: T, *, priority: float = 0, wait: bool = True) -> R:
+        """:meth:`one` for async callers."""
+        return await self._await(item, None, priority, wait)  # type: ignore[no-any-return]
+
+    async def _await(self, item: Any, items: list[Any] | None, priority: float, wait: bool) -> Any:
+        n = 1 if items is None else len(items)
+        server = self._server
+        if server is None or server.ended:
+            # Starting the serving thread waits for its event loop: not in this one's.
+            server = await anyio.to_thread.run_sync(self._server_or_refuse, n)
+        call = self._make_call(server, item, items, priority)
+
+        def send(notify: Callable[[], None]) -> None:
+            call.waiter = notify
+            self._send(server, call, wait)
+
+        def abandon() -> None:
+            assert server.post is not None
+            server.post(server.abandon, call)
+
+        await current().wait_for_thread(send, abandon)
+        return server.outcome(call)
+
+
+@final
+class SyncBatchedFunction(SyncFront[T, R]):
+    """A sync batch function, called one item at a time from any number of threads.
+
+    ``f(item)`` blocks its thread until the item's result is ready; ``f([a, b])`` gives
+    a list. Calls from all threads batch together in one event-loop thread, started on
+    first use and stopped by :meth:`close`, ``with f:`` or interpreter exit.
+    ``await f.acall(item)`` serves async callers on asyncio or trio. Made by
+    :func:`batched.dynamically` on a plain ``def``.
+    """
+
+    __slots__ = ()
+
+
+class SyncBatchedMethod(Protocol[S, T, R]):
+    """What :func:`batched.dynamically` gives for a sync method (typing only)."""
+
+    @overload
+    def __get__(self, instance: None, owner: type[Any], /) -> Self: ...
+
+    @overload
+    def __get__(
+        self, instance: S, owner: type[Any] | None = None, /
+    ) -> SyncBatchedFunction[T, R]: ...

@@ -1,0 +1,134 @@
+"""Running the batch function over a cut batch: what every driver does with a slot.
+
+``compute`` calls ``fn`` once (in a worker thread for a plain function), checks what it
+returned, and with ``isolate_errors`` splits a failing batch until the failing items
+stand alone. ``hand_back`` gives each caller its outcome through the core, counts the
+batch and, with a cache, stores the computed results.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any, final
+
+import anyio
+import anyio.to_thread
+
+from .._core.calls import QUEUED, SharedCall, owner
+from .._core.results import check_results
+from .._errors import BatchSizeMismatch, Failure
+from .._keyed import cache_store
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from .._core.queue import Core
+    from .._settings import Settings
+
+__all__ = ["Executor"]
+
+@final
+class Executor:
+    """Calls ``fn`` for a driver and hands the outcomes back through its core."""
+
+    __slots__ = ("cache", "clock", "core", "fn", "is_async", "isolate", "spawn", "thread_limiter")
+
+    def __init__(
+        self,
+        settings: Settings,
+        core: Core,
+        spawn: Callable[..., object] | None,
+    ) -> None:
+        self.fn = settings.fn
+        self.is_async = settings.is_async
+        self.isolate = settings.isolate_errors
+        self.cache = settings.cache
+        self.core = core
+        self.clock = core.clock
+        # Where cache writes run: the batcher's task group, or (None) the task that ran
+        # the batch, for the caller-driven decorator.
+        self.spawn = spawn
+        self.thread_limiter = anyio.CapacityLimiter(settings.max_concurrent_batches)
+
+    async def invoke(self, items: list[Any]) -> object:
+        if self.is_async:
+            return await self.fn(items)
+        out = await anyio.to_thread.run_sync(self.fn, items, limiter=self.thread_limiter)
+        if inspect.isawaitable(out):  # a plain function that hands back a coroutine
+            out = await out
+        return out
+
+    async def compute(self, entries: list[Any]) -> tuple[Sequence[Any] | None, Exception | None]:
+        """Run ``fn`` once; its results, or the error for all of ``entries``. With
+        ``isolate_errors``, a failing batch is split and settled here (None, None)."""
+        try:
+            out = await self.invoke([entry.item for entry in entries])
+        except Exception as exc:
+            if self.isolate and len(entries) > 1:
+                await self._isolate(entries)
+                return None, None
+            return None, exc
+        try:
+            return check_results(out, len(entries)), None
+        except (BatchSizeMismatch, TypeError) as exc:
+            return None, exc  # the output's shape is fn's bug, not an item's: never split
+        except Exception as exc:  # len() or indexing of the results raised
+            return None, exc
+
+    async def _isolate(self, entries: list[Any]) -> None:
+        """Split a failed batch in halves until the failing items stand alone."""
+        half = len(entries) // 2
+        for part in (entries[:half], entries[half:]):
+            # Callers that left while the batch ran are not retried.
+            part = [entry for entry in part if owner(entry).state == QUEUED]
+            if not part:
+                continue
+            results, error = await self.compute(part)
+            await self.settle(part, results, error)
+
+    async def settle(
+        self, entries: list[Any], results: Sequence[Any] | None, error: BaseException | None
+    ) -> None:
+        """Hand the outcomes to the callers; store computed results in the cache."""
+        if results is not None:
+            self.core.deliver(entries, results)
+            if self.cache is not None:
+                await self._store(entries, results)
+        elif error is not None:
+            self.core.fail(entries, error)
+
+    async def _store(self, entries: list[Any], results: Sequence[Any]) -> None:
+        """Write the computed results to the cache; not errors (a ``Failure`` slot), not
+        ``None`` (a cache reads it as a miss)."""
+        stored = [
+            (entry, result)
+            for entry, result in zip(entries, results, strict=True)
+            if type(entry) is SharedCall and result is not None and type(result) is not Failure
+        ]
+        if not stored:
+            return
+        if self.spawn is not None:
+            self.spawn(self._store_and_forget, stored)
+        else:  # caller-driven: the caller that ran the batch writes them
+            await self._store_and_forget(stored)
+
+    async def _store_and_forget(self, stored: list[tuple[SharedCall, Any]]) -> None:
+        # The result from fn, not the entry's: an entry whose callers all left has none.
+        try:
+            await cache_store(
+                self.cache, [(entry.key, result) for entry, result in stored], self.core.counts
+            )
+        finally:
+            for entry, _ in stored:  # written (or given up): equal keys read the cache now
+                entry.forget()
+
+    async def run(self, entries: list[Any]) -> None:
+        """Compute a batch and hand its outcomes back; count it."""
+        clock = self.clock
+        start = clock()
+        results, error = await self.compute(entries)
+        computed = clock()
+        await self.settle(entries, results, error)
+        self.core.counts.batch(
+            len(entries), start, computed, clock(), [entry.arrival for entry in entries]
+        )

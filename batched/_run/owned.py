@@ -1,0 +1,317 @@
+"""The owned driver: an open ``Batcher``'s task group, its collector and its slots.
+
+``open`` starts a task group and in it the collector, which sleeps until calls arrive,
+waits for a free slot, then for the batch to be due (full, or its oldest item's
+deadline, or the batcher closing), cuts it and hands it to a slot. A slot is a worker
+task, started on first need up to ``max_concurrent_batches`` and kept (spawning a task
+per batch costs more than handing one over). When ``fn`` returns, the slot cuts the
+next due batch itself and starts it before the hand-back, so the woken callers never
+hold up the device. ``close`` drains (normal exit) or releases everyone (exception).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, final
+
+import anyio
+
+from .._backends import current
+from .._core.queue import Batch, Core
+from .execute import Executor
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
+    from anyio.abc import TaskGroup, TaskStatus
+
+    from .._backends import Backend, Signal
+    from .._core.calls import CallCore
+    from .._core.counts import Counts
+    from .._settings import Settings
+
+__all__ = ["Owned"]
+
+# Batches a slot may cut for itself in a row before it yields to the event loop: a
+# backlog of batches of a fn that never awaits would otherwise hold the loop.
+_STREAK = 16
+
+
+@final
+class _Worker:
+    """An execution slot: a task that runs one batch at a time, handed over by a signal."""
+
+    __slots__ = ("batch", "signal", "streak")
+
+    def __init__(self, signal: Signal) -> None:
+        self.batch: Batch | None = None
+        self.signal = signal
+        self.streak = 0  # batches it has cut itself in a row, without yielding
+
+
+@final
+class Owned:
+    """The task group, collector and slots of one open batcher."""
+
+    __slots__ = (
+        "backend",
+        "collecting",
+        "core",
+        "executor",
+        "fatal",
+        "idle",
+        "max_workers",
+        "new_call",
+        "slot_freed",
+        "tg",
+        "workers",
+    )
+
+    def __init__(self, settings: Settings, counts: Counts) -> None:
+        self.backend: Backend = current()
+        self.core = core = Core(settings, counts, self.backend.clock)
+        core.on_fault = self.crash
+        self.executor = Executor(settings, core, self._spawn)
+        # Callers await their calls directly: no frame of ours between them and fn.
+        self.new_call = self.backend.new_call
+        self.max_workers = settings.max_concurrent_batches
+        self.workers = 0  # worker tasks alive
+        self.idle: list[_Worker] = []  # workers waiting for a batch
+        self.slot_freed: Signal | None = None  # set when a worker goes idle
+        self.collecting = True  # the collector may still hand out batches
+        self.fatal: BaseException | None = None  # raised from close()
+        self.tg: TaskGroup | None = None
+
+    def result(self, call: CallCore) -> Awaitable[Any]:
+        """What a caller awaits for its outcome: the call itself."""
+        return call  # type: ignore[return-value]
+
+    def release(self) -> None:
+        """Nothing to let go of: the owning block ends the driver."""
+
+    def _spawn(self, fn: Any, *args: Any) -> None:
+        assert self.tg is not None
+        self.tg.start_soon(fn, *args)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self.tg = tg
+        try:
+            await tg.start(self._collector)
+        except BaseException as exc:
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+
+    async def close(self, exc: BaseException | None) -> bool | None:
+        """Drain (``exc`` is None) or release every caller, then end the task group;
+        what ``__aexit__`` returns."""
+        tg = self.tg
+        assert tg is not None
+        core = self.core
+        suppress: bool | None = None
+        try:
+            if exc is None:
+                # Drain: refuse new calls, finish what was accepted, then let tasks end.
+                core.close_intake()
+                await tg.__aexit__(None, None, None)
+            else:
+                self._fail_all(None)
+                tg.cancel_scope.cancel()
+                if isinstance(exc, anyio.get_cancelled_exc_class()):
+                    # The task group's scope may own this cancellation: it must see it.
+                    suppress = await tg.__aexit__(type(exc), exc, exc.__traceback__)
+                else:
+                    # Any other exception propagates unchanged, never in an ExceptionGroup.
+                    await tg.__aexit__(None, None, None)
+        except BaseException:
+            # fn's BaseException wins over the block's own cancellation, which the task
+            # group re-raises when fn raised it as the owner was being cancelled.
+            if self.fatal is None:
+                raise
+        finally:
+            core.accepting = False
+        if self.fatal is not None:
+            raise self.fatal
+        return suppress
+
+    def _fail_all(self, cause: BaseException | None) -> None:
+        for fault in self.core.fail_all(cause):
+            if not isinstance(fault, Exception) and self.fatal is None:
+                self.fatal = fault  # a user's pool raised a BaseException while emptied
+
+    def crash(self, exc: BaseException) -> None:
+        """A BaseException from ``fn``, or a fault in the collector or a pool, ends the
+        batcher: every waiting caller gets ``BatcherClosed`` chained to it, and it is
+        raised from ``close`` in the task that owns the batcher (never from a worker:
+        asyncio would re-raise a KeyboardInterrupt out of the loop)."""
+        if self.fatal is None:
+            self.fatal = exc
+        self._fail_all(exc)
+        assert self.tg is not None
+        self.tg.cancel_scope.cancel()
+
+    # -- the collector ---------------------------------------------------------------------
+
+    async def _collector(self, *, task_status: TaskStatus[None]) -> None:
+        task_status.started()
+        try:
+            await self._collect()
+        except anyio.get_cancelled_exc_class():
+            self._fail_all(None)
+            raise
+        except BaseException as exc:
+            self.crash(exc)
+        finally:
+            # Idle workers wait for a batch that will not come: let them end.
+            self.collecting = False
+            for worker in self.idle:
+                worker.signal.set()
+            self.idle.clear()
+
+    async def _wait(self, deadline: float | None) -> None:
+        """Sleep until a call is accepted (or the intake closes), or until ``deadline``."""
+        core = self.core
+        signal = self.backend.signal()
+        core.wakeup = signal.set
+        try:
+            if deadline is None:
+                await signal.wait()
+            else:
+                await self.backend.wait_until(signal, deadline)
+        finally:
+            core.wakeup = None
+
+    async def _collect(self) -> None:
+        core = self.core
+        clock = self.backend.clock
+        while True:
+            if not core.waiting:
+                core.drain()
+                if not core.waiting:
+                    if core.draining:
+                        return
+                    await self._wait(None)
+                    continue
+            worker = await self._slot()
+            cut = False
+            while True:
+                core.drain()
+                if not core.waiting:
+                    break
+                deadline = core.due(clock())
+                if deadline is None:
+                    cut = True
+                    break
+                await self._wait(deadline)
+            if not cut:
+                if worker is None:
+                    self.workers -= 1
+                else:
+                    self.idle.append(worker)
+                continue
+            batch = core.cut(clock())
+            if worker is None:
+                assert self.tg is not None
+                self.tg.start_soon(self._worker, batch)
+            else:
+                worker.batch = batch
+                worker.signal.set()
+
+    # -- slots -----------------------------------------------------------------------------
+
+    async def _slot(self) -> _Worker | None:
+        """Wait for a free slot: an idle worker, or room to start one (None)."""
+        while not self.idle:
+            if self.workers < self.max_workers:
+                self.workers += 1
+                return None
+            self.slot_freed = signal = self.backend.signal()
+            await signal.wait()
+        return self.idle.pop()
+
+    def _free_slot(self, worker: _Worker) -> None:
+        """The worker's batch function returned: it may take the next batch."""
+        worker.signal = self.backend.signal()
+        if not self.collecting:
+            worker.signal.set()  # no batch will come: let the worker end
+            return
+        self.idle.append(worker)
+        signal = self.slot_freed
+        if signal is not None:
+            self.slot_freed = None
+            signal.set()
+
+    def _next_batch(self, worker: _Worker) -> Batch | None:
+        # A slot whose fn just returned takes the next batch itself when one is due, so
+        # that it starts before the collector's and the callers' wake-ups run. Every so
+        # often it yields instead (see _STREAK).
+        core = self.core
+        if not self.collecting or (not core.accepting and not core.draining):
+            return None
+        if worker.streak >= _STREAK:
+            worker.streak = 0
+            return None
+        core.drain()
+        if not core.waiting or core.due(self.backend.clock()) is not None:
+            worker.streak = 0
+            return None
+        worker.streak += 1
+        return core.cut(self.backend.clock())
+
+    async def _worker(self, batch: Batch) -> None:
+        worker = _Worker(self.backend.signal())
+        try:
+            while True:
+                following = await self._run(batch, worker)
+                if following is not None:
+                    batch = following
+                    continue
+                await worker.signal.wait()
+                if worker.batch is None:
+                    return  # the collector has ended
+                batch, worker.batch = worker.batch, None
+        finally:
+            self.workers -= 1
+
+    async def _run(self, batch: Batch, worker: _Worker) -> Batch | None:
+        """Run one batch and hand back its outcomes; the batch this slot runs next, if
+        one was due when ``fn`` returned."""
+        core = self.core
+        executor = self.executor
+        released = False
+        following: Batch | None = None
+        try:
+            live = core.live(batch)
+            if not live:
+                return None  # every caller left before the batch started
+            clock = self.backend.clock
+            start = clock()
+            results, error = await executor.compute(live)
+            computed = clock()
+            # The next batch is cut before the hand-back, and its fn is started before
+            # the woken callers run: the device does not idle while they do.
+            following = self._next_batch(worker)
+            if following is None:
+                self._free_slot(worker)
+            released = True
+            await executor.settle(live, results, error)
+            core.counts.batch(
+                len(live), start, computed, clock(), [entry.arrival for entry in live]
+            )
+        except anyio.get_cancelled_exc_class():
+            core.close_batch(batch)
+            if following is not None:
+                core.close_batch(following)
+                core.done(following)
+            raise
+        except BaseException as exc:
+            following = None  # crash() has released its callers too
+            self.crash(exc)
+        finally:
+            core.done(batch)
+            if not released:
+                self._free_slot(worker)
+        return following
