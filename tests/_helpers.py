@@ -48,6 +48,7 @@ __all__ = [
     "await_until",
     "check_exit_ok",
     "close_bounded",
+    "current_run",
     "demo_display",
     "demo_module",
     "echo",
@@ -153,9 +154,20 @@ def assert_nothing_left(f: Any, baseline: int) -> None:
     assert_stats_add_up(f)
 
 
+def current_run() -> object:
+    """What identifies the running event loop: asyncio's loop, or trio's run token."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:  # trio
+        pass
+    import trio.lowlevel
+
+    return trio.lowlevel.current_trio_token()
+
+
 def run_releases_its_loop(backend: str, main: Callable[[], Awaitable[None]]) -> bool:
     """Run ``main`` on a fresh virtual-time loop; True if nothing holds on to that run
-    once it is over (the asyncio loop, or trio's run token, is garbage collected).
+    once it is over (its :func:`current_run` is garbage collected).
 
     Whatever a batched function keeps per event loop must go with the loop's last call:
     else every ``asyncio.run`` leaks a loop into a long-lived function.
@@ -163,12 +175,7 @@ def run_releases_its_loop(backend: str, main: Callable[[], Awaitable[None]]) -> 
     refs: list[weakref.ref[Any]] = []
 
     async def run() -> None:
-        if backend == "asyncio":
-            refs.append(weakref.ref(asyncio.get_running_loop()))
-        else:
-            import trio.lowlevel
-
-            refs.append(weakref.ref(trio.lowlevel.current_trio_token()))
+        refs.append(weakref.ref(current_run()))
         await main()
 
     anyio.run(run, backend=backend, backend_options=fresh_backend_options(backend))
