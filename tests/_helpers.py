@@ -489,8 +489,9 @@ def sync_calls_not_taken_in(f: Any) -> int:
 def demo_module() -> ModuleType:
     """``python -m batched demo``'s own module.
 
-    Private: the demo's displays are tested by feeding them made-up figures, since the
-    command line shows only measured, machine-dependent ones.
+    Private: the demo's displays are tested by feeding them made-up figures, and its
+    choice of model by asking it, since the command line shows only what a whole,
+    measured (machine-dependent) run gives.
     """
     from batched import _demo
 
