@@ -1650,6 +1650,37 @@ async def test_an_instance_pickles_after_use_and_binds_afresh() -> None:
     assert clone.scale.stats.completed == 1
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="Binding.__deepcopy__ returns None for any bound binding: a bound batched "
+    "method held outside its instance's __dict__ deep-copies to None (a plain bound "
+    "method deep-copies to the copy's method)",
+)
+def test_a_bound_method_held_elsewhere_deep_copies_to_the_copys_method() -> None:
+    import copy
+
+    model = Scaler(2)
+    state: dict[str, Any] = {"model": model, "op": model.scale}
+    clone = copy.deepcopy(state)
+    assert clone["op"] is not None, "the deep copy of a bound batched method is None"
+    assert clone["op"] is clone["model"].scale
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Binding.__reduce__ returns (_unbound, ()) for any bound binding: a pickled "
+    "bound batched method unpickles to None (a plain bound method unpickles to the "
+    "unpickled instance's method)",
+)
+def test_a_bound_method_pickles_to_the_unpickled_instances_method() -> None:
+    import pickle
+
+    model = Scaler(2)
+    restored_model, restored_op = pickle.loads(pickle.dumps((model, model.scale)))
+    assert restored_op is not None, "a pickled bound batched method unpickles to None"
+    assert restored_op is restored_model.scale
+
+
 def test_a_decorated_function_pickles_by_reference() -> None:
     import pickle
 

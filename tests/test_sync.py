@@ -11,6 +11,7 @@ Async callers (``acall``) run under ``anyio.run`` on real asyncio and trio loops
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import gc
 import signal
@@ -922,6 +923,64 @@ def test_bound_method_keeps_the_method_name(
             a.predict(2)
 
     anyio.run(main, backend="asyncio")
+
+
+class PaddedModel:
+    """A sync batched method: its binding holds the instance weakly.
+
+    The unused slots only make an instance big (> 512 bytes, so malloc'd in a size class
+    of its own), so that the allocator reuses a collected instance's address at once.
+    """
+
+    __slots__ = ("__dict__", "__weakref__", *(f"_pad{i}" for i in range(80)))
+
+    def __init__(self, factor: int) -> None:
+        self.factor = factor
+
+    @batched.dynamically(batch_size=4, timeout_ms=1)
+    def predict(self, items: list[int]) -> list[int]:
+        return [item * self.factor for item in items]
+
+
+def _copy_at_a_dead_instance_address() -> tuple[PaddedModel, Any] | None:
+    """A copy of a copy that lands where the (collected) original was, with the
+    original's binding (carried by the first copy); None if the address was never
+    reused."""
+    for _ in range(50):
+        original = PaddedModel(2)
+        stale = original.predict  # binds: the copies below carry this binding
+        address = id(original)
+        carrier = copy.copy(original)  # carries original's binding; never looks it up
+        del original
+        gc.collect()  # the sync binding holds its instance weakly: it is gone now
+        keep: list[PaddedModel] = []
+        for _ in range(100):
+            clone = copy.copy(carrier)  # e.g. a copy of a copy, made later
+            if id(clone) == address:
+                return clone, stale
+            keep.append(clone)  # keep it, so that the next copy lands elsewhere
+    return None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="id() reuse: a shallow copy carries a binding whose (weakly held) instance died; "
+    "a later copy allocated at the dead instance's address passes the `_for == id(instance)` "
+    "check and gets the dead instance's binding (ReferenceError on every call)",
+)
+def test_a_copy_at_a_dead_instance_address_does_not_get_its_binding() -> None:
+    found = _copy_at_a_dead_instance_address()
+    if found is None:
+        pytest.skip("the allocator did not reuse a collected instance's address")
+    clone, stale = found
+    clone.factor = 10
+    bound = clone.predict
+    try:
+        assert bound(3) == 30  # today: ReferenceError, the instance of the binding is gone
+        assert bound is not stale, "the copy got its dead original's binding"
+    finally:
+        bound.close()
+        stale.close()
 
 
 # -- nesting ----------------------------------------------------------------------------------
