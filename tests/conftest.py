@@ -10,7 +10,7 @@ import pytest
 import trio.testing  # at top on purpose: a missing trio must fail loudly, not drop tests
 from hypothesis import HealthCheck, settings
 
-from batched._virtual_time import VirtualTimeLoop
+from batched.testing import VirtualTimeLoop
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from _helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = {
     "burst",
     "threads",

@@ -14,12 +14,13 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from _helpers import Boom
 from hypothesis import given
 from hypothesis import strategies as st
 
 import batched.cache
-from batched._virtual_time import fresh_backend_options
 from batched.cache import MISS, AsyncCache, CacheStats, DiskCache, MemoryCache, Miss
+from batched.testing import fresh_backend_options
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -27,10 +28,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.anyio
 
 FALSY = [0, 0.0, "", b"", [], {}, (), None, False]
-
-
-class Boom(Exception):
-    """A failure planned by the test."""
 
 
 class Unpicklable:
@@ -337,7 +334,7 @@ class UserCache:
         return CacheStats(size=len(self.data))
 
 
-class SeedCache:
+class NullSeedCache:
     """A cache written for mixedbread's batched: `get` returns None on a miss."""
 
     async def get(self, key: str) -> int | None:
@@ -369,7 +366,7 @@ def test_runtime_protocol_check(tmp_path: Path) -> None:
         assert isinstance(disk, AsyncCache)
     assert isinstance(MemoryCache(1), AsyncCache)
     assert isinstance(UserCache(), AsyncCache)
-    assert isinstance(SeedCache(), AsyncCache)
+    assert isinstance(NullSeedCache(), AsyncCache)
     assert not isinstance(NoSet(), AsyncCache)
     assert not isinstance({}, AsyncCache)
 
@@ -453,6 +450,7 @@ async def test_disk_cache_counts_errors_and_raises_them(tmp_path: Path) -> None:
 async def test_disk_cache_ttl_is_diskcache_expire(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import diskcache
     import diskcache.core
 
     with DiskCache[str, str](tmp_path, ttl=60) as cache:
@@ -461,8 +459,10 @@ async def test_disk_cache_ttl_is_diskcache_expire(
         after = time.time()
         with DiskCache[str, str](tmp_path) as plain:
             await plain.set("forever", "v")
-        # diskcache's own view: the entry expires 60 s of wall clock after it was set.
-        _, expire_time = cache._cache.get("k", expire_time=True)
+        # diskcache's own view of the directory: the entry expires 60 s of wall clock
+        # after it was set.
+        with diskcache.Cache(cache.directory) as raw:
+            _, expire_time = raw.get("k", expire_time=True)
         assert before + 60 <= expire_time <= after + 60
         assert await cache.get("k") == "v"
         # Move diskcache's wall clock past the deadline instead of sleeping for it.
@@ -473,11 +473,15 @@ async def test_disk_cache_ttl_is_diskcache_expire(
 
 
 def test_disk_cache_passes_settings_to_diskcache(tmp_path: Path) -> None:
+    import diskcache
+
     with DiskCache[str, int](
         tmp_path, size_limit=2**20, eviction_policy="least-frequently-used"
     ) as cache:
-        assert cache._cache.size_limit == 2**20
-        assert cache._cache.eviction_policy == "least-frequently-used"
+        # diskcache keeps its settings in the directory: a plain diskcache.Cache reads them.
+        with diskcache.Cache(cache.directory) as raw:
+            assert raw.size_limit == 2**20
+            assert raw.eviction_policy == "least-frequently-used"
         assert repr(cache) == f"DiskCache({str(tmp_path)!r}, ttl=None)"
 
 

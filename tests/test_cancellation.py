@@ -7,48 +7,16 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
+from _helpers import Rec, settled, tag
 
-from batched import Batcher, BatchStats
+from batched import Batcher
 
 pytestmark = pytest.mark.anyio
 
 
-def tag(items: list[Any]) -> list[tuple[str, Any]]:
-    return [("r", item) for item in items]
-
-
-def settled(stats: BatchStats) -> int:
-    return stats.completed + stats.failed + stats.cancelled + stats.rejected
-
-
-class Gate:
-    """A batch function that records its batches and can hold chosen ones until released."""
-
-    def __init__(self, hold: set[Any] | None = None) -> None:
-        self.batches: list[list[Any]] = []
-        self.hold = hold if hold is not None else set()
-        self.running = anyio.Event()
-        self.release = anyio.Event()
-        self.cancelled = 0
-
-    async def __call__(self, items: list[Any]) -> list[tuple[str, Any]]:
-        self.batches.append(list(items))
-        if self.hold & set(items):
-            self.running.set()
-            try:
-                await self.release.wait()
-            except anyio.get_cancelled_exc_class():
-                self.cancelled += 1
-                raise
-        return tag(items)
-
-    def seen(self) -> list[Any]:
-        return [item for batch in self.batches for item in batch]
-
-
 async def test_cancelled_while_waiting_is_dropped() -> None:
     """A caller cancelled while its item waits: the item leaves; fn never sees it."""
-    fn = Gate()
+    fn = Rec()
     async with Batcher(fn, batch_size=2, timeout_ms=10_000) as b:
         with anyio.fail_after(60):
             async with anyio.create_task_group() as tg:
@@ -78,7 +46,7 @@ async def _cancellable(scope: anyio.CancelScope, b: Batcher[Any, Any], item: Any
 
 async def test_cancelled_in_intake_while_slots_busy_is_never_run() -> None:
     """Callers that all left while every slot was busy: their batch is never run."""
-    fn = Gate(hold={"block"})
+    fn = Rec(hold={"block"})
     async with Batcher(fn, batch_size=2, timeout_ms=0, max_concurrent_batches=1) as b:
         with anyio.fail_after(60):
             async with anyio.create_task_group() as tg:
@@ -111,7 +79,7 @@ async def _store(into: list[Any], awaitable: Any) -> None:
 @pytest.mark.virtual_time  # exact clock readings or long timeouts
 async def test_cancelled_while_batch_runs_spares_batch_mates() -> None:
     """A caller cancelled while its batch runs: batch-mates get results; later calls work."""
-    fn = Gate(hold={0})
+    fn = Rec(hold={0})
     results: dict[int, Any] = {}
 
     async def caller(b: Batcher[int, Any], x: int) -> None:
@@ -144,7 +112,7 @@ async def test_cancelled_while_batch_runs_spares_batch_mates() -> None:
 @pytest.mark.virtual_time  # exact clock readings or long timeouts
 async def test_cancelled_many_call_drops_its_waiting_items() -> None:
     """Cancelling a many call: its waiting items are dropped; its running ones spare others."""
-    fn = Gate(hold={"q"})
+    fn = Rec(hold={"q"})
     got: list[Any] = []
     async with Batcher(fn, batch_size=2, timeout_ms=10_000, max_concurrent_batches=1) as b:
         with anyio.fail_after(60):
@@ -213,7 +181,7 @@ async def test_caller_cancelled_as_its_result_is_set() -> None:
 
 async def test_fn_blocks_forever_and_callers_cancelled_leaks_nothing() -> None:
     """fn never returns; callers time out: nothing stays queued and every item is accounted for."""
-    fn = Gate(hold=set(range(6)))
+    fn = Rec(hold=set(range(6)))
     b = Batcher(fn, batch_size=1, timeout_ms=0, max_concurrent_batches=2)
     with anyio.move_on_after(60) as outer:
         async with b:

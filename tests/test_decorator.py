@@ -8,7 +8,6 @@ end runs each hypothesis example in its own ``anyio.run`` on both backends.
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import inspect
 import itertools
@@ -22,131 +21,35 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.lowlevel
 import pytest
-from _settle import settle
+from _helpers import (
+    BACKENDS,
+    Caller,
+    Fatal,
+    Rec,
+    assert_nothing_left,
+    assert_stats_add_up,
+    current_run,
+    launch,
+    recorded,
+    run_releases_its_loop,
+    running_tasks,
+    settle,
+    settled,
+    submit,
+    tag,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 
 import batched
-from batched._virtual_time import VirtualTimeLoop, fresh_backend_options, real_time
+from batched.testing import VirtualTimeLoop, fresh_backend_options, real_time
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
 pytestmark = pytest.mark.anyio
 
-BACKENDS = ["asyncio", "trio"]
-
-
 # -- helpers ---------------------------------------------------------------------------
-
-
-def tag(items: list[Any]) -> list[tuple[str, Any]]:
-    return [("r", item) for item in items]
-
-
-def settled(stats: batched.BatchStats) -> int:
-    return stats.completed + stats.failed + stats.cancelled + stats.rejected
-
-
-def running_tasks() -> int:
-    """How many tasks exist now, on either backend (as tests/test_lifecycle.py counts)."""
-    try:
-        return len(asyncio.all_tasks())
-    except RuntimeError:  # no running asyncio loop: trio
-        pass
-    import trio.lowlevel
-
-    def count(task: Any) -> int:
-        return 1 + sum(count(child) for n in task.child_nurseries for child in n.child_tasks)
-
-    return count(trio.lowlevel.current_root_task())
-
-
-class Rec:
-    """A batch function's record: each batch, when it started, which task ran it.
-
-    Batches holding an item of ``hold`` wait for ``release`` (``running`` is set then).
-    ``duration`` (seconds, virtual) is slept in every batch. Results are tagged.
-    """
-
-    def __init__(self, hold: set[Any] | None = None, duration: float = 0.0) -> None:
-        self.batches: list[list[Any]] = []
-        self.times: list[float] = []
-        self.ends: list[float] = []
-        self.tasks: list[int] = []
-        self.hold = hold if hold is not None else set()
-        self.duration = duration
-        self.running = anyio.Event()
-        self.release = anyio.Event()
-        self.cancelled = 0
-
-    async def __call__(self, items: list[Any]) -> list[tuple[str, Any]]:
-        self.batches.append(list(items))
-        self.times.append(anyio.current_time())
-        self.tasks.append(anyio.get_current_task().id)
-        try:
-            if self.hold & {item for item in items if not isinstance(item, list)}:
-                self.running.set()
-                await self.release.wait()
-            if self.duration:
-                await anyio.sleep(self.duration)
-        except anyio.get_cancelled_exc_class():
-            self.cancelled += 1
-            raise
-        self.ends.append(anyio.current_time())
-        return tag(items)
-
-    def seen(self) -> list[Any]:
-        return [item for batch in self.batches for item in batch]
-
-
-def recorded(rec: Rec, **settings: Any) -> batched.BatchedFunction[Any, Any]:
-    """``rec`` behind ``batched.dynamically(**settings)``, as an ``async def``."""
-
-    @batched.dynamically(**settings)
-    async def fn(items: list[Any]) -> list[tuple[str, Any]]:
-        return await rec(items)
-
-    return fn
-
-
-async def submit(
-    tg: TaskGroup,
-    f: Any,
-    item: Any,
-    out: dict[Any, Any],
-    **kwargs: Any,
-) -> None:
-    """Start one caller of ``f(item, **kwargs)`` and let it reach its wait before returning."""
-
-    async def call() -> None:
-        try:
-            out[item] = await f(item, **kwargs)
-        except Exception as exc:
-            out[item] = exc
-
-    tg.start_soon(call)
-    await settle()
-
-
-class Caller:
-    """A caller in its own cancel scope: what it got, when, and its task's id."""
-
-    def __init__(self, f: Any, item: Any) -> None:
-        self.f = f
-        self.item = item
-        self.scope = anyio.CancelScope()
-        self.got: Any = None
-        self.got_result = False
-        self.task_id = -1
-        self.done_at = -1.0
-
-    async def __call__(self) -> None:
-        self.task_id = anyio.get_current_task().id
-        with self.scope:
-            self.got = await self.f(self.item)
-            self.got_result = True
-        self.done_at = anyio.current_time()
 
 
 def approx(value: float) -> Any:
@@ -159,6 +62,7 @@ def approx(value: float) -> Any:
 @pytest.mark.virtual_time
 async def test_bare_decorator_uses_default_settings() -> None:
     """``@batched.dynamically`` without arguments: batch_size 32, timeout_ms 5."""
+    baseline = running_tasks()
     seen: list[list[int]] = []
 
     @batched.dynamically
@@ -177,7 +81,7 @@ async def test_bare_decorator_uses_default_settings() -> None:
                 tg.start_soon(lambda x=x: _store_at(out, x, double(x)))
     assert out == {x: 2 * x for x in range(40)}
     assert sorted(len(batch) for batch in seen) == [1, 8, 32]  # the default batch_size
-    assert double._engines == {}
+    assert_nothing_left(double, baseline)
 
 
 async def _store_at(out: dict[Any, Any], key: Any, awaitable: Any) -> None:
@@ -282,6 +186,7 @@ def test_bad_setting_value_fails_at_decoration_naming_it(
 @pytest.mark.virtual_time
 async def test_call_shapes() -> None:
     """One item -> its result; a list -> a list; ``one`` for a list item; ``many``; ``[]``."""
+    baseline = running_tasks()
     rec = Rec()
     f = recorded(rec, batch_size=4, timeout_ms=1)
     with anyio.fail_after(60):
@@ -300,7 +205,7 @@ async def test_call_shapes() -> None:
     assert rec.batches == [[1], [2, 3], [4], [[5, 6]], [7, 8, 9], [[10], [11]], [12]]
     stats = f.stats
     assert (stats.submitted, stats.completed, stats.total_batches) == (11, 11, 7)
-    assert f._engines == {}
+    assert_nothing_left(f, baseline)
 
 
 async def test_one_and_many_in_owned_mode() -> None:
@@ -320,6 +225,7 @@ async def test_one_and_many_in_owned_mode() -> None:
 @pytest.mark.virtual_time
 async def test_priority_passes_through() -> None:
     """``priority=`` reaches the strategy: ByPriority orders waiting items by it."""
+    baseline = running_tasks()
     rec = Rec(hold={"block"})
     f = recorded(
         rec, batch_size=2, timeout_ms=0, strategy=batched.ByPriority(), max_concurrent_batches=1
@@ -337,11 +243,12 @@ async def test_priority_passes_through() -> None:
             rec.release.set()
     assert rec.batches == [["block"], ["p0", "p1"], ["p3", "p5"]]
     assert out == {item: ("r", item) for item in ("block", "p0", "p1", "p3", "p5")}
-    assert f._engines == {}
+    assert_nothing_left(f, baseline)
 
 
 @pytest.mark.parametrize("priority", ["high", None, True, math.nan])
 async def test_bad_priority_fails_the_call_and_leaves_nothing(priority: Any) -> None:
+    baseline = running_tasks()
     rec = Rec()
     f = recorded(rec, batch_size=2, timeout_ms=1)
     error = ValueError if isinstance(priority, float) else TypeError
@@ -352,7 +259,7 @@ async def test_bad_priority_fails_the_call_and_leaves_nothing(priority: Any) -> 
             await f.many([1, 2], priority=priority)
         with pytest.raises(error, match="priority"):
             await f([], priority=priority)
-        assert f._engines == {}
+        assert_nothing_left(f, baseline)
         assert await f(3) == ("r", 3)
     assert rec.batches == [[3]]
     stats = f.stats
@@ -363,6 +270,7 @@ async def test_bad_priority_fails_the_call_and_leaves_nothing(priority: Any) -> 
 @pytest.mark.virtual_time
 async def test_wait_false_passes_through() -> None:
     """``wait=False`` with the queue full raises QueueFull; waiting callers get room later."""
+    baseline = running_tasks()
     rec = Rec(hold={"block"})
     f = recorded(rec, batch_size=1, timeout_ms=0, max_queue_size=1)
     out: dict[Any, Any] = {}
@@ -383,7 +291,7 @@ async def test_wait_false_passes_through() -> None:
     stats = f.stats
     assert (stats.rejected, stats.completed) == (3, 3)
     assert stats.submitted == settled(stats) == 6
-    assert f._engines == {}
+    assert_nothing_left(f, baseline)
 
 
 # -- 3. caller-driven batching ---------------------------------------------------------
@@ -393,6 +301,7 @@ async def test_wait_false_passes_through() -> None:
 @pytest.mark.parametrize(("n", "size"), [(7, 3), (6, 3), (1, 4), (5, 1), (9, 4)])
 async def test_concurrent_callers_make_ceil_n_over_b_batches(n: int, size: int) -> None:
     """N callers arriving together: full batches leave at once, the rest after timeout_ms."""
+    baseline = running_tasks()
     rec = Rec()
     f = recorded(rec, batch_size=size, timeout_ms=10)
     out: dict[Any, Any] = {}
@@ -407,7 +316,7 @@ async def test_concurrent_callers_make_ceil_n_over_b_batches(n: int, size: int) 
     full, rest = divmod(n, size)
     assert [len(batch) for batch in rec.batches] == [size] * full + ([rest] if rest else [])
     assert rec.times == [start] * full + ([approx(start + 0.010)] if rest else [])
-    assert f._engines == {}
+    assert_nothing_left(f, baseline)
 
 
 @pytest.mark.virtual_time
@@ -465,6 +374,7 @@ async def test_timeout_zero_cuts_at_once() -> None:
 @pytest.mark.virtual_time
 async def test_two_batches_run_at_once_with_two_slots() -> None:
     """max_concurrent_batches=2: both batches are inside fn at the same time."""
+    baseline = running_tasks()
     inside = 0
     both = anyio.Event()
 
@@ -485,7 +395,7 @@ async def test_two_batches_run_at_once_with_two_slots() -> None:
             tg.start_soon(f, "b")
         assert anyio.current_time() == start
     assert both.is_set()
-    assert f._engines == {}
+    assert_nothing_left(f, baseline)
 
 
 @pytest.mark.virtual_time
@@ -551,15 +461,46 @@ async def test_nothing_left_running_after_the_last_call() -> None:
             for x in range(10):
                 tg.start_soon(lambda x=x: _store_at(out, x, f(x)))
             await settle()
-            assert set(f._engines) == {batched._decorator.loop_key()}
+            # Two full batches run in two callers' tasks; four items wait for a slot.
+            stats = f.stats
+            assert (stats.submitted, settled(stats), stats.queue_size) == (10, 0, 4)
             assert running_tasks() == baseline + 10  # the callers, and nothing else
-        assert f._engines == {}
-        assert running_tasks() == baseline
+        assert_nothing_left(f, baseline)
         assert await f.many([10, 11]) == tag([10, 11])
-        assert f._engines == {}
-        assert running_tasks() == baseline
+        assert_nothing_left(f, baseline)
     assert out == {x: ("r", x) for x in range(10)}
     assert f.stats.queue_size == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nothing_of_a_finished_run_is_kept(backend: str) -> None:
+    """Caller-driven calls keep nothing of their run once the last one returned, whatever
+    they did (waited, were cancelled, failed, were rejected), nor does a closed
+    ``async with`` block: a function that outlives ``anyio.run`` keeps no loop alive."""
+    rec = Rec(duration=0.003)
+    f = recorded(rec, batch_size=3, timeout_ms=2, max_concurrent_batches=2, max_queue_size=1)
+
+    async def main() -> None:
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                for x in range(6):
+                    tg.start_soon(f, x)
+            with anyio.move_on_after(0.001):
+                await f.many([6, 7])
+            with pytest.raises(TypeError, match="priority"):
+                await f(8, priority="high")
+            async with anyio.create_task_group() as tg:
+                for x in range(9, 13):
+                    tg.start_soon(f, x)
+                await settle()
+                with pytest.raises(batched.QueueFull):
+                    await f(13, wait=False)
+            async with f:
+                assert await f(14) == ("r", 14)
+
+    assert run_releases_its_loop(backend, main)
+    assert_stats_add_up(f)
+    assert f.stats.submitted == 15
 
 
 # -- 4. caller-driven under cancellation -----------------------------------------------
@@ -568,18 +509,19 @@ async def test_nothing_left_running_after_the_last_call() -> None:
 @pytest.mark.virtual_time
 async def test_leader_cancelled_while_waiting_hands_over() -> None:
     """The first caller leads (waits for the deadline); cancelled, another takes over."""
+    baseline = running_tasks()
     rec = Rec()
     f = recorded(rec, batch_size=4, timeout_ms=100)
-    leader = Caller(f, "leader")
-    mates = [Caller(f, x) for x in ("a", "b")]
+    leader = Caller(f, "leader", catch=())
+    mates = [Caller(f, x, catch=()) for x in ("a", "b")]
     with anyio.fail_after(60):
         start = anyio.current_time()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(leader)
+            tg.start_soon(leader.run)
             await settle()
             await anyio.sleep(0.010)
             for mate in mates:
-                tg.start_soon(mate)
+                tg.start_soon(mate.run)
             await settle()
             assert f.stats.queue_size == 3
             await anyio.sleep(0.040)
@@ -588,9 +530,9 @@ async def test_leader_cancelled_while_waiting_hands_over() -> None:
             assert f.stats.queue_size == 2
             assert rec.batches == []
     assert leader.scope.cancelled_caught
-    assert not leader.got_result
-    assert leader.done_at == approx(start + 0.050)
-    assert [m.got for m in mates] == [("r", "a"), ("r", "b")]
+    assert leader.cancelled
+    assert leader.at == approx(start + 0.050)
+    assert [m.result for m in mates] == [("r", "a"), ("r", "b")]
     # The new leader times from the oldest item left, not from the departed one.
     assert sorted(rec.batches[0]) == ["a", "b"]
     assert len(rec.batches) == 1
@@ -599,84 +541,86 @@ async def test_leader_cancelled_while_waiting_hands_over() -> None:
     stats = f.stats
     assert (stats.completed, stats.cancelled, stats.failed) == (2, 1, 0)
     assert stats.submitted == settled(stats) == 3
-    assert f._engines == {}
+    assert_nothing_left(f, baseline)
 
 
 @pytest.mark.virtual_time
 async def test_follower_cancelled_while_waiting_is_dropped() -> None:
     """A waiting caller (not the leader) cancelled: its item leaves; fn never sees it."""
+    baseline = running_tasks()
     rec = Rec()
     f = recorded(rec, batch_size=3, timeout_ms=100)
-    first, gone = Caller(f, "first"), Caller(f, "gone")
-    rest = [Caller(f, x) for x in ("second", "third")]
+    first, gone = Caller(f, "first", catch=()), Caller(f, "gone", catch=())
+    rest = [Caller(f, x, catch=()) for x in ("second", "third")]
     with anyio.fail_after(60):
         start = anyio.current_time()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(first)
+            tg.start_soon(first.run)
             await settle()
-            tg.start_soon(gone)
+            tg.start_soon(gone.run)
             await settle()
             assert f.stats.queue_size == 2
             gone.scope.cancel()
             await settle()
             assert f.stats.queue_size == 1
             for caller in rest:
-                tg.start_soon(caller)
+                tg.start_soon(caller.run)
                 await settle()
     assert gone.scope.cancelled_caught
-    assert not gone.got_result
+    assert gone.cancelled
     assert rec.batches == [["first", "second", "third"]]
     assert rec.times == [start]  # full at once: "gone" left no hole
-    assert [c.got for c in (first, *rest)] == tag(["first", "second", "third"])
+    assert [c.result for c in (first, *rest)] == tag(["first", "second", "third"])
     stats = f.stats
     assert (stats.completed, stats.cancelled) == (3, 1)
     assert stats.submitted == settled(stats) == 4
-    assert f._engines == {}
+    assert_nothing_left(f, baseline)
 
 
 async def _runner_cancelled_during_fn() -> tuple[Rec, batched.BatchedFunction[Any, Any], Any]:
     """Three callers in one batch, run by the first; the runner is cancelled 1 s into fn."""
     rec = Rec(duration=5.0)
     f = recorded(rec, batch_size=3, timeout_ms=10)
-    runner = Caller(f, 0)
-    mates = [Caller(f, x) for x in (1, 2)]
+    runner = Caller(f, 0, catch=())
+    mates = [Caller(f, x, catch=()) for x in (1, 2)]
     with anyio.fail_after(60):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(runner)
+            tg.start_soon(runner.run)
             await settle()
             for mate in mates:
-                tg.start_soon(mate)
+                tg.start_soon(mate.run)
                 await settle()
             assert len(rec.batches) == 1
             await anyio.sleep(1.0)
             runner.scope.cancel()
             await settle()
-            assert not runner.got_result  # still held by fn
-            assert runner.done_at < 0
+            assert runner.outcome is None  # still held by fn
+            assert runner.at < 0
     return rec, f, (runner, mates)
 
 
 @pytest.mark.virtual_time
 async def test_runner_cancelled_while_fn_runs_spares_batch_mates() -> None:
     """The batch is shielded from its runner's cancellation: fn runs to its end."""
+    baseline = running_tasks()
     rec, f, (runner, mates) = await _runner_cancelled_during_fn()
     assert rec.tasks == [runner.task_id]  # the first caller ran the batch in its task
     assert rec.cancelled == 0
     assert rec.ends == [approx(rec.times[0] + 5.0)]
-    assert [m.got for m in mates] == [("r", 1), ("r", 2)]
-    assert [m.done_at for m in mates] == [approx(rec.ends[0])] * 2
-    assert runner.done_at == approx(rec.ends[0])  # released only when fn returned
-    assert f._engines == {}
+    assert [m.result for m in mates] == [("r", 1), ("r", 2)]
+    assert [m.at for m in mates] == [approx(rec.ends[0])] * 2
+    assert runner.at == approx(rec.ends[0])  # released only when fn returned
+    assert_nothing_left(f, baseline)
 
 
 @pytest.mark.virtual_time
 async def test_runner_cancelled_while_fn_runs_sees_its_cancellation() -> None:
     rec, f, (runner, _) = await _runner_cancelled_during_fn()
-    assert runner.done_at == approx(rec.ends[0])
+    assert runner.at == approx(rec.ends[0])
     stats = f.stats
     assert (stats.completed, stats.cancelled) == (2, 1)
     assert runner.scope.cancelled_caught
-    assert not runner.got_result
+    assert runner.cancelled
 
 
 @pytest.mark.virtual_time
@@ -698,26 +642,28 @@ async def test_runner_cancelled_runs_no_further_batch() -> None:
 @pytest.mark.virtual_time
 async def test_caller_cancelled_while_its_batch_runs_elsewhere() -> None:
     """A batch-mate (not the runner) cancelled while fn runs leaves at once; counted cancelled."""
+    baseline = running_tasks()
     rec = Rec(duration=5.0)
     f = recorded(rec, batch_size=2, timeout_ms=10)
-    runner, mate = Caller(f, "run"), Caller(f, "mate")
+    runner, mate = Caller(f, "run", catch=()), Caller(f, "mate", catch=())
     with anyio.fail_after(60):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(runner)
+            tg.start_soon(runner.run)
             await settle()
-            tg.start_soon(mate)
+            tg.start_soon(mate.run)
             await settle()
             await anyio.sleep(1.0)
             mate.scope.cancel()
             await settle()
             assert mate.scope.cancelled_caught
-            assert mate.done_at == approx(rec.times[0] + 1.0)
-    assert runner.got == ("r", "run")
+            assert mate.cancelled
+            assert mate.at == approx(rec.times[0] + 1.0)
+    assert runner.result == ("r", "run")
     assert rec.tasks == [runner.task_id]
     stats = f.stats
     assert (stats.completed, stats.cancelled) == (1, 1)
     assert stats.submitted == settled(stats) == 2
-    assert f._engines == {}
+    assert_nothing_left(f, baseline)
 
 
 # -- 5. owned mode ---------------------------------------------------------------------
@@ -728,29 +674,29 @@ async def test_owned_block_serves_calls_and_stats_carry_across_modes() -> None:
     rec = Rec()
     f = recorded(rec, batch_size=2, timeout_ms=1)
     baseline = running_tasks()
-    out: dict[Any, Any] = {}
+    me = anyio.get_current_task().id
     with anyio.fail_after(60):
-        assert await f("before") == ("r", "before")  # caller-driven
-        assert f._batcher._engine is None
+        assert await f("before") == ("r", "before")  # caller-driven: in this very task
+        assert rec.tasks == [me]
         async with f as entered:
             assert entered is f
-            assert f._batcher._engine is not None
             assert running_tasks() > baseline  # the block's own task group
             async with anyio.create_task_group() as tg:
-                await submit(tg, f, "a", out)
-                assert f._engines == {}  # not caller-driven
-                assert f._batcher.stats.queue_size == 1
-                await submit(tg, f, "b", out)
+                a = await launch(tg, f, "a", catch=())
+                assert f.stats.queue_size == 1  # waits in the block's batcher
+                b = await launch(tg, f, "b", catch=())
             assert await f.many(["c", "d", "e"]) == tag(["c", "d", "e"])
-        assert f._batcher._engine is None
+        # Served by the block, not caller-driven: no caller's task ran a batch.
+        assert not {me, a.task_id, b.task_id} & set(rec.tasks[1:])
         assert running_tasks() == baseline
         assert await f("after") == ("r", "after")  # caller-driven again
-    assert out == {"a": ("r", "a"), "b": ("r", "b")}
+        assert rec.tasks[-1] == me
+    assert (a.result, b.result) == (("r", "a"), ("r", "b"))
     assert rec.batches == [["before"], ["a", "b"], ["c", "d"], ["e"], ["after"]]
     stats = f.stats
     assert (stats.completed, stats.total_batches, stats.total_processed) == (7, 5, 7)
     assert stats.submitted == settled(stats) == 7
-    assert f._engines == {}
+    assert_nothing_left(f, baseline)
 
 
 async def test_entering_twice_raises_and_reentry_after_exit_works() -> None:
@@ -762,8 +708,9 @@ async def test_entering_twice_raises_and_reentry_after_exit_works() -> None:
                 await f.__aenter__()
             assert await f(1) == ("r", 1)  # the first block still serves
         async with f:
-            assert f._batcher._engine is not None
             assert await f(2) == ("r", 2)
+            # The second block serves the call: it ran in the block's task, not this one.
+            assert rec.tasks[-1] != anyio.get_current_task().id
     assert rec.batches == [[1], [2]]
     assert f.stats.completed == 2
 
@@ -812,10 +759,13 @@ async def test_owned_block_closes_on_exception_and_late_calls_drive_themselves()
 async def test_owned_block_base_exception_closes_it_and_propagates() -> None:
     """A BaseException from fn ends the block: callers get BatcherClosed chained to it."""
 
+    ran_in: list[int] = []  # the task of each batch
+
     @batched.dynamically(batch_size=2, timeout_ms=1)
     async def f(items: list[str]) -> list[str]:
+        ran_in.append(anyio.get_current_task().id)
         if "boom" in items:
-            raise Boom
+            raise Fatal
         return items
 
     got: dict[str, Any] = {}
@@ -832,18 +782,18 @@ async def test_owned_block_base_exception_closes_it_and_propagates() -> None:
             tg.start_soon(call, "x")
 
     with anyio.fail_after(60):
-        with pytest.raises(BaseException) as info:  # Boom, or a group holding it
+        with pytest.raises(BaseException) as info:  # Fatal, or a group holding it
             await block()
         if isinstance(info.value, BaseExceptionGroup):
-            assert info.value.subgroup(Boom) is not None
+            assert info.value.subgroup(Fatal) is not None
         else:
-            assert isinstance(info.value, Boom)
+            assert isinstance(info.value, Fatal)
         assert set(got) == {"boom", "x"}
         for exc in got.values():
             assert isinstance(exc, batched.BatcherClosed)
-            assert isinstance(exc.__cause__, Boom)
-        assert f._batcher._engine is None
-        assert await f("after") == "after"  # caller-driven
+            assert isinstance(exc.__cause__, Fatal)
+        assert await f("after") == "after"
+        assert ran_in[-1] == anyio.get_current_task().id  # the block is closed: caller-driven
         async with f:
             assert await f.many(["a", "b"]) == ["a", "b"]
 
@@ -858,14 +808,15 @@ def test_same_function_under_successive_runs() -> None:
         return tag(items)
 
     async def main() -> None:
+        baseline = running_tasks()
         with anyio.fail_after(60):
             assert await f.many([1, 2]) == tag([1, 2])
             async with f:
                 assert await f(3) == ("r", 3)
-            assert f._engines == {}
+            assert_nothing_left(f, baseline)
 
     for backend in ("asyncio", "trio", "asyncio"):
-        anyio.run(main, backend=backend, backend_options=fresh_backend_options(backend))
+        assert run_releases_its_loop(backend, main)  # nothing bound to a finished loop
     assert batches == [[1, 2], [3]] * 3
     assert f.stats.completed == 9
 
@@ -882,11 +833,13 @@ def model_classes() -> tuple[type[Any], type[Any]]:
         def __init__(self, name: str, log: list[tuple[str, list[Any]]]) -> None:
             self.name = name
             self.log = log
+            self.tasks: list[int] = []  # the task that ran each batch of predict
 
         @batched.dynamically(batch_size=2, timeout_ms=10)
         async def predict(self, items: list[Any]) -> list[tuple[str, Any]]:
             """Predict."""
             self.log.append((self.name, list(items)))
+            self.tasks.append(anyio.get_current_task().id)
             return [(self.name, item) for item in items]
 
         @batched.dynamically(batch_size=2, timeout_ms=10)
@@ -910,6 +863,7 @@ async def test_two_instances_batch_separately_at_once() -> None:
     Model, _ = model_classes()
     log: list[tuple[str, list[Any]]] = []
     a, b = Model("a", log), Model("b", log)
+    baseline = running_tasks()
     assert a.predict is a.predict
     assert a.predict is not b.predict
     assert isinstance(a.predict, batched.BatchedFunction)
@@ -926,7 +880,8 @@ async def test_two_instances_batch_separately_at_once() -> None:
     assert sorted((name, sorted(items)) for name, items in log) == [("a", [1, 3]), ("b", [2, 4])]
     assert (a.predict.stats.completed, b.predict.stats.completed) == (2, 2)
     assert Model.predict.stats.completed == 0
-    assert a.predict._engines == b.predict._engines == {}
+    assert_nothing_left(a.predict, baseline)
+    assert_nothing_left(b.predict, baseline)
 
 
 async def test_owned_block_per_instance() -> None:
@@ -935,11 +890,14 @@ async def test_owned_block_per_instance() -> None:
     a, b = Model("a", log), Model("b", log)
     with anyio.fail_after(60):
         async with a.predict:
-            assert a.predict._batcher._engine is not None
-            assert b.predict._batcher._engine is None
             assert await a.predict.many([1, 2]) == [("a", 1), ("a", 2)]
             assert await b.predict.many([3, 4]) == [("b", 3), ("b", 4)]
     assert log == [("a", [1, 2]), ("b", [3, 4])]
+    # a's block served a's call; b's call, with no block of its own, drove itself.
+    me = anyio.get_current_task().id
+    assert len(a.tasks) == 1
+    assert a.tasks != [me]
+    assert b.tasks == [me]
 
 
 async def test_static_and_class_methods() -> None:
@@ -1011,12 +969,13 @@ async def test_super_call_keeps_the_override() -> None:
 
 async def _use_instance(cls: type, n: int) -> weakref.ref[Any]:
     obj = cls()
+    baseline = running_tasks()
     out: dict[Any, Any] = {}
     async with anyio.create_task_group() as tg:
         for x in range(n):
             tg.start_soon(lambda x=x: _store_at(out, x, obj.m(x)))
     assert out == {x: ("r", x) for x in range(n)}
-    assert obj.m._engines == {}
+    assert_nothing_left(obj.m, baseline)
     return weakref.ref(obj)
 
 
@@ -1054,12 +1013,9 @@ async def test_slotted_instance_is_garbage_collected_after_use() -> None:
 # -- 7. errors -------------------------------------------------------------------------
 
 
-class Boom(BaseException):
-    """A BaseException from fn that is not a cancellation."""
-
-
 @pytest.mark.virtual_time
 async def test_fn_error_reaches_every_caller_of_the_batch() -> None:
+    baseline = running_tasks()
     error = ValueError("bad batch")
     batches: list[list[str]] = []
 
@@ -1082,19 +1038,20 @@ async def test_fn_error_reaches_every_caller_of_the_batch() -> None:
     stats = f.stats
     assert (stats.failed, stats.completed) == (5, 1)
     assert stats.submitted == settled(stats) == 6
-    assert f._engines == {}
+    assert_nothing_left(f, baseline)
 
 
 @pytest.mark.virtual_time
 async def test_base_exception_in_caller_driven_mode() -> None:
     """The runner's task gets fn's BaseException; every other caller BatcherClosed from it."""
+    baseline = running_tasks()
     runner_task: list[int] = []
 
     @batched.dynamically(batch_size=3, timeout_ms=10)
     async def f(items: list[str]) -> list[str]:
         runner_task.append(anyio.get_current_task().id)
         if "boom" in items:
-            raise Boom("boom")
+            raise Fatal("boom")
         return items
 
     got: dict[str, BaseException] = {}
@@ -1104,7 +1061,7 @@ async def test_base_exception_in_caller_driven_mode() -> None:
         tasks[item] = anyio.get_current_task().id
         try:
             await f(item)
-        except BaseException as exc:  # Boom is what the test is about
+        except BaseException as exc:  # Fatal is what the test is about
             got[item] = exc
 
     with anyio.fail_after(60):
@@ -1113,19 +1070,19 @@ async def test_base_exception_in_caller_driven_mode() -> None:
                 tg.start_soon(call, item)
                 await settle()
         (runner,) = [item for item, task in tasks.items() if task == runner_task[0]]
-        assert isinstance(got[runner], Boom)
+        assert isinstance(got[runner], Fatal)
         others = [item for item in tasks if item != runner]
         for item in others:
             assert isinstance(got[item], batched.BatcherClosed)
-            assert isinstance(got[item].__cause__, Boom)
+            assert isinstance(got[item].__cause__, Fatal)
             assert got[item].__cause__ is got[runner]
-        assert f._engines == {}
+        assert_nothing_left(f, baseline)
         stats = f.stats
         assert stats.failed == 3
         assert stats.submitted == settled(stats) == 3
         # A fresh engine serves later calls.
         assert await f.many(["c", "d"]) == ["c", "d"]
-        assert f._engines == {}
+        assert_nothing_left(f, baseline)
     assert f.stats.completed == 2
 
 
@@ -1133,11 +1090,13 @@ async def test_base_exception_in_caller_driven_mode() -> None:
 async def test_base_exception_waiting_callers_of_other_batches_are_closed() -> None:
     """Callers still waiting (not in the failed batch) also get BatcherClosed."""
 
+    baseline = running_tasks()
+
     @batched.dynamically(batch_size=1, timeout_ms=0, max_concurrent_batches=1)
     async def f(items: list[str]) -> list[str]:
         await anyio.sleep(1)
         if "boom" in items:
-            raise Boom
+            raise Fatal
         return items
 
     got: dict[str, Any] = {}
@@ -1154,14 +1113,16 @@ async def test_base_exception_waiting_callers_of_other_batches_are_closed() -> N
             await settle()
             tg.start_soon(call, "next")
             await settle()
-        assert isinstance(got["boom"], Boom)
+        assert isinstance(got["boom"], Fatal)
         assert isinstance(got["next"], batched.BatcherClosed)
-        assert isinstance(got["next"].__cause__, Boom)
-        assert f._engines == {}
+        assert isinstance(got["next"].__cause__, Fatal)
+        assert_nothing_left(f, baseline)
         assert await f("again") == "again"
 
 
 async def test_batch_size_mismatch_reaches_every_caller() -> None:
+    baseline = running_tasks()
+
     @batched.dynamically(batch_size=2, timeout_ms=1)
     async def f(items: list[int]) -> list[int]:
         return items[:-1]
@@ -1179,23 +1140,26 @@ async def test_batch_size_mismatch_reaches_every_caller() -> None:
         with pytest.raises(batched.BatchSizeMismatch):
             await f(3)
     assert f.stats.failed == 3
-    assert f._engines == {}
+    assert_nothing_left(f, baseline)
 
 
 async def test_wrong_result_type_is_a_type_error() -> None:
+    baseline = running_tasks()
+
     @batched.dynamically(batch_size=2, timeout_ms=1)
     async def f(items: list[int]) -> Any:
         return {x: x for x in items}
 
     with anyio.fail_after(60), pytest.raises(TypeError, match="dict"):
         await f.many([1, 2])
-    assert f._engines == {}
+    assert_nothing_left(f, baseline)
 
 
 # -- 8. batched.aio --------------------------------------------------------------------
 
 
 async def test_aio_dynamically_runs_a_sync_def_in_a_worker_thread() -> None:
+    baseline = running_tasks()
     loop_thread = threading.current_thread()
     threads: list[threading.Thread] = []
     batches: list[list[int]] = []
@@ -1221,7 +1185,7 @@ async def test_aio_dynamically_runs_a_sync_def_in_a_worker_thread() -> None:
     assert threads
     assert all(thread is not loop_thread for thread in threads)
     assert sorted(map(sorted, batches)) == [[0, 1, 2], [4, 5], [6]]
-    assert f._engines == {}
+    assert_nothing_left(f, baseline)
 
 
 async def test_aio_dynamically_on_async_def() -> None:
@@ -1243,6 +1207,8 @@ def test_aio_names() -> None:
 
 
 async def test_async_batch_processor_seed_shapes() -> None:
+    baseline = running_tasks()
+
     async def square(items: list[int]) -> list[int]:
         return [x * x for x in items]
 
@@ -1265,7 +1231,7 @@ async def test_async_batch_processor_seed_shapes() -> None:
         assert await proc.shutdown() is None
         assert await proc(5) == 25  # nothing was stopped: calls still work
     assert proc.stats.completed == 1
-    assert proc._engines == {}
+    assert_nothing_left(proc, baseline)
 
 
 def test_async_batch_processor_batch_item_cls_warns() -> None:
@@ -1460,7 +1426,10 @@ class DrivenRun:
         self.loop: VirtualTimeLoop | None = None
         self.t0 = 0.0
         self.stats: batched.BatchStats | None = None
-        self.engines_left: dict[object, Any] = {}
+        self.f: batched.BatchedFunction[int, Any] | None = None
+        self.run_ref: weakref.ref[Any] | None = None
+        self.loop_errors: list[dict[str, Any]] = []
+        self.run_released = False
         self.tasks_left = -1
 
     async def fn(self, items: list[int]) -> list[tuple[str, int]]:
@@ -1503,8 +1472,10 @@ class DrivenRun:
             async with anyio.create_task_group() as tg:
                 for rec in self.calls:
                     tg.start_soon(self.caller, f, rec)
-        self.engines_left = dict(f._engines)
         self.tasks_left = running_tasks() - baseline
+        # Kept past the run: what f keeps of it must not hold on to its event loop.
+        self.f = f
+        self.run_ref = weakref.ref(current_run())
         self.stats = f.stats
 
     def run(self, backend: str) -> None:
@@ -1526,16 +1497,21 @@ class DrivenRun:
                 # reach the recording one.
                 self.loop.set_exception_handler(None)
                 gc.collect()
+                self.loop_errors = self.loop.recorded_errors
+                self.loop = None  # only the weak reference in run_ref is left
+            gc.collect()
+            assert self.run_ref is not None
+            self.run_released = self.run_ref() is None
         finally:
             gc.unfreeze()
-        assert self.loop is None or self.loop.recorded_errors == []
+        assert self.loop_errors == []
 
     def check(self) -> None:
         s = self.script
         eps = 1e-9
         timeout = s.timeout_ms / 1000
-        # Clean exit: nothing of the engine, no task left behind.
-        assert self.engines_left == {}
+        # Clean exit: no task left behind, nothing of the run kept (checked below, once
+        # every caller is known to have got its outcome), the stats add up (at the end).
         assert self.tasks_left == 0
         # No batch empty or over batch_size; no more than `slots` at once.
         assert all(1 <= len(b.items) <= s.batch_size for b in self.batches)
@@ -1582,6 +1558,7 @@ class DrivenRun:
                 rec = owner[item]
                 allowed = timeout + self._stalled(rec.submit, b.start, rec.task_id)
                 assert b.start - rec.submit <= allowed + eps, (b, rec)
+        assert self.run_released, "the batched function kept its finished run's loop"
         # Stats add up, item by item.
         stats = self.stats
         assert stats is not None
@@ -1671,6 +1648,37 @@ async def test_an_instance_pickles_after_use_and_binds_afresh() -> None:
     assert clone.scale is not original.scale
     assert await clone.scale(4) == 8
     assert clone.scale.stats.completed == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Binding.__deepcopy__ returns None for any bound binding: a bound batched "
+    "method held outside its instance's __dict__ deep-copies to None (a plain bound "
+    "method deep-copies to the copy's method)",
+)
+def test_a_bound_method_held_elsewhere_deep_copies_to_the_copys_method() -> None:
+    import copy
+
+    model = Scaler(2)
+    state: dict[str, Any] = {"model": model, "op": model.scale}
+    clone = copy.deepcopy(state)
+    assert clone["op"] is not None, "the deep copy of a bound batched method is None"
+    assert clone["op"] is clone["model"].scale
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Binding.__reduce__ returns (_unbound, ()) for any bound binding: a pickled "
+    "bound batched method unpickles to None (a plain bound method unpickles to the "
+    "unpickled instance's method)",
+)
+def test_a_bound_method_pickles_to_the_unpickled_instances_method() -> None:
+    import pickle
+
+    model = Scaler(2)
+    restored_model, restored_op = pickle.loads(pickle.dumps((model, model.scale)))
+    assert restored_op is not None, "a pickled bound batched method unpickles to None"
+    assert restored_op is restored_model.scale
 
 
 def test_a_decorated_function_pickles_by_reference() -> None:

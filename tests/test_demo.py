@@ -11,19 +11,17 @@ import io
 import re
 import struct
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from _subprocess import check_exit_ok, run_python
-
-from batched import _demo
+from _helpers import check_exit_ok, demo_display, demo_module, run_python
 
 if TYPE_CHECKING:
     import subprocess
+    from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 120
+demo = demo_module()  # the demo's own module (private: see _helpers.demo_module)
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 # A plain result line, e.g.
@@ -97,9 +95,9 @@ def test_the_torch_encoder() -> None:
 
 
 def test_auto_picks_torch_when_it_is_installed() -> None:
-    assert _demo.choose_model("auto") == ("torch" if HAS_TORCH else "mlp")
-    assert _demo.choose_model("mlp") == "mlp"
-    assert _demo.choose_model("torch") == "torch"
+    assert demo.choose_model("auto") == ("torch" if HAS_TORCH else "mlp")
+    assert demo.choose_model("mlp") == "mlp"
+    assert demo.choose_model("torch") == "torch"
 
 
 def test_auto_falls_back_to_the_mlp_without_torch() -> None:
@@ -197,9 +195,9 @@ def test_rich_display_on_a_terminal() -> None:
     from rich.console import Console
 
     file = io.StringIO()
-    display = _demo.RichDisplay(Console(file=file, force_terminal=True, width=100))
+    display = demo.RichDisplay(Console(file=file, force_terminal=True, width=100))
     runs = [
-        _demo.Run(backend, mode, size, 1000)
+        demo.Run(backend, mode, size, 1000)
         for backend in ("asyncio", "trio")
         for mode, size in (("one call per item", 1), ("batched", 64))
     ]
@@ -223,12 +221,12 @@ def test_rich_display_on_a_terminal() -> None:
         assert re.search(row, plain), plain
 
 
-def _finish(display: _demo.RichDisplay, runs: list[_demo.Run]) -> None:
+def _finish(display: demo.RichDisplay, runs: list[demo.Run]) -> None:
     """Each run done in turn, with made-up figures, then the end of the display."""
     results = []
     for k, run in enumerate(runs):
         run.done = run.total
-        run.result = _demo.Measurement(
+        run.result = demo.Measurement(
             backend=run.backend,
             mode=run.mode,
             batch_size=run.batch_size,
@@ -252,11 +250,11 @@ class _Terminal(io.StringIO):
 def test_auto_display_is_rich_on_a_terminal_only(monkeypatch: pytest.MonkeyPatch) -> None:
     has_rich = importlib.util.find_spec("rich") is not None
     monkeypatch.setattr(sys, "stdout", _Terminal())
-    expected = _demo.RichDisplay if has_rich else _demo.PlainDisplay
-    assert isinstance(_demo._make_display("auto"), expected)
-    assert isinstance(_demo._make_display("plain"), _demo.PlainDisplay)
+    expected = demo.RichDisplay if has_rich else demo.PlainDisplay
+    assert isinstance(demo_display("auto"), expected)
+    assert isinstance(demo_display("plain"), demo.PlainDisplay)
     monkeypatch.setattr(sys, "stdout", io.StringIO())
-    assert isinstance(_demo._make_display("auto"), _demo.PlainDisplay)
+    assert isinstance(demo_display("auto"), demo.PlainDisplay)
 
 
 def test_display_rich_without_rich_says_how_to_get_it() -> None:
@@ -267,8 +265,11 @@ def test_display_rich_without_rich_says_how_to_get_it() -> None:
 
 
 def test_importing_batched_loads_no_optional_dependency() -> None:
+    # Nor does setting up the demo's command line (its --help).
     code = (
-        "import sys, batched, batched.__main__, batched._demo\n"
+        "import contextlib, io, sys, batched, batched.__main__\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    batched.__main__.main(['demo', '--help'])\n"
         "print(sorted(m for m in ('numpy', 'rich', 'matplotlib', 'torch') if m in sys.modules))\n"
     )
     proc = _run("-c", code)

@@ -4,56 +4,18 @@ from __future__ import annotations
 
 import functools
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
 import pytest
-from _settle import settle
+from _helpers import Recorder, settle, submit
 
 import batched
-from batched._virtual_time import real_time
-
-if TYPE_CHECKING:
-    from anyio.abc import TaskGroup
+from batched.testing import real_time
 
 pytestmark = pytest.mark.anyio
-
-
-class Recorder:
-    """A batch function that records each batch and when it started.
-
-    While ``hold_first`` is set, the first batch waits for ``release``: the only slot is
-    busy and later items accumulate. Results are tagged so misdelivery shows.
-    """
-
-    def __init__(self, *, hold_first: bool = False) -> None:
-        self.batches: list[list[Any]] = []
-        self.times: list[float] = []
-        self.hold_first = hold_first
-        self.held = anyio.Event()
-        self.release = anyio.Event()
-
-    async def __call__(self, items: list[Any]) -> list[tuple[Any, str]]:
-        self.batches.append(list(items))
-        self.times.append(anyio.current_time())
-        if self.hold_first and len(self.batches) == 1:
-            self.held.set()
-            await self.release.wait()
-        return [(item, "r") for item in items]
-
-
-async def submit(
-    tg: TaskGroup, b: batched.Batcher[Any, Any], item: Any, out: dict[Any, Any]
-) -> None:
-    """Start one caller of ``item`` and let it be accepted before returning."""
-
-    async def call() -> None:
-        out[item] = await b(item)
-
-    tg.start_soon(call)
-    await settle()
 
 
 @pytest.mark.virtual_time
@@ -126,6 +88,7 @@ async def test_next_partial_batch_times_from_its_own_oldest_item() -> None:
                 await submit(tg, b, "b", out)
     assert rec.batches == [["a"], ["b"]]
     assert rec.times == pytest.approx([start + 0.05, start + 0.12], abs=1e-9)
+    assert out == {"a": ("a", "r"), "b": ("b", "r")}
 
 
 @pytest.mark.virtual_time

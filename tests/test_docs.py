@@ -10,13 +10,16 @@ from __future__ import annotations
 import importlib
 import re
 import unicodedata
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+from _helpers import ROOT
 
 import batched
 
-ROOT = Path(__file__).resolve().parent.parent
+if TYPE_CHECKING:
+    from pathlib import Path
+
 DOCS = ROOT / "docs"
 README = ROOT / "README.md"
 REFERENCE = DOCS / "reference.md"

@@ -9,43 +9,15 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import numpy as np
 import pytest
+from _helpers import Boom, Fatal, gather, tag
 
 import batched
 from batched import Batcher, BatcherClosed, BatchSizeMismatch, Failure
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Callable
 
 pytestmark = pytest.mark.anyio
-
-
-class Boom(Exception):
-    """An error raised by a batch function."""
-
-
-class Fatal(BaseException):
-    """A BaseException that is not a cancellation, like SystemExit."""
-
-
-def tag(items: Sequence[Any]) -> list[tuple[str, Any]]:
-    return [("r", item) for item in items]
-
-
-async def gather(call: Callable[[Any], Awaitable[Any]], items: Sequence[Any]) -> dict[Any, Any]:
-    """Call ``call(item)`` for each item concurrently; map item -> result or exception."""
-    outcome: dict[Any, Any] = {}
-
-    async def one(item: Any) -> None:
-        try:
-            outcome[item] = await call(item)
-        except Exception as exc:
-            outcome[item] = exc
-
-    with anyio.fail_after(60):
-        async with anyio.create_task_group() as tg:
-            for item in items:
-                tg.start_soon(one, item)
-    return outcome
 
 
 def tb_len(exc: BaseException) -> int:

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import importlib.util
 import re
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from _subprocess import check_exit_ok, run_python
+from _helpers import ROOT, check_exit_ok, run_python
 
 if TYPE_CHECKING:
     import subprocess
+    from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 TIMEOUT_S = 120
 

@@ -20,30 +20,30 @@ import os
 import pickle
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
 import pytest
 import trio
+from _helpers import ROOT, trio_only
 
 import batched
-from batched._virtual_time import real_time
+from batched.testing import real_time
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+    from pathlib import Path
     from types import ModuleType
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = ROOT / "examples"
 
 # uvicorn runs on asyncio only (also with uvloop, in CI's uvloop pass).
-asyncio_only = pytest.mark.parametrize(
+asyncio_or_uvloop = pytest.mark.parametrize(
     "anyio_backend",
     ["asyncio", *(["asyncio+uvloop"] if os.environ.get("BATCHED_UVLOOP") == "1" else [])],
     indirect=True,
 )
-# The trio example's nursery and `trio.serve_tcp` are trio's own.
-trio_only = pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)
+# The trio example's nursery and `trio.serve_tcp` are trio's own: trio_only.
 
 
 def load_example(name: str, *needs: str) -> ModuleType:
@@ -87,7 +87,7 @@ async def served(request: pytest.FixtureRequest, anyio_backend: object) -> Async
             yield Served(request.param, api, url)
 
 
-@asyncio_only
+@asyncio_or_uvloop
 @pytest.mark.anyio
 async def test_fastapi_app_answers_200_concurrent_requests_in_batches(served: Served) -> None:
     example = load_example("fastapi_app")
@@ -104,7 +104,7 @@ async def test_fastapi_app_answers_200_concurrent_requests_in_batches(served: Se
     assert stats["total_batches"] == served.api.state.embed.stats.total_batches
 
 
-@asyncio_only
+@asyncio_or_uvloop
 @pytest.mark.anyio
 async def test_fastapi_app_rejects_a_bad_body_without_calling_the_model(served: Served) -> None:
     import httpx

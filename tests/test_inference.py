@@ -22,7 +22,6 @@ import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -30,25 +29,21 @@ import anyio.lowlevel
 import attrs
 import numpy as np
 import pytest
-from _settle import settle
+from _helpers import BACKENDS, JOIN, ROOT, settle
 from hypothesis import given
 from hypothesis import strategies as st
 
 import batched
 import batched.aio.inference
 import batched.inference
-from batched._virtual_time import fresh_backend_options, real_time
+from batched.testing import fresh_backend_options, real_time
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
 pytestmark = pytest.mark.anyio
 
-BACKENDS = ["asyncio", "trio"]
-ROOT = Path(__file__).resolve().parent.parent
 HANG_S = 3600.0  # virtual seconds: a hang guard that costs no real time
-JOIN = 10.0  # real seconds: the longest any wait in the real-time tests may take
-
 DECORATORS = {
     "inference": batched.inference.dynamically,
     "aio.inference": batched.aio.inference.dynamically,
@@ -129,7 +124,7 @@ def _copy(value: Any) -> Any:
     return value.clone() if hasattr(value, "clone") else value.copy()
 
 
-class Recorder:
+class ModelRecorder:
     """An async model's record: a copy of every batch it saw (and when it started).
 
     A batch holding a row whose first ``input_ids`` value is in ``hold`` waits for
@@ -159,7 +154,7 @@ class Recorder:
         return [len(next(iter(batch.values()))) for batch in self.batches]
 
 
-def model_of(rec: Recorder, decorator: str = "aio.inference", **settings: Any) -> Any:
+def model_of(rec: ModelRecorder, decorator: str = "aio.inference", **settings: Any) -> Any:
     @DECORATORS[decorator](**settings)
     async def model(features: dict[str, Any]) -> Any:
         return await rec(features)
@@ -197,7 +192,7 @@ async def call_all(
 async def test_padding_side_and_pad_tokens(side: str, decorator: str, owned: bool) -> None:
     """Each feature is padded with its own pad token on the padding side; each caller
     gets its outputs as if it had been run alone (the named token outputs cut back)."""
-    rec = Recorder()
+    rec = ModelRecorder()
     model = model_of(
         rec,
         decorator,
@@ -241,7 +236,7 @@ async def test_sequence_outputs_true_cuts_a_lone_array_on_the_padding_side(
         ids = f["input_ids"]
         return ids[:, :, None] * np.arange(1, 4, dtype=ids.dtype)  # (batch, len, 3)
 
-    rec = Recorder(out)
+    rec = ModelRecorder(out)
     model = model_of(
         rec, decorator, batch_size=8, timeout_ms=5, padding_side=side, sequence_outputs=True
     )
@@ -260,7 +255,7 @@ async def test_sequence_outputs_true_cuts_a_lone_array_on_the_padding_side(
     "dtype", [np.int32, np.int64, np.float16, np.bool_], ids=["int32", "int64", "float16", "bool"]
 )
 async def test_numpy_dtypes_are_kept(dtype: Any) -> None:
-    rec = Recorder(lambda f: {"ids": f["input_ids"], "mask": f["attention_mask"]})
+    rec = ModelRecorder(lambda f: {"ids": f["input_ids"], "mask": f["attention_mask"]})
     model = model_of(rec, batch_size=8, timeout_ms=5, sequence_outputs=["ids", "mask"])
     a = {
         "input_ids": np.array([[1, 1]], dtype=dtype),
@@ -292,7 +287,7 @@ async def test_torch_dtype_and_device_are_kept(torch: Any, dtype: str, side: str
             "total": (ids * mask).sum(dim=1),
         }
 
-    rec = Recorder(out)
+    rec = ModelRecorder(out)
     model = model_of(
         rec,
         batch_size=8,
@@ -344,7 +339,7 @@ async def test_output_structure_is_split_per_caller(structure: str) -> None:
 
     # The per-token output's key: True for a lone array, the dict key, the tuple index.
     tokens = {"array": True, "dict": {"doubled"}, "tuple": {0}, "list": (0,)}[structure]
-    rec = Recorder(out)
+    rec = ModelRecorder(out)
     model = model_of(rec, batch_size=8, timeout_ms=5, sequence_outputs=tokens)
     a, b = feats([[1, 2, 3], [4, 5, 6]]), feats([[7]])
     got = await call_all(model, [("a", a), ("b", b)])
@@ -355,7 +350,7 @@ async def test_output_structure_is_split_per_caller(structure: str) -> None:
 
 async def test_one_result_per_row_is_handed_back_as_a_list() -> None:
     """A model may return one plain result per row instead of arrays."""
-    rec = Recorder(lambda f: [f"row {int(row[0])}" for row in f["input_ids"]])
+    rec = ModelRecorder(lambda f: [f"row {int(row[0])}" for row in f["input_ids"]])
     model = model_of(rec, batch_size=8, timeout_ms=5)
     got = await call_all(model, [("a", feats([[1, 0], [2, 0]])), ("b", feats([[3]]))])
     assert got == {"a": ["row 1", "row 2"], "b": ["row 3"]}
@@ -401,7 +396,7 @@ async def test_a_bad_model_output_fails_every_caller_of_the_batch(
 async def test_unnamed_token_outputs_come_back_padded_to_the_batchs_longest(side: str) -> None:
     """Without ``sequence_outputs`` a token output comes back as the batch made it: the
     short caller's rows keep the batch's padded length and the model's pad values."""
-    rec = Recorder()
+    rec = ModelRecorder()
     model = model_of(
         rec, batch_size=8, timeout_ms=5, padding_side=side, pad_tokens={"input_ids": 7}
     )
@@ -446,7 +441,7 @@ async def test_unnamed_token_outputs_of_rows_from_different_batches_are_padded_w
         arrays = {name: np.asarray(value) for name, value in f.items()}
         return {name: convert(value) for name, value in outputs(arrays).items()}
 
-    rec = Recorder(out)
+    rec = ModelRecorder(out)
     model = model_of(
         rec, batch_size=2, timeout_ms=5, padding_side=side, pad_tokens={"input_ids": 50}
     )
@@ -487,7 +482,7 @@ async def test_pooled_outputs_are_never_cut_even_when_hidden_equals_the_padded_l
             return pooled
         return {"tokens": ids[:, :, None] * np.ones(hidden, np.int64), "pooled": pooled}
 
-    rec = Recorder(out)
+    rec = ModelRecorder(out)
     settings = {} if structure == "array" else {"sequence_outputs": {"tokens"}}
     model = model_of(rec, batch_size=8, timeout_ms=5, **settings)
     short, long = feats([[1, 2]]), feats([[1, 2, 3, 4]])
@@ -520,7 +515,7 @@ async def test_a_named_output_whose_axis_1_is_not_the_padded_length_fails_the_ba
             return {"doubled": ids * 2, "pooled": pooled}
         return (ids * 2, pooled)
 
-    rec = Recorder(out)
+    rec = ModelRecorder(out)
     model = model_of(rec, batch_size=8, timeout_ms=5, sequence_outputs=sequence_outputs)
     got = await call_all(model, [("a", feats([[1, 2]])), ("b", feats([[1, 2, 3, 4, 5]]))])
     assert rec.rows == [2]
@@ -535,7 +530,7 @@ async def test_a_named_output_whose_axis_1_is_not_the_padded_length_fails_the_ba
 async def test_token_outputs_are_cut_to_the_padded_features_not_an_unpadded_first_one() -> None:
     """pixel_values (not padded) first: the rows are as long as their input_ids, and a
     sequence output is cut to that (it used to be cut to the 3 channels)."""
-    rec = Recorder(lambda f: f["input_ids"] * 2)
+    rec = ModelRecorder(lambda f: f["input_ids"] * 2)
     model = model_of(rec, batch_size=8, timeout_ms=5, sequence_outputs=True)
 
     def call(n: int) -> dict[str, Any]:
@@ -557,7 +552,7 @@ async def test_token_outputs_are_cut_to_the_padded_features_not_an_unpadded_firs
 async def test_a_multi_row_call_gets_its_rows_back_across_batches() -> None:
     """batch_size=2: a call of 3 rows travels in two batches; its rows come back in
     order, stacked, each named token output cut back to the call's length."""
-    rec = Recorder()
+    rec = ModelRecorder()
     model = model_of(rec, batch_size=2, timeout_ms=5, sequence_outputs=TOKENS)
     a = feats([[1, 2, 3], [4, 5, 6], [7, 8, 9]])
     b = feats([[10, 11, 12, 13, 14]])
@@ -572,7 +567,7 @@ async def test_a_multi_row_call_gets_its_rows_back_across_batches() -> None:
 
 
 async def test_stats_count_rows() -> None:
-    rec = Recorder()
+    rec = ModelRecorder()
     model = model_of(rec, batch_size=8, timeout_ms=5)
     odd = {"input_ids": np.ones((2, 3), dtype=np.int32)}
     got = await call_all(model, [("a", feats([[1], [2], [3]])), ("b", feats([[4]])), ("odd", odd)])
@@ -589,7 +584,7 @@ async def test_pixel_values_are_stacked_without_padding() -> None:
     def out(f: dict[str, Any]) -> Any:
         return {"doubled": f["input_ids"] * 2, "pooled": f["pixel_values"].mean(axis=(1, 2, 3))}
 
-    rec = Recorder(out)
+    rec = ModelRecorder(out)
     model = model_of(rec, batch_size=8, timeout_ms=5, sequence_outputs={"doubled"})
     rng = np.random.default_rng(0)
 
@@ -612,7 +607,7 @@ async def test_pixel_values_are_stacked_without_padding() -> None:
 
 async def test_a_feature_named_in_pad_tokens_is_padded_on_its_length_axis() -> None:
     """``inputs_embeds`` (rows, length, hidden) is padded only because pad_tokens names it."""
-    rec = Recorder(lambda f: f["inputs_embeds"] + 1)
+    rec = ModelRecorder(lambda f: f["inputs_embeds"] + 1)
     model = model_of(
         rec,
         batch_size=8,
@@ -631,7 +626,7 @@ async def test_a_feature_named_in_pad_tokens_is_padded_on_its_length_axis() -> N
 
 
 async def test_list_values_are_read_as_numpy_arrays() -> None:
-    rec = Recorder(lambda f: f["input_ids"] * 2)
+    rec = ModelRecorder(lambda f: f["input_ids"] * 2)
     model = model_of(rec, batch_size=8, timeout_ms=5, sequence_outputs=True)
     got = await call_all(model, [("a", {"input_ids": [[1, 2, 3]]}), ("b", {"input_ids": [[4]]})])
     assert isinstance(rec.batches[0]["input_ids"], np.ndarray)
@@ -669,7 +664,7 @@ ODD_CALLS: dict[str, tuple[dict[str, Any], dict[str, Any], list[str]]] = {
 @pytest.mark.parametrize("case", list(ODD_CALLS))
 async def test_a_call_whose_features_differ_fails_alone(case: str) -> None:
     normal, odd, names = ODD_CALLS[case]
-    rec = Recorder(lambda f: next(iter(f.values())) * 2)  # the first feature: a sequence
+    rec = ModelRecorder(lambda f: next(iter(f.values())) * 2)  # the first feature: a sequence
     model = model_of(
         rec,
         batch_size=8,
@@ -707,7 +702,7 @@ async def test_a_call_whose_features_differ_fails_alone(case: str) -> None:
 async def test_mismatched_features_within_one_call_fail_at_call_time(
     features: dict[str, Any], names: list[str]
 ) -> None:
-    rec = Recorder()
+    rec = ModelRecorder()
     model = model_of(rec, batch_size=8, timeout_ms=5)
     with pytest.raises(ValueError, match=names[0]) as info:
         await model(features)
@@ -729,7 +724,7 @@ async def test_mismatched_features_within_one_call_fail_at_call_time(
     ids=["str value", "dict value", "int value", "str features", "empty", "int name"],
 )
 async def test_unsupported_features_raise_type_error(features: Any, text: str) -> None:
-    rec = Recorder()
+    rec = ModelRecorder()
     model = model_of(rec, batch_size=8, timeout_ms=5)
     with pytest.raises(TypeError, match=text):
         await model(features)
@@ -794,7 +789,7 @@ async def test_spread_kwargs_calls_the_model_with_keywords() -> None:
 
 
 async def test_keywords_without_spread_reach_the_model_as_one_mapping() -> None:
-    rec = Recorder()
+    rec = ModelRecorder()
     model = model_of(rec, batch_size=8, timeout_ms=5)
     a = feats([[1, 2]])
     assert_same(await model(**a), outputs(a))
@@ -804,7 +799,7 @@ async def test_keywords_without_spread_reach_the_model_as_one_mapping() -> None:
 # -- the length budget -----------------------------------------------------------------
 
 
-def check_budget(rec: Recorder, max_batch_length: int) -> None:
+def check_budget(rec: ModelRecorder, max_batch_length: int) -> None:
     for batch in rec.batches:
         rows, length = batch["input_ids"].shape[:2]
         assert rows == 1 or rows * length <= max_batch_length, (rows, length)
@@ -812,7 +807,7 @@ def check_budget(rec: Recorder, max_batch_length: int) -> None:
 
 async def test_max_batch_length_counts_the_padded_size() -> None:
     """Summed lengths 2+2+2+20 = 26 fit a budget of 40, padded 4 x 20 = 80 do not."""
-    rec = Recorder()
+    rec = ModelRecorder()
     model = model_of(rec, batch_size=8, timeout_ms=5, max_batch_length=40, sequence_outputs=TOKENS)
     calls = [(str(i), feats([[i + 1] * n])) for i, n in enumerate([2, 2, 2, 20])]
     got = await call_all(model, calls)
@@ -826,7 +821,7 @@ async def test_max_batch_length_counts_the_padded_size() -> None:
 async def test_every_batch_fits_the_padded_budget_but_a_lone_oversize_row(
     strategy: Any,
 ) -> None:
-    rec = Recorder()
+    rec = ModelRecorder()
     model = model_of(
         rec,
         batch_size=8,
@@ -879,7 +874,7 @@ async def test_a_row_is_as_long_as_its_padded_features(
 ) -> None:
     """A row's length is its padded features' length, else axis 1 of the first feature
     (else 1); ``max_batch_length`` counts rows x that length."""
-    rec = Recorder(lambda f: next(iter(f.values())))
+    rec = ModelRecorder(lambda f: next(iter(f.values())))
     model = model_of(rec, batch_size=8, timeout_ms=5, max_batch_length=max_batch_length)
     got = await call_all(model, [(str(i), features) for i in range(3)])
     assert rec.rows == rows
@@ -898,7 +893,7 @@ async def test_a_row_is_as_long_as_its_padded_features(
 )
 async def test_by_length_groups_similar_lengths(strategy: Any, want: list[list[int]]) -> None:
     """While a batch runs, eight calls wait; ByLength cuts the short ones together."""
-    rec = Recorder()
+    rec = ModelRecorder()
     rec.hold.add(-1)
     model = model_of(rec, batch_size=4, timeout_ms=5, strategy=strategy, sequence_outputs=TOKENS)
     lengths = [1, 50, 2, 51, 3, 52, 4, 53]
@@ -1093,7 +1088,7 @@ def test_importing_the_inference_modules_loads_neither_numpy_nor_torch(code: str
 
 @pytest.mark.parametrize("decorator", list(DECORATORS))
 async def test_a_call_of_zero_rows_fails_at_call_time(decorator: str) -> None:
-    rec = Recorder()
+    rec = ModelRecorder()
     model = model_of(rec, decorator, batch_size=8, timeout_ms=5)
     with pytest.raises(ValueError, match="0 rows"):
         await model({"input_ids": np.ones((0, 3), np.int64)})
@@ -1121,7 +1116,7 @@ async def test_a_tuple_of_per_row_arrays_and_a_loss_fails_every_caller(
 ) -> None:
     """(logits, loss): never read as one result per row, whatever the batch's rows
     (with 2 rows, one caller used to get the whole batch's logits, the other the loss)."""
-    rec = Recorder(lambda f: (f["input_ids"] * 10, loss))
+    rec = ModelRecorder(lambda f: (f["input_ids"] * 10, loss))
     model = model_of(rec, batch_size=8, timeout_ms=5)
     calls = [("a", feats([[1, 1]] * (rows - 1 or 1)))]
     if rows > 1:
@@ -1137,7 +1132,7 @@ async def test_a_tuple_of_per_row_arrays_and_a_loss_fails_every_caller(
 async def test_a_1d_feature_among_2d_ones_of_the_same_name_fails_alone() -> None:
     """x (1,) is not padded, x (1, 5) is: they never share a batch (the odd call used to
     fail the whole batch with an IndexError)."""
-    rec = Recorder(lambda f: f["x"] * 2)
+    rec = ModelRecorder(lambda f: f["x"] * 2)
     model = model_of(rec, batch_size=8, timeout_ms=5)
     a, odd = {"x": np.ones((1, 5), np.int64)}, {"x": np.ones((1,), np.int64)}
     got = await call_all(model, [("a", a), ("odd", odd), ("b", a)])
@@ -1227,7 +1222,7 @@ async def test_a_custom_pool_without_max_batch_length_gets_a_finite_budget() -> 
     """No max_batch_length: no padded cut, so the pool never sees ``math.inf // k``
     (nan, which a pool comparing ``length <= budget`` would take nothing under)."""
     assert isinstance(_LessOrEqualPool(), batched.Pool)
-    rec = Recorder(lambda f: f["input_ids"])
+    rec = ModelRecorder(lambda f: f["input_ids"])
     model = model_of(rec, batch_size=8, timeout_ms=5, strategy=_LessOrEqual())
     calls = [(str(i), feats([[i + 1] * 3])) for i in range(4)]
     got = await call_all(model, calls)
@@ -1237,7 +1232,7 @@ async def test_a_custom_pool_without_max_batch_length_gets_a_finite_budget() -> 
 
 
 async def test_a_custom_pool_with_max_batch_length_keeps_the_padded_budget() -> None:
-    rec = Recorder(lambda f: f["input_ids"])
+    rec = ModelRecorder(lambda f: f["input_ids"])
     model = model_of(rec, batch_size=8, timeout_ms=5, strategy=_LessOrEqual(), max_batch_length=12)
     await call_all(model, [(str(i), feats([[i + 1] * 3])) for i in range(6)])
     assert rec.rows == [4, 2]  # 4 rows x 3 = 12
@@ -1250,7 +1245,7 @@ async def test_a_custom_pool_with_max_batch_length_keeps_the_padded_budget() -> 
 @pytest.mark.virtual_time
 @pytest.mark.parametrize("owned", [False, True], ids=["caller-driven", "owned"])
 async def test_a_batch_full_by_padded_size_leaves_at_once(owned: bool) -> None:
-    rec = Recorder()
+    rec = ModelRecorder()
     model = model_of(rec, batch_size=32, timeout_ms=50, max_batch_length=100)
     t0 = anyio.current_time()
     calls = [("short", feats([[1] * 10])), ("long", feats([[2] * 60]))]
@@ -1266,7 +1261,9 @@ async def test_a_batch_full_by_padded_size_leaves_at_once(owned: bool) -> None:
 
 
 async def test_bug_one_dict_result_per_row_comes_back_transposed() -> None:
-    rec = Recorder(lambda f: [{"label": f"r{int(r[0])}", "score": 0.5} for r in f["input_ids"]])
+    rec = ModelRecorder(
+        lambda f: [{"label": f"r{int(r[0])}", "score": 0.5} for r in f["input_ids"]]
+    )
     model = model_of(rec, batch_size=8, timeout_ms=5)
     got = await call_all(model, [("a", feats([[1, 0], [2, 0]])), ("b", feats([[3]]))])
     # As plain per-row results are (test_one_result_per_row_is_handed_back_as_a_list):
@@ -1276,7 +1273,7 @@ async def test_bug_one_dict_result_per_row_comes_back_transposed() -> None:
 
 
 async def test_bug_sequence_outputs_of_a_batch_with_no_padded_feature() -> None:
-    rec = Recorder(lambda f: f["inputs_embeds"] * 2)
+    rec = ModelRecorder(lambda f: f["inputs_embeds"] * 2)
     model = model_of(rec, batch_size=8, timeout_ms=5, sequence_outputs=True)
     a = {"inputs_embeds": np.ones((1, 3, 4), np.float32)}
     got = await call_all(model, [("a", a), ("b", a)])

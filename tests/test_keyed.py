@@ -13,12 +13,12 @@ writing this file; each reason names the suspected cause.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import gc
 import logging
 import threading
 import time
+import weakref
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -27,121 +27,41 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.lowlevel
 import pytest
-from _settle import settle
+from _helpers import (
+    BACKENDS,
+    JOIN,
+    Caller,
+    ItemBoom,
+    Rec,
+    assert_nothing_left,
+    close_bounded,
+    current_run,
+    launch,
+    recorded,
+    run_releases_its_loop,
+    running_tasks,
+    settle,
+    settled,
+    sync_calls_not_taken_in,
+    tag,
+    wait_until,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import batched
-from batched._virtual_time import VirtualTimeLoop, fresh_backend_options, real_time
 from batched.cache import MISS, CacheStats, DiskCache, MemoryCache
+from batched.testing import VirtualTimeLoop, fresh_backend_options, real_time
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator, Callable
     from pathlib import Path
 
     from anyio.abc import TaskGroup
 
 pytestmark = pytest.mark.anyio
 
-BACKENDS = ["asyncio", "trio"]
 MODES = ["owned", "driven"]
-JOIN = 10.0  # seconds: the longest any single real-time wait in this file may take
-HOLD_GUARD_S = 600.0  # virtual seconds a held batch waits for its release at most
-
-
-class Boom(Exception):
-    """A failure planned by the test."""
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is Boom and other.args == self.args
-
-    def __hash__(self) -> int:
-        return hash(self.args)
-
-
-def tag(items: list[Any]) -> list[tuple[str, Any]]:
-    return [("r", item) for item in items]
-
-
-def settled(stats: batched.BatchStats) -> int:
-    return stats.completed + stats.failed + stats.cancelled + stats.rejected
-
-
-def running_tasks() -> int:
-    """How many tasks exist now, on either backend (as tests/test_decorator.py counts)."""
-    try:
-        return len(asyncio.all_tasks())
-    except RuntimeError:  # no running asyncio loop: trio
-        pass
-    import trio.lowlevel
-
-    def count(task: Any) -> int:
-        return 1 + sum(count(child) for n in task.child_nurseries for child in n.child_tasks)
-
-    return count(trio.lowlevel.current_root_task())
-
-
-def _is_in(item: Any, keys: set[Any]) -> bool:
-    try:
-        return item in keys
-    except TypeError:  # an unhashable item
-        return False
-
-
-class Rec:
-    """A batch function that records its batches.
-
-    Batches holding an item of ``hold`` wait for ``release`` (``running`` is set then),
-    at most ``HOLD_GUARD_S`` virtual seconds.
-    A batch holding an item of ``raise_on`` raises ``Boom(item)`` for the whole batch;
-    an item of ``fail_on`` gets ``Failure(Boom(item))`` in its slot. Other results are
-    ``out(item)``, by default ``("r", item)``.
-    """
-
-    def __init__(
-        self,
-        *,
-        hold: set[Any] | None = None,
-        raise_on: set[Any] | None = None,
-        fail_on: set[Any] | None = None,
-        out: Callable[[Any], Any] | None = None,
-    ) -> None:
-        self.batches: list[list[Any]] = []
-        self.hold = hold or set()
-        self.raise_on = raise_on or set()
-        self.fail_on = fail_on or set()
-        self.out = out or (lambda item: ("r", item))
-        self.running = anyio.Event()
-        self.release = anyio.Event()
-
-    async def __call__(self, items: list[Any]) -> list[Any]:
-        self.batches.append(list(items))
-        if any(_is_in(item, self.hold) for item in items):
-            self.running.set()
-            # A guard: should a test fail while a batch is held, the held batch (shielded
-            # in a caller's task in driven mode) must not hang the test's task group.
-            with anyio.fail_after(HOLD_GUARD_S):
-                await self.release.wait()
-        for item in items:
-            if _is_in(item, self.raise_on):
-                raise Boom(item)
-        return [
-            batched.Failure(Boom(item)) if _is_in(item, self.fail_on) else self.out(item)
-            for item in items
-        ]
-
-    def seen(self) -> list[Any]:
-        return [item for batch in self.batches for item in batch]
-
-
-def recorded(rec: Rec, **settings: Any) -> batched.BatchedFunction[Any, Any]:
-    """``rec`` behind ``batched.dynamically(**settings)``, as an ``async def``."""
-
-    @batched.dynamically(**settings)
-    async def fn(items: list[Any]) -> list[Any]:
-        return await rec(items)
-
-    return fn
 
 
 @asynccontextmanager
@@ -156,55 +76,6 @@ async def front(mode: str, rec: Rec, **settings: Any) -> AsyncIterator[Any]:
                 yield b
         else:
             yield recorded(rec, **settings)
-
-
-class Caller:
-    """One call in its own cancel scope; ``outcome`` is ("result" | "error" | "cancelled", x)."""
-
-    def __init__(self, call: Callable[[], Awaitable[Any]]) -> None:
-        self.call = call
-        self.scope = anyio.CancelScope()
-        self.outcome: tuple[str, Any] | None = None
-        self.at = -1.0
-
-    async def run(self) -> None:
-        with self.scope:
-            try:
-                self.outcome = ("result", await self.call())
-            except Exception as exc:
-                self.outcome = ("error", exc)
-        if self.scope.cancelled_caught:
-            self.outcome = ("cancelled", None)
-        self.at = anyio.current_time()
-
-    @property
-    def result(self) -> Any:
-        assert self.outcome is not None, "the call has not returned"
-        kind, value = self.outcome
-        assert kind == "result", self.outcome
-        return value
-
-    @property
-    def error(self) -> BaseException:
-        assert self.outcome is not None, "the call has not returned"
-        kind, value = self.outcome
-        assert kind == "error", self.outcome
-        return value  # type: ignore[no-any-return]
-
-
-async def launch(tg: TaskGroup, f: Any, item: Any, **kwargs: Any) -> Caller:
-    """Start ``f(item, **kwargs)`` and let it reach its wait (trio shuffles start order)."""
-    caller = Caller(functools.partial(f, item, **kwargs))
-    tg.start_soon(caller.run)
-    await settle()
-    return caller
-
-
-async def launch_many(tg: TaskGroup, f: Any, items: list[Any], **kwargs: Any) -> Caller:
-    caller = Caller(functools.partial(f.many, items, **kwargs))
-    tg.start_soon(caller.run)
-    await settle()
-    return caller
 
 
 class SlowCache:
@@ -388,21 +259,21 @@ async def test_errors_are_never_cached(mode: str) -> None:
     cache: MemoryCache[Any, Any] = MemoryCache(8)
     async with front(mode, rec, cache=cache) as f:
         for _ in range(2):
-            with pytest.raises(Boom) as raised:
+            with pytest.raises(ItemBoom) as raised:
                 await f("bad")
-            assert raised.value == Boom("bad")
+            assert raised.value == ItemBoom("bad")
             await settle()
         async with anyio.create_task_group() as tg:
             ok = await launch(tg, f, "ok")
             slot = await launch(tg, f, "slot")
         assert ok.result == ("r", "ok")
-        assert slot.error == Boom("slot")
+        assert slot.error == ItemBoom("slot")
         await settle()
         async with anyio.create_task_group() as tg:
             ok2 = await launch(tg, f, "ok")
             slot2 = await launch(tg, f, "slot")
         assert ok2.result == ("r", "ok")
-        assert slot2.error == Boom("slot")
+        assert slot2.error == ItemBoom("slot")
     stats = f.stats
     assert rec.batches == [["bad"], ["bad"], ["ok", "slot"], ["slot"]]
     assert stats.cache_stats is not None
@@ -734,7 +605,7 @@ async def test_dedupe_callers_of_a_failing_item_all_get_its_error(mode: str) -> 
         callers = [await launch(tg, f, "f") for _ in range(3)]
         ok = await launch(tg, f, "ok")
     stats = f.stats
-    assert all(c.error == Boom("f") for c in callers)
+    assert all(c.error == ItemBoom("f") for c in callers)
     assert ok.result == ("r", "ok")
     assert rec.batches == [["f", "ok"]]
     assert (stats.completed, stats.failed) == (1, 3)
@@ -761,7 +632,7 @@ async def test_stats_count_every_caller_hits_and_joins_included(mode: str) -> No
     stats = f.stats
     assert all(c.result == ("r", "slow") for c in [slow, *joins])
     assert all(c.result == ("r", "hit") for c in hits)
-    assert bad.error == Boom("bad")
+    assert bad.error == ItemBoom("bad")
     assert gone.outcome == ("cancelled", None)
     assert rec.batches == [["hit"], ["slow"], ["bad"]]
     # completed: the first "hit", 3 hits, "slow" and its 2 joins.
@@ -784,7 +655,7 @@ async def test_many_mixes_hits_misses_and_duplicates_in_input_order(mode: str) -
         items = [3, 1, 4, 3, 2, 4, 4, 5]
         async with anyio.create_task_group() as tg:
             lone = await launch(tg, f, 5)  # a single call of 5 waits already
-            big = await launch_many(tg, f, items)
+            big = await launch(tg, f.many, items)
         assert big.result == tag(items)
         assert lone.result == ("r", 5)
     stats = f.stats
@@ -802,7 +673,7 @@ async def test_many_raises_the_first_failing_item_once_all_settle(mode: str) -> 
     cache: MemoryCache[Any, Any] = MemoryCache(16)
     async with front(mode, rec, batch_size=2, timeout_ms=0, cache=cache) as f:
         async with anyio.create_task_group() as tg:
-            call = await launch_many(tg, f, ["ok", "y", "slow", "x"])
+            call = await launch(tg, f.many, ["ok", "y", "slow", "x"])
             await rec.running.wait()
             await settle()
             assert call.outcome is None  # "slow" is not settled yet
@@ -810,7 +681,7 @@ async def test_many_raises_the_first_failing_item_once_all_settle(mode: str) -> 
         await settle()
         assert await f.many(["ok", "slow"]) == tag(["ok", "slow"])  # both cached
     stats = f.stats
-    assert call.error == Boom("y")
+    assert call.error == ItemBoom("y")
     assert sorted(rec.seen()) == ["ok", "slow", "x", "y"]
     assert (stats.completed, stats.failed) == (2, 4)
     assert stats.submitted == settled(stats) == 6
@@ -931,22 +802,6 @@ async def test_a_keyed_call_on_a_closed_batcher_raises_batcher_closed() -> None:
 # -- 9. the sync front-end ---------------------------------------------------------------
 
 
-def _wait_until(predicate: Callable[[], bool], what: str) -> None:
-    """Wait for a condition another thread makes true (a bounded poll, not a timed sleep)."""
-    deadline = time.monotonic() + JOIN
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {JOIN} s waiting for {what}")
-        time.sleep(0.001)
-
-
-def _close_bounded(f: Any) -> None:
-    closer = threading.Thread(target=f.close, daemon=True)
-    closer.start()
-    closer.join(JOIN)
-    assert not closer.is_alive(), f"{f!r}.close() did not return within {JOIN} s"
-
-
 def _in_threads(calls: dict[Any, Callable[[], Any]]) -> dict[Any, Any]:
     """Run each call in its own thread at once; each one's result or exception."""
     out: dict[Any, Any] = {}
@@ -981,13 +836,13 @@ def test_sync_front_end_with_a_cache_from_threads() -> None:
 
     try:
         assert square(3) == 9
-        _wait_until(lambda: square.stats.cache_stats.sets == 1, "the write of 3")  # type: ignore[union-attr]
+        wait_until(lambda: square.stats.cache_stats.sets == 1, "the write of 3")  # type: ignore[union-attr]
         got = _in_threads({n: functools.partial(square.many, [3, 4, 3, 4]) for n in range(6)})
         assert got == {n: [9, 16, 9, 16] for n in range(6)}
         computed = [x for batch in seen for x in batch]
         assert computed.count(3) == 1  # served from the cache to every thread
         assert 1 <= computed.count(4) <= 6  # one per call at most; dedupe may merge more
-        _wait_until(lambda: square.stats.cache_stats.sets >= 2, "the write of 4")  # type: ignore[union-attr]
+        wait_until(lambda: square.stats.cache_stats.sets >= 2, "the write of 4")  # type: ignore[union-attr]
         assert square([4, 5, 5]) == [16, 25, 25]
         before = len(seen)
 
@@ -998,7 +853,7 @@ def test_sync_front_end_with_a_cache_from_threads() -> None:
             assert anyio.run(from_a_loop, backend=backend) == [9, 16, 9]
         assert len(seen) == before  # acall was served from the cache too
     finally:
-        _close_bounded(square)
+        close_bounded(square)
     stats = square.stats
     assert [x for batch in seen for x in batch].count(5) == 1  # dedupe inside one call
     assert stats.cache_stats is not None
@@ -1035,14 +890,14 @@ def test_sync_front_end_dedupes_equal_items_from_threads() -> None:
         threads = [threading.Thread(target=call, args=(n,), daemon=True) for n in range(4)]
         for thread in threads:
             thread.start()
-        _wait_until(lambda: len(fn._server.pending) == 4, "four calls queued")  # type: ignore[union-attr]
+        wait_until(lambda: sync_calls_not_taken_in(fn) == 4, "four calls queued")
         release.set()
         for thread in [holder, *threads]:
             thread.join(JOIN)
         assert results == dict.fromkeys(range(4), ("r", "same"))
     finally:
         release.set()
-        _close_bounded(fn)
+        close_bounded(fn)
     assert seen == [["hold"], ["same"]]
     stats = fn.stats
     assert stats.completed == stats.submitted == 5
@@ -1067,15 +922,26 @@ async def test_a_caller_cancelled_during_the_cache_read_counts_as_cancelled(mode
     assert (stats.failed, stats.cancelled) == (0, 3)
 
 
-async def test_driven_hits_leave_no_engine_behind() -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_driven_hits_leave_nothing_behind(backend: str) -> None:
+    """Caller-driven calls served from the cache keep nothing of their run: no task, no
+    waiting item, and nothing that holds on to the finished event loop."""
     rec = Rec()
     f = recorded(rec, cache=MemoryCache(8))
-    assert await f(1) == ("r", 1)
-    assert f._engines == {}
-    assert await f(1) == ("r", 1)  # a hit
-    assert await f.many([]) == []
+
+    async def main() -> None:
+        baseline = running_tasks()
+        with anyio.fail_after(60):
+            assert await f(1) == ("r", 1)
+            assert_nothing_left(f, baseline)
+            assert await f(1) == ("r", 1)  # a hit
+            assert await f.many([]) == []
+            assert rec.batches == [[1]]
+            assert_nothing_left(f, baseline)
+
+    assert run_releases_its_loop(backend, main)
+    assert run_releases_its_loop(backend, main)  # a run with nothing but hits
     assert rec.batches == [[1]]
-    assert f._engines == {}
 
 
 async def test_driven_keyed_many_cancelled_counts_each_item_once() -> None:
@@ -1099,7 +965,7 @@ async def test_asking_again_while_the_result_is_written_is_not_recomputed() -> N
 
 class _Unpicklable:
     def __reduce__(self) -> Any:
-        raise Boom("not picklable")
+        raise ItemBoom("not picklable")
 
 
 async def test_a_disk_cache_failure_is_counted_once(tmp_path: Path) -> None:
@@ -1159,7 +1025,7 @@ def test_sync_acall_cancelled_before_its_bridge_never_reaches_fn(backend: str) -
         assert results == tag([f"after {n}" for n in range(3)])
     finally:
         release.set()
-        _close_bounded(fn)
+        close_bounded(fn)
     assert "gone" not in [x for batch in seen for x in batch]
     stats = fn.stats
     assert stats.submitted == settled(stats)
@@ -1243,9 +1109,12 @@ class KeyedRun:
         self.batches: list[Sighting] = []
         self.t0 = 0.0
         self.tasks_left = -1
-        self.engines_busy: list[tuple[int, int]] = []
         self.stats: batched.BatchStats | None = None
         self.loop: VirtualTimeLoop | None = None
+        self.f: Any = None
+        self.run_ref: weakref.ref[Any] | None = None
+        self.loop_errors: list[dict[str, Any]] = []
+        self.run_released = False
 
     async def fn(self, items: list[int]) -> list[tuple[str, int, tuple[int, int]]]:
         index = len(self.batches)
@@ -1296,11 +1165,11 @@ class KeyedRun:
                 async with anyio.create_task_group() as tg:
                     for rec in self.calls:
                         tg.start_soon(self.caller, f, rec)
-                # A cache hit leaves an idle engine behind (see the xfail test above):
-                # check that whatever is left is idle.
-                self.engines_busy = [(e.callers, e.queued) for e in f._engines.values()]
         self.tasks_left = running_tasks() - baseline
         self.stats = f.stats
+        # Kept past the run: what f keeps of it must not hold on to its event loop.
+        self.f = f
+        self.run_ref = weakref.ref(current_run())
 
     def run(self, backend: str) -> None:
         options = fresh_backend_options(backend)
@@ -1317,15 +1186,19 @@ class KeyedRun:
             if self.loop is not None:
                 self.loop.set_exception_handler(None)
                 gc.collect()
+                self.loop_errors = self.loop.recorded_errors
+                self.loop = None  # only the weak reference in run_ref is left
+            gc.collect()
+            assert self.run_ref is not None
+            self.run_released = self.run_ref() is None
         finally:
             gc.unfreeze()
-        assert self.loop is None or self.loop.recorded_errors == []
+        assert self.loop_errors == []
 
     def check(self) -> None:
         s = self.script
         eps = 1e-9
         assert self.tasks_left == 0
-        assert all(busy == (0, 0) for busy in self.engines_busy), self.engines_busy
         served: list[tuple[KeyedCallRec, Sighting, float]] = []  # caller, batch, got at
         for rec in self.calls:
             assert len(rec.outcomes) == 1, rec
@@ -1384,6 +1257,7 @@ class KeyedRun:
         assert (stats.failed, stats.rejected, stats.queue_size) == (0, 0, 0)
         assert stats.total_batches == len(self.batches)
         assert stats.total_processed == sum(len(b.items) for b in self.batches)
+        assert self.run_released, "the batcher kept its finished run's event loop"
 
 
 @pytest.mark.timeout(600)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from typing import Any
@@ -12,39 +11,12 @@ import anyio.abc
 import anyio.lowlevel
 import anyio.to_thread
 import pytest
+from _helpers import Boom, echo, running_tasks, tag, trio_only
 
 from batched import Batcher, BatcherClosed
-from batched._virtual_time import fresh_backend_options, real_time
+from batched.testing import fresh_backend_options, real_time
 
 pytestmark = pytest.mark.anyio
-
-trio_only = pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)
-
-
-class MyError(Exception):
-    """Raised by the test body to leave the block by an exception."""
-
-
-def tag(items: list[Any]) -> list[tuple[str, Any]]:
-    return [("r", item) for item in items]
-
-
-async def echo(items: list[Any]) -> list[tuple[str, Any]]:
-    return tag(items)
-
-
-def running_tasks() -> int:
-    """How many tasks exist now, on either backend."""
-    try:
-        return len(asyncio.all_tasks())
-    except RuntimeError:  # no running asyncio loop: trio
-        pass
-    import trio.lowlevel
-
-    def count(task: Any) -> int:
-        return 1 + sum(count(child) for n in task.child_nurseries for child in n.child_tasks)
-
-    return count(trio.lowlevel.current_root_task())
 
 
 class Outcomes:
@@ -105,11 +77,11 @@ async def test_reentry_after_close_starts_afresh_with_stats_kept(how: str) -> No
         return tag(items)
 
     b = Batcher(fn, batch_size=2, timeout_ms=5)
-    with pytest.raises((MyError, KeyboardInterrupt)) if how != "normal" else _nothing():
+    with pytest.raises((Boom, KeyboardInterrupt)) if how != "normal" else _nothing():
         async with b:
             assert await b.many([1, 2, 3]) == tag([1, 2, 3])
             if how == "exception":
-                raise MyError
+                raise Boom
             if how == "fatal":
                 await b("fatal")
     first = b.stats
@@ -174,10 +146,10 @@ async def test_exceptional_exit_releases_callers_and_cancels_batch(how: str) -> 
 
     b = Batcher(fn, batch_size=2, timeout_ms=10_000, max_concurrent_batches=1, max_queue_size=3)
     out = Outcomes()
-    error = MyError("the body failed")
+    error = Boom("the body failed")
     with anyio.fail_after(60):
         async with anyio.create_task_group() as tg:
-            with pytest.raises(MyError) if how == "exception" else _nothing() as excinfo:
+            with pytest.raises(Boom) if how == "exception" else _nothing() as excinfo:
                 with anyio.CancelScope() as scope:
                     async with b:
                         for x in ("run1", "run2"):  # the running batch
@@ -198,7 +170,7 @@ async def test_exceptional_exit_releases_callers_and_cancels_batch(how: str) -> 
     if how == "exception":
         assert excinfo is not None
         assert excinfo.value is error
-        assert type(excinfo.value) is MyError
+        assert type(excinfo.value) is Boom
     else:
         assert scope.cancelled_caught
     assert released == start  # nothing waited on a timer
@@ -239,11 +211,11 @@ async def test_exceptional_exit_waits_for_running_sync_fn() -> None:
             tg.start_soon(out.call, b, "sync")
             await anyio.to_thread.run_sync(started.wait, 5)
             assert not finished
-            raise MyError
+            raise Boom
 
     with real_time(), anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
-            with pytest.raises(MyError):
+            with pytest.raises(Boom):
                 await body(tg)
             assert finished == [["sync"]]  # __aexit__ returned only after fn did
     assert out.closed() == {"sync"}
@@ -287,11 +259,11 @@ async def test_no_task_left_after_the_block(how: str) -> None:
                 results = await b.many([1, 2, 3])
                 assert results == tag([1, 2, 3])
                 if how == "exception":
-                    raise MyError
+                    raise Boom
                 if how == "cancel":
                     scope.cancel()
                     await anyio.lowlevel.checkpoint()
-        except MyError:
+        except Boom:
             pass
     assert running_tasks() == before
 

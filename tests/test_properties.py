@@ -54,7 +54,7 @@ from hypothesis import example, given, settings
 from strategies import BatchPlan, CallerPlan, ClosePlan, Config, Script, fails_alone, scripts
 
 import batched
-from batched._virtual_time import VirtualTimeLoop, fresh_backend_options
+from batched.testing import VirtualTimeLoop, fresh_backend_options
 
 BACKENDS = ["asyncio", "trio"]
 HANG_GUARD_S = 3600.0

@@ -6,13 +6,11 @@ import inspect
 import subprocess
 import sys
 import types
-from pathlib import Path
 
 import pytest
+from _helpers import ROOT
 
 import batched
-
-ROOT = Path(__file__).resolve().parent.parent
 
 # Public classes meant to be subclassed or implemented by users; every other public class
 # is marked `typing.final` (composition over subclassing).

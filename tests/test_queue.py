@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
-from _settle import settle
+from _helpers import Caller, Recorder, launch, settle
 
 import batched
 
@@ -18,61 +18,19 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.anyio
 
 
-class Held:
-    """Records batches and the queue size each one saw; the first batch waits for release."""
-
-    def __init__(self) -> None:
-        self.batches: list[list[Any]] = []
-        self.queue_sizes: list[int] = []
-        self.batcher: batched.Batcher[Any, Any] | None = None
-        self.held = anyio.Event()
-        self.release = anyio.Event()
-
-    async def __call__(self, items: list[Any]) -> list[tuple[Any, str]]:
-        self.batches.append(list(items))
-        assert self.batcher is not None
-        self.queue_sizes.append(self.batcher.stats.queue_size)
-        if len(self.batches) == 1:
-            self.held.set()
-            await self.release.wait()
-        return [(item, "r") for item in items]
-
-
-class Caller:
-    """One caller in its own cancel scope; keeps its result or the exception it got."""
-
-    def __init__(self, make: Callable[[], Awaitable[Any]]) -> None:
-        self.make = make
-        self.scope = anyio.CancelScope()
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.done = anyio.Event()
-
-    async def run(self) -> None:
-        with self.scope:
-            try:
-                self.result = await self.make()
-            except batched.BatchedError as exc:
-                self.error = exc
-            finally:
-                self.done.set()
-
-
 async def start(tg: TaskGroup, make: Callable[[], Awaitable[Any]]) -> Caller:
-    """Start a caller and let it be accepted (or queued for room) before returning."""
-    caller = Caller(make)
-    tg.start_soon(caller.run)
-    await settle()
-    return caller
+    """:func:`launch` a caller of ``make()``: it is accepted (or queued for room) when this
+    returns; an error other than batched's own fails the test."""
+    return await launch(tg, make, catch=batched.BatchedError)
 
 
-def batcher(fn: Held, **settings: Any) -> batched.Batcher[Any, Any]:
+def batcher(fn: Recorder, **settings: Any) -> batched.Batcher[Any, Any]:
     b: batched.Batcher[Any, Any] = batched.Batcher(fn, batch_size=1, timeout_ms=0, **settings)
     fn.batcher = b
     return b
 
 
-async def hold(tg: TaskGroup, fn: Held, b: batched.Batcher[Any, Any]) -> Caller:
+async def hold(tg: TaskGroup, fn: Recorder, b: batched.Batcher[Any, Any]) -> Caller:
     """Occupy the only slot with a running batch: its item no longer counts as queued."""
     caller = await start(tg, lambda: b("hold"))
     await fn.held.wait()
@@ -82,7 +40,7 @@ async def hold(tg: TaskGroup, fn: Held, b: batched.Batcher[Any, Any]) -> Caller:
 
 async def test_call_that_does_not_fit_waits_for_room_in_fifo_order() -> None:
     """A call that does not fit waits; waiters get room first come, first served."""
-    fn = Held()
+    fn = Recorder(hold_first=True)
     b = batcher(fn, max_queue_size=2)
     with anyio.fail_after(60):
         async with b, anyio.create_task_group() as tg:
@@ -101,7 +59,7 @@ async def test_call_that_does_not_fit_waits_for_room_in_fifo_order() -> None:
 
 async def test_wait_false_raises_queue_full_when_call_does_not_fit() -> None:
     """wait=False and no room: QueueFull (also anyio.WouldBlock); fn never sees the items."""
-    fn = Held()
+    fn = Recorder(hold_first=True)
     b = batcher(fn, max_queue_size=2)
     with anyio.fail_after(60):
         async with b, anyio.create_task_group() as tg:
@@ -124,7 +82,7 @@ async def test_wait_false_raises_queue_full_when_call_does_not_fit() -> None:
 
 async def test_wait_false_succeeds_when_there_is_room() -> None:
     """wait=False with room: accepted like any call."""
-    fn = Held()
+    fn = Recorder(hold_first=True)
     b = batcher(fn, max_queue_size=2)
     with anyio.fail_after(60):
         async with b, anyio.create_task_group() as tg:
@@ -140,7 +98,7 @@ async def test_wait_false_succeeds_when_there_is_room() -> None:
 
 async def test_wait_false_raises_queue_full_while_others_wait_for_room() -> None:
     """wait=False raises QueueFull when calls already wait for room, even if it would fit."""
-    fn = Held()
+    fn = Recorder(hold_first=True)
     b = batcher(fn, max_queue_size=2)
     with anyio.fail_after(60):
         async with b, anyio.create_task_group() as tg:
@@ -158,7 +116,7 @@ async def test_wait_false_raises_queue_full_while_others_wait_for_room() -> None
 
 async def test_call_larger_than_max_queue_size_is_accepted_when_nothing_waits() -> None:
     """A call with more items than max_queue_size is accepted when the queue is empty."""
-    fn = Held()
+    fn = Recorder(hold_first=True)
     fn.release.set()
     b = batcher(fn, max_queue_size=2)
     with anyio.fail_after(60):
@@ -170,7 +128,7 @@ async def test_call_larger_than_max_queue_size_is_accepted_when_nothing_waits() 
 
 async def test_call_larger_than_max_queue_size_waits_until_queue_is_empty() -> None:
     """An oversize call waits while items are queued, then gets in once nothing waits."""
-    fn = Held()
+    fn = Recorder(hold_first=True)
     b = batcher(fn, max_queue_size=2)
     with anyio.fail_after(60):
         async with b, anyio.create_task_group() as tg:
@@ -187,7 +145,7 @@ async def test_call_larger_than_max_queue_size_waits_until_queue_is_empty() -> N
 
 async def test_cancelled_queued_items_free_room_at_once() -> None:
     """Cancelling a queued call frees its room at once: the next waiter gets in."""
-    fn = Held()
+    fn = Recorder(hold_first=True)
     b = batcher(fn, max_queue_size=3)
     with anyio.fail_after(60):
         async with b, anyio.create_task_group() as tg:
@@ -204,7 +162,7 @@ async def test_cancelled_queued_items_free_room_at_once() -> None:
             assert b.stats.queue_size == 3
             fn.release.set()
     assert a.scope.cancelled_caught
-    assert a.result is None
+    assert a.cancelled
     assert fn.batches == [["hold"], ["b"], ["w"], ["d"]]
     assert (c.result, w.result, d.result) == (("b", "r"), ("w", "r"), ("d", "r"))
     assert b.stats.cancelled == 2
@@ -212,7 +170,7 @@ async def test_cancelled_queued_items_free_room_at_once() -> None:
 
 async def test_cancelled_room_waiter_no_longer_blocks_others() -> None:
     """A caller cancelled while waiting for room stops counting as waiting at once."""
-    fn = Held()
+    fn = Recorder(hold_first=True)
     b = batcher(fn, max_queue_size=2)
     with anyio.fail_after(60):
         async with b, anyio.create_task_group() as tg:
@@ -225,15 +183,14 @@ async def test_cancelled_room_waiter_no_longer_blocks_others() -> None:
             fn.release.set()
     assert big.scope.cancelled_caught
     assert fn.batches == [["hold"], ["a"], ["d"]]
-    assert d.error is None
-    assert d.result == ("d", "r")
+    assert d.outcome == ("result", ("d", "r"))
     stats = b.stats
     assert (stats.cancelled, stats.rejected) == (2, 0)
 
 
 async def test_rejected_counts_items_not_calls() -> None:
     """stats.rejected counts the items of rejected calls; submitted still adds up."""
-    fn = Held()
+    fn = Recorder(hold_first=True)
     b = batcher(fn, max_queue_size=1)
     with anyio.fail_after(60):
         async with b, anyio.create_task_group() as tg:
@@ -253,7 +210,7 @@ async def test_rejected_counts_items_not_calls() -> None:
 @pytest.mark.virtual_time
 async def test_normal_close_fails_callers_waiting_for_room() -> None:
     """Leaving the block normally: callers waiting for room get BatcherClosed, accepted finish."""
-    fn = Held()
+    fn = Recorder(hold_first=True)
     b = batcher(fn, max_queue_size=1)
     with anyio.fail_after(60):
         async with anyio.create_task_group() as tg:

@@ -9,11 +9,12 @@ engine, and proof that ``batched.testing.check_invariants`` catches a planted bu
    is an exact float and the model can check cut timing exactly.
 2. An overload soak on virtual time: arrivals at ten times the service rate for 60
    virtual seconds against ``max_queue_size=64``.
-3. Faults injected into the engine (a strategy pool whose cut raises, a monkeypatched
-   ``Engine._drain``): every waiting caller is released with ``BatcherClosed`` chained to
+3. Faults injected into the engine through a user strategy (a pool whose ``cut`` or
+   ``add`` raises): every waiting caller is released with ``BatcherClosed`` chained to
    the fault, nothing hangs, the fault leaves ``async with``.
-4. A planted off-by-one in ``Engine._cut``: ``check_invariants`` over ``run_schedule``
-   finds it and hypothesis shrinks it to a small counterexample.
+4. A planted off-by-one in the cut (a user pool that cuts one item more than asked):
+   ``check_invariants`` over ``run_schedule`` finds it and hypothesis shrinks it to a
+   small counterexample.
 """
 
 from __future__ import annotations
@@ -50,7 +51,6 @@ from hypothesis.stateful import (
 
 import batched
 from batched import BatcherClosed, QueueFull
-from batched._engine import Engine
 from batched.testing import (
     arrival_schedules,
     batcher_settings,
@@ -726,11 +726,13 @@ async def test_overload_soak(wait: bool) -> None:
 
 class FaultyStrategy:
     """FIFO pools whose ``fail_on``-th cut (counted over all pools of the strategy)
-    raises ``fault``; with ``stay``, every cut from then on raises too."""
+    raises ``fault``; with ``stay``, every cut from then on raises too. Once
+    ``fails_in`` names ``add`` or ``oldest``, every call of that method raises ``fault``."""
 
     def __init__(self, fault: BaseException, fail_on: int, stay: bool = False) -> None:
         self.fault, self.fail_on, self.stay = fault, fail_on, stay
         self.cuts = 0
+        self.fails_in: str | None = None
 
     def new_pool(self) -> batched.Pool:
         return FaultyPool(self)
@@ -742,6 +744,8 @@ class FaultyPool:
         self.strategy = strategy
 
     def add(self, entry: batched.Entry) -> None:
+        if self.strategy.fails_in == "add":
+            raise self.strategy.fault
         self.inner.add(entry)
 
     def remove(self, entry: batched.Entry) -> None:
@@ -751,6 +755,8 @@ class FaultyPool:
         return len(self.inner)
 
     def oldest(self) -> batched.Entry | None:
+        if self.strategy.fails_in == "oldest":
+            raise self.strategy.fault
         return self.inner.oldest()
 
     def cut(self, max_items: int, budget: float) -> list[batched.Entry]:
@@ -859,25 +865,34 @@ async def test_pool_cut_fault_closes_the_batcher(fault_type: type[BaseException]
 @pytest.mark.virtual_time
 @pytest.mark.anyio
 @pytest.mark.parametrize("fault_type", [Boom, Fatal])
-async def test_drain_fault_closes_the_batcher(
-    fault_type: type[BaseException], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    "method",
+    [
+        "oldest",
+        pytest.param(
+            "add",
+            marks=pytest.mark.xfail(
+                strict=True,
+                raises=TimeoutError,  # the fail_after hang guard of crash_scene
+                reason="BUG: a Pool.add that raises loses the call it was taking in: "
+                "the engine's drain takes the call out of the intake before pool.add, "
+                "and closing then finds it in neither the intake, the pools nor a "
+                "running batch, so its caller is never released (it hangs)",
+            ),
+        ),
+    ],
+)
+async def test_collector_fault_closes_the_batcher(
+    method: str, fault_type: type[BaseException]
 ) -> None:
-    """``Engine._drain`` raises once armed, on the collector's next wake-up: item 7's call
-    in the intake, items 4-6 in the pool, batch A running."""
-    fault = fault_type("injected into Engine._drain")
-    armed = False
-    original = Engine._drain
-
-    def faulty_drain(self: Engine) -> bool:
-        if armed:
-            raise fault
-        return original(self)
-
-    monkeypatch.setattr(Engine, "_drain", faulty_drain)
+    """The pool's ``method`` raises once armed, on the collector's next wake-up, as item
+    7's call arrives: items 4-6 in the pool, batch A running. ``add`` raises as item 7's
+    call is taken in from the intake, ``oldest`` once it is in the pool."""
+    fault = fault_type(f"injected into Pool.{method}")
+    strategy = FaultyStrategy(fault, fail_on=0)  # cuts never fail
 
     def arm() -> None:
-        nonlocal armed
-        armed = True
+        strategy.fails_in = method
 
     run = FaultRun()
     b = batched.Batcher(
@@ -886,6 +901,7 @@ async def test_drain_fault_closes_the_batcher(
         timeout_ms=5,
         max_queue_size=4,
         max_concurrent_batches=2,
+        strategy=strategy,
     )
     start = anyio.current_time()
     await crash_scene(b, run, arm, last=[7])
@@ -1000,34 +1016,52 @@ def test_a_pool_that_keeps_failing_still_releases_every_caller(
 # -- 4. the invariants catch a planted off-by-one ----------------------------------------
 
 
-@pytest.fixture
-def greedy_cut(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``Engine._cut`` with an off-by-one: after a cut, one more item if the pool has one."""
-    original = Engine._cut
+class GreedyStrategy:
+    """``inner``'s pools with an off-by-one: each cut takes one item more than asked."""
 
-    def cut(self: Engine, now: float) -> list[batched.Entry]:
-        batch = original(self, now)
-        for pool in (self.small, self.bulk):
-            if len(pool):
-                extra = pool.cut(1, math.inf)
-                for entry in extra:
-                    entry._pool = None
-                self.waiting -= len(extra)
-                self.queued -= len(extra)
-                batch += extra
-                break
-        return batch
+    def __init__(self, inner: batched.Strategy) -> None:
+        self.inner = inner
 
-    monkeypatch.setattr(Engine, "_cut", cut)
+    def new_pool(self) -> batched.Pool:
+        return GreedyPool(self.inner.new_pool())
 
 
-@pytest.mark.usefixtures("greedy_cut")
+class GreedyPool:
+    def __init__(self, inner: batched.Pool) -> None:
+        self.inner = inner
+
+    def add(self, entry: batched.Entry) -> None:
+        self.inner.add(entry)
+
+    def remove(self, entry: batched.Entry) -> None:
+        self.inner.remove(entry)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def oldest(self) -> batched.Entry | None:
+        return self.inner.oldest()
+
+    def cut(self, max_items: int, budget: float) -> list[batched.Entry]:
+        return self.inner.cut(max_items + 1, budget)
+
+
+def greedy(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with their strategy's pools made greedy (see ``GreedyStrategy``)."""
+    strategy = options.get("strategy", batched.Fifo())
+    if isinstance(strategy, batched.PriorityStrategy):
+        strategy = strategy.to_strategy()
+    return {**options, "strategy": GreedyStrategy(strategy)}
+
+
 def test_invariants_catch_an_off_by_one_in_the_cut() -> None:
     """Hypothesis searches both backends for a schedule that ``check_invariants`` fails,
     and shrinks it; the shrunk counterexample then fails on every backend."""
 
     def failure(backend: str, options: dict[str, Any], schedule: Schedule) -> str | None:
-        result = run_schedule(lambda fn: batched.Batcher(fn, **options), schedule, backend=backend)
+        result = run_schedule(
+            lambda fn: batched.Batcher(fn, **greedy(options)), schedule, backend=backend
+        )
         try:
             check_invariants(result)
         except AssertionError as exc:

@@ -7,6 +7,7 @@ from typing import Any
 import anyio
 import attrs
 import pytest
+from _helpers import Boom, echo, settled, tag
 
 from batched import Batcher, BatcherClosed, BatchStats, Failure, QueueFull
 
@@ -20,22 +21,6 @@ PERCENTILES = (
     "latency_p90_ms",
     "latency_p99_ms",
 )
-
-
-class Boom(Exception):
-    """A failure planned by the test."""
-
-
-def tag(items: list[Any]) -> list[tuple[str, Any]]:
-    return [("r", item) for item in items]
-
-
-async def echo(items: list[Any]) -> list[tuple[str, Any]]:
-    return tag(items)
-
-
-def settled(stats: BatchStats) -> int:
-    return stats.completed + stats.failed + stats.cancelled + stats.rejected
 
 
 def test_stats_are_a_frozen_attrs_snapshot() -> None:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import attrs
 import pytest
-from _settle import settle
+from _helpers import Recorder, settle
 
 import batched
 
@@ -229,23 +229,9 @@ def test_user_written_pool_and_strategy_satisfy_the_protocols() -> None:
 # -- cutting order through a Batcher -------------------------------------------------------
 
 
-class Held:
-    """A batch function whose first batch waits for ``release``, so later items accumulate."""
-
-    def __init__(self) -> None:
-        self.batches: list[list[Any]] = []
-        self.held = anyio.Event()
-        self.release = anyio.Event()
-
-    async def __call__(self, items: list[Any]) -> list[tuple[Any, str]]:
-        self.batches.append(list(items))
-        if len(self.batches) == 1:
-            self.held.set()
-            await self.release.wait()
-        return [(item, "r") for item in items]
-
-
-async def accumulate(fn: Held, calls: list[Any], *, age: float = 1.0, **settings: Any) -> list[Any]:
+async def accumulate(
+    fn: Recorder, calls: list[Any], *, age: float = 1.0, **settings: Any
+) -> list[Any]:
     """Hold the slot with ``calls[0]``, queue the rest in order, let them age, then release.
 
     Each entry of ``calls`` makes one caller's awaitable from the batcher, or is a number
@@ -289,7 +275,7 @@ def many(items: list[Any], priority: float = 0) -> Callable[[batched.Batcher[Any
 @pytest.mark.parametrize("strategy", [batched.ByPriority(), batched.PriorityStrategy.PRIORITY])
 async def test_by_priority_order_through_batcher(strategy: Any) -> None:
     """Waiting items leave lowest priority value first, equal priorities in arrival order."""
-    fn = Held()
+    fn = Recorder(hold_first=True)
     calls = [one("h"), one("a", 5), one("b", 1), one("c", 3), one("d", 1), one("e", -1)]
     out = await accumulate(fn, calls, strategy=strategy, batch_size=2, timeout_ms=5)
     assert fn.batches == [["h"], ["e", "b"], ["d", "c"], ["a"]]
@@ -300,7 +286,7 @@ async def test_by_priority_order_through_batcher(strategy: Any) -> None:
 @pytest.mark.parametrize("strategy", [batched.ByLength(), batched.PriorityStrategy.LENGTH])
 async def test_by_length_order_through_batcher(strategy: Any) -> None:
     """Waiting items leave shortest first (default length: len), equal lengths in arrival order."""
-    fn = Held()
+    fn = Recorder(hold_first=True)
     items = ["h", "xxxx", "x", "xxx", "yy", "z"]
     out = await accumulate(fn, [one(i) for i in items], strategy=strategy, timeout_ms=5)
     assert fn.batches == [["h"], ["x", "z", "yy", "xxx", "xxxx"]]
@@ -310,7 +296,7 @@ async def test_by_length_order_through_batcher(strategy: Any) -> None:
 @pytest.mark.parametrize("strategy", [batched.Fifo(), batched.PriorityStrategy.NONE])
 async def test_fifo_order_through_batcher(strategy: Any) -> None:
     """Fifo (and PriorityStrategy.NONE) ignore priority and length: arrival order."""
-    fn = Held()
+    fn = Recorder(hold_first=True)
     calls = [one("h"), one("xxx", 3), one("x", 1), one("xx", -5)]
     await accumulate(fn, calls, strategy=strategy, timeout_ms=5)
     assert fn.batches == [["h"], ["xxx", "x", "xx"]]
@@ -319,7 +305,7 @@ async def test_fifo_order_through_batcher(strategy: Any) -> None:
 @pytest.mark.virtual_time
 async def test_user_strategy_orders_a_batcher() -> None:
     """A user-written strategy decides the order of the items that wait."""
-    fn = Held()
+    fn = Recorder(hold_first=True)
     calls = [one("h"), one("a"), one("b"), one("c"), one("d")]
     out = await accumulate(fn, calls, strategy=NewestFirst(), batch_size=3, timeout_ms=5)
     assert fn.batches == [["h"], ["d", "c", "b"], ["a"]]
@@ -329,7 +315,7 @@ async def test_user_strategy_orders_a_batcher() -> None:
 @pytest.mark.parametrize(("age", "overdue"), [(0.2, True), (0.05, False)])
 async def test_overdue_item_leaves_before_later_arrivals(age: float, overdue: bool) -> None:
     """Rule 1: an item that waited max_wait_ms leaves before anything that arrived after it."""
-    fn = Held()
+    fn = Recorder(hold_first=True)
     calls = [one("h"), one("late", 9), age, many(["u1", "u2"], priority=0)]
     settings = {"strategy": batched.ByPriority(), "batch_size": 1, "max_wait_ms": 100}
     out = await accumulate(fn, calls, age=0, timeout_ms=5, **settings)
@@ -342,7 +328,7 @@ async def test_overdue_item_leaves_before_later_arrivals(age: float, overdue: bo
 @pytest.mark.parametrize(("age", "overdue"), [(0.2, True), (0.05, False)])
 async def test_overdue_bulk_items_leave_before_later_small_calls(age: float, overdue: bool) -> None:
     """Rule 1 before rule 2: overdue items of a large call beat a small call that came later."""
-    fn = Held()
+    fn = Recorder(hold_first=True)
     bulk = [f"m{i}" for i in range(9)]  # 9 > small_batch_threshold=8
     calls = [one("h"), many(bulk), age, one("s")]
     out = await accumulate(fn, calls, age=0, batch_size=4, max_wait_ms=100, timeout_ms=5)
@@ -358,7 +344,7 @@ async def test_overdue_bulk_items_leave_before_later_small_calls(age: float, ove
 @pytest.mark.virtual_time
 async def test_small_calls_leave_before_large_calls() -> None:
     """Rule 2: items of calls with <= small_batch_threshold items leave before larger calls'."""
-    fn = Held()
+    fn = Recorder(hold_first=True)
     calls = [one("h"), many(["b0", "b1", "b2"]), one("s0"), many(["t0", "t1"]), one("s1")]
     await accumulate(fn, calls, small_batch_threshold=2, batch_size=10, timeout_ms=5)
     assert fn.batches == [["h"], ["s0", "t0", "t1", "s1", "b0", "b1", "b2"]]
@@ -367,7 +353,7 @@ async def test_small_calls_leave_before_large_calls() -> None:
 @pytest.mark.virtual_time
 async def test_strategy_orders_within_small_and_within_large_calls() -> None:
     """Rule 3 after rule 2: priority orders small calls, then large calls, not across them."""
-    fn = Held()
+    fn = Recorder(hold_first=True)
     calls = [
         one("h"),
         many(["x0", "x1", "x2"], priority=0),
@@ -399,7 +385,7 @@ async def test_max_batch_length_caps_summed_length(
     hold: Any, items: list[Any], length_fn: Any, expected: list[list[Any]]
 ) -> None:
     """max_batch_length caps the summed length: length_fn, else len / first value's len / 1."""
-    fn = Held()
+    fn = Recorder(hold_first=True)
     calls = [one(hold), *[one(i) for i in items]]
     settings = {"max_batch_length": 5, "length_fn": length_fn}
     out = await accumulate(fn, calls, batch_size=10, timeout_ms=5, **settings)
@@ -409,7 +395,7 @@ async def test_max_batch_length_caps_summed_length(
 
 async def test_item_longer_than_max_batch_length_travels_alone() -> None:
     """An item longer than max_batch_length leaves alone, and not before what waited before it."""
-    fn = Held()
+    fn = Recorder(hold_first=True)
     items = ["ab", "toolong", "c", "d", "waytoolong", "e"]
     calls = [one("h"), *[one(i) for i in items]]
     out = await accumulate(fn, calls, max_batch_length=3, batch_size=10, timeout_ms=5)
@@ -420,7 +406,7 @@ async def test_item_longer_than_max_batch_length_travels_alone() -> None:
 @pytest.mark.virtual_time
 async def test_oversize_item_alone_leaves_at_once() -> None:
     """An oversize item with an empty pool is a full batch: it leaves without waiting."""
-    fn = Held()
+    fn = Recorder(hold_first=True)
     fn.release.set()
     with anyio.fail_after(60):
         async with batched.Batcher(fn, max_batch_length=3, timeout_ms=1000) as b:
@@ -433,7 +419,7 @@ async def test_oversize_item_alone_leaves_at_once() -> None:
 @pytest.mark.parametrize("strategy", [batched.Fifo(), batched.ByPriority()])
 async def test_budget_deferral_keeps_arrival_order(strategy: batched.Strategy) -> None:
     """The item that did not fit is first in the next batch; nothing behind it jumps ahead."""
-    fn = Held()
+    fn = Recorder(hold_first=True)
     calls = [one("h0"), one("a3"), one("b3"), one("c1"), one("d1")]
     settings = {"max_batch_length": 5, "length_fn": lambda s: int(s[1:]), "strategy": strategy}
     await accumulate(fn, calls, batch_size=10, timeout_ms=5, **settings)

@@ -9,38 +9,13 @@ import math
 import re
 from typing import Any
 
-import anyio
 import pytest
+from _helpers import Boom, gather, tag
 
 import batched
 from batched import Batcher
 
 pytestmark = pytest.mark.anyio
-
-
-class Boom(Exception):
-    """An error raised by a length function."""
-
-
-def tag(items: list[Any]) -> list[tuple[str, Any]]:
-    return [("r", item) for item in items]
-
-
-async def gather(b: Batcher[Any, Any], items: list[Any]) -> dict[Any, Any]:
-    """Call ``b(item)`` for each item concurrently; map item -> result or exception."""
-    outcome: dict[Any, Any] = {}
-
-    async def one(item: Any) -> None:
-        try:
-            outcome[item] = await b(item)
-        except Exception as exc:
-            outcome[item] = exc
-
-    with anyio.fail_after(60):
-        async with anyio.create_task_group() as tg:
-            for item in items:
-                tg.start_soon(one, item)
-    return outcome
 
 
 async def _agen(items: list[int]) -> Any:
