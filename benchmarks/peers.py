@@ -19,6 +19,7 @@ within 1.3x of our asyncio one.
 
 from __future__ import annotations
 
+import functools
 import statistics
 from typing import TYPE_CHECKING, Any
 
@@ -161,7 +162,7 @@ def run(
                 for name, system in available.items():
                     if name == "aiodataloader" and backend != "asyncio":
                         continue
-                    figure = on[backend](lambda s=system: measure(s))
+                    figure = on[backend](functools.partial(measure, system))
                     samples.setdefault((name, backend), []).append(figure)
         ours = statistics.median(samples[("batched", "asyncio")])
         theirs = (

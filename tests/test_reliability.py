@@ -867,20 +867,7 @@ async def test_pool_cut_fault_closes_the_batcher(fault_type: type[BaseException]
 @pytest.mark.parametrize("fault_type", [Boom, Fatal])
 @pytest.mark.parametrize(
     "method",
-    [
-        "oldest",
-        pytest.param(
-            "add",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=TimeoutError,  # the fail_after hang guard of crash_scene
-                reason="BUG: a Pool.add that raises loses the call it was taking in: "
-                "the engine's drain takes the call out of the intake before pool.add, "
-                "and closing then finds it in neither the intake, the pools nor a "
-                "running batch, so its caller is never released (it hangs)",
-            ),
-        ),
-    ],
+    ["oldest", "add"],
 )
 async def test_collector_fault_closes_the_batcher(
     method: str, fault_type: type[BaseException]

@@ -269,29 +269,42 @@ class Core:
         self.waiting_len += length
 
     def drain(self) -> None:
-        """Move everything the intake holds into the pools."""
+        """Move everything the intake holds into the pools.
+
+        A user's pool that raises in ``add`` leaves the call at the head of the intake,
+        where closing the batcher finds it (it is in no pool).
+        """
         intake = self.intake
         if not intake:
             return
-        if self.lengths is not None:
-            while intake:
-                self._pool_call(intake.popleft())
-            return
-        # Calls of one item, the bulk of the traffic, go to their pool inline.
-        pool = self.small if self.threshold else self.bulk
-        add, pool_call = pool.add, self._pool_call
-        count = length = 0
-        while intake:
-            call = intake.popleft()
-            if call.entries is None and call.state == QUEUED:
-                add(call)  # type: ignore[arg-type]
-                call._pool = pool
-                count += 1
-                length += call.length
-            else:
-                pool_call(call)
-        self.waiting += count
-        self.waiting_len += length
+        call: CallCore | None = None
+        try:
+            if self.lengths is not None:
+                while intake:
+                    call = intake.popleft()
+                    self._pool_call(call)
+                return
+            # Calls of one item, the bulk of the traffic, go to their pool inline.
+            pool = self.small if self.threshold else self.bulk
+            add, pool_call = pool.add, self._pool_call
+            count = length = 0
+            try:
+                while intake:
+                    call = intake.popleft()
+                    if call.entries is None and call.state == QUEUED:
+                        add(call)  # type: ignore[arg-type]
+                        call._pool = pool
+                        count += 1
+                        length += call.length
+                    else:
+                        pool_call(call)
+            finally:
+                self.waiting += count
+                self.waiting_len += length
+        except BaseException:
+            if call is not None and call._pool is INTAKE:
+                intake.appendleft(call)
+            raise
 
     def oldest(self) -> Entry | None:
         a, b = self.small.oldest(), self.bulk.oldest()
