@@ -9,10 +9,11 @@ total per item grows at most 1.3x from 1k to the largest n.
 
 Memory (tracemalloc, in a run of its own since tracing slows everything): the traced
 bytes held while ``n`` callers wait in the batcher, over ``n``, next to ``n`` native
-tasks parked on one native event (``asyncio.Event`` / ``trio.Event``) in the same run.
-The difference is what a waiting item costs beyond the task that waits for it (its call
-record, wake-up, coroutine of ``Batcher.__call__`` and place in the queue). Target: at
-most 500 bytes per waiting item.
+tasks parked with the backend's bare primitive (see ``_Parking``) in the same run.
+The difference is what a waiting item costs beyond the task that waits for it (its call,
+which is also the future or the parked task's wake-up, and its place in the queue), next
+to a reference that parks in a coroutine of its own: it can be negative, when the call
+costs less than that coroutine. Target: at most 500 bytes per waiting item.
 
 Garbage collection stays on (a real server runs with it), after a ``gc.collect()``
 before each run.
