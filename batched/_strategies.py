@@ -94,14 +94,13 @@ class Strategy(Protocol):
 class _FifoPool:
     # A deque with lazy removal: removals are rare (cancelled callers), pops are not,
     # and a dict used as a queue rescans its deleted prefix on every pop.
-    __slots__ = ("_queue", "_removed")
+    __slots__ = ("_queue", "_removed", "add")
 
     def __init__(self) -> None:
         self._queue: deque[Entry] = deque()
         self._removed: set[Entry] = set()
-
-    def add(self, entry: Entry) -> None:
-        self._queue.append(entry)
+        # add() is the deque's own append: no frame of ours per item.
+        self.add: Callable[[Entry], None] = self._queue.append
 
     def remove(self, entry: Entry) -> None:
         self._removed.add(entry)
@@ -185,6 +184,10 @@ class _KeyedPool:
             heap.clear()
             self._arrivals.clear()
         return out
+
+
+# The pools of the built-in strategies: they never raise, so calls go straight in.
+BUILTIN_POOLS = (_FifoPool, _KeyedPool)
 
 
 def _by_length(entry: Entry) -> Any:

@@ -61,7 +61,9 @@ class Backend(Protocol):
     def clock(self) -> Callable[[], float]:
         """The loop's clock: what ``anyio.current_time()`` reads."""
 
-    def new_call(self) -> CallCore: ...
+    @property
+    def new_call(self) -> Callable[[], CallCore]:
+        """Makes a call its caller awaits directly; the submit path sets its fields."""
 
     def new_parked_call(self) -> CallCore: ...
 

@@ -168,13 +168,8 @@ class AsyncioBackend:
             self.clock: Callable[[], float] = time.monotonic  # what time() returns
         else:
             self.clock = loop.time
-        self._new_call = functools.partial(AsyncioCall, loop=loop)
-
-    def new_call(self) -> AsyncioCall:
-        call: AsyncioCall = self._new_call()
-        call.state = QUEUED
-        call._pool = INTAKE
-        return call
+        # A call, made in C (the submit path sets its fields).
+        self.new_call: Callable[[], AsyncioCall] = functools.partial(AsyncioCall, loop=loop)
 
     def new_parked_call(self) -> AsyncioParkedCall:
         return AsyncioParkedCall(self.loop)

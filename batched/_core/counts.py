@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from array import array
+from collections import deque
 from typing import TYPE_CHECKING, Any, final
 
 from .._stats import BatchStats
@@ -22,41 +23,47 @@ _WINDOW = 8192
 
 
 @final
-class _Window:
-    """The most recent samples, in fixed memory.
+class _Samples:
+    """The arrival times of the most recent items that went through ``fn``, kept per
+    batch with the batch's start and end, in bounded memory.
 
-    Adding is a slice copy per batch, in C; percentiles sort a copy when a snapshot is
-    taken, off the per-item path, and are exact over the window.
+    Adding costs one array per batch; the waits and latencies are computed when a
+    snapshot is taken, off the per-item path, and are exact over the window.
     """
 
-    __slots__ = ("count", "next", "samples")
+    __slots__ = ("batches", "count")
 
     def __init__(self) -> None:
-        self.samples = array("d", bytes(8 * _WINDOW))
-        self.next = 0
-        self.count = 0  # samples held, up to the window size
+        self.batches: deque[tuple[float, float, array[float]]] = deque()
+        self.count = 0  # arrival times held
 
-    def extend(self, values: array[float]) -> None:
-        n = len(values)
-        if n > _WINDOW:
-            values, n = values[-_WINDOW:], _WINDOW
-        start = self.next
-        end = start + n
-        if end <= _WINDOW:
-            self.samples[start:end] = values
-        else:
-            head = _WINDOW - start
-            self.samples[start:] = values[:head]
-            self.samples[: n - head] = values[head:]
-        self.next = end % _WINDOW
-        self.count = min(_WINDOW, self.count + n)
+    def add(self, start: float, end: float, arrivals: array[float]) -> None:
+        batches = self.batches
+        batches.append((start, end, arrivals))
+        self.count += len(arrivals)
+        # Keep the batches that hold the window's items, and no older ones.
+        while self.count - len(batches[0][2]) >= _WINDOW:
+            self.count -= len(batches.popleft()[2])
 
-    def percentiles_ms(self, quantiles: Sequence[float]) -> list[float]:
-        if not self.count:
-            return [0.0 for _ in quantiles]
-        data = sorted(self.samples[: self.count])
-        # Nearest rank: the smallest sample with at least q of all samples at or below it.
-        return [data[max(0, math.ceil(q * len(data)) - 1)] * 1000.0 for q in quantiles]
+    def percentiles_ms(self, quantiles: Sequence[float]) -> tuple[list[float], list[float]]:
+        """Percentiles of the waits (arrival to start) and the latencies (arrival to
+        end) of the most recent items, in milliseconds; 0.0 before the first sample."""
+        waits: list[float] = []
+        latencies: list[float] = []
+        for start, end, arrivals in self.batches:
+            waits += [start - t for t in arrivals]
+            latencies += [end - t for t in arrivals]
+        return _percentiles_ms(waits[-_WINDOW:], quantiles), _percentiles_ms(
+            latencies[-_WINDOW:], quantiles
+        )
+
+
+def _percentiles_ms(samples: list[float], quantiles: Sequence[float]) -> list[float]:
+    if not samples:
+        return [0.0 for _ in quantiles]
+    data = sorted(samples)
+    # Nearest rank: the smallest sample with at least q of all samples at or below it.
+    return [data[max(0, math.ceil(q * len(data)) - 1)] * 1000.0 for q in quantiles]
 
 
 @final
@@ -70,11 +77,10 @@ class Counts:
         "cancelled",
         "completed",
         "failed",
-        "latency",
         "processed",
         "rejected",
+        "samples",
         "submitted",
-        "wait",
     )
 
     def __init__(self) -> None:
@@ -90,8 +96,7 @@ class Counts:
         self.batches = 0
         self.busy_seconds = 0.0
         self.cache_errors = 0  # get/set calls of the cache that raised
-        self.wait = _Window()
-        self.latency = _Window()
+        self.samples = _Samples()
 
     # Calls that never reach a queue: each is counted submitted and settled at once.
 
@@ -126,14 +131,13 @@ class Counts:
         self.batches += 1
         self.processed += size
         self.busy_seconds += computed - start
-        times = array("d", arrivals)
-        self.wait.extend(array("d", [start - t for t in times]))
-        self.latency.extend(array("d", [end - t for t in times]))
+        self.samples.add(start, end, array("d", arrivals))
 
     def snapshot(self, queue_size: int, cache_stats: Any = None) -> BatchStats:
         quantiles = (0.5, 0.9, 0.99)
-        w50, w90, w99 = self.wait.percentiles_ms(quantiles)
-        l50, l90, l99 = self.latency.percentiles_ms(quantiles)
+        waits, latencies = self.samples.percentiles_ms(quantiles)
+        w50, w90, w99 = waits
+        l50, l90, l99 = latencies
         batches = self.batches
         return BatchStats(
             submitted=self.submitted,

@@ -20,6 +20,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, final
 
 from .._errors import Failure, QueueFull
+from .._strategies import BUILTIN_POOLS
 from .calls import CANCELLED, DONE, INTAKE, QUEUED, ROOM, CallCore, SharedCall, owner
 
 if TYPE_CHECKING:
@@ -51,11 +52,14 @@ class Core:
         "abandons",
         "accepting",
         "batch_size",
+        "budget",
         "bulk",
         "cause",
         "clock",
         "counts",
+        "direct",
         "draining",
+        "first",
         "inflight",
         "intake",
         "keyed",
@@ -89,7 +93,8 @@ class Core:
         )
         self.max_queue = settings.max_queue_size
         self.threshold = settings.small_batch_threshold
-        self.padded = settings.padded and self.max_len != math.inf
+        self.budget = self.max_len != math.inf  # waiting lengths are counted
+        self.padded = settings.padded and self.budget
         # Padded with a budget: how many waiting items have each length, so the padded
         # size of what waits (longest x items) is known without a scan.
         self.lengths: dict[int, int] | None = {} if self.padded else None
@@ -99,7 +104,11 @@ class Core:
         self.inflight: dict[Any, SharedCall] | None = {} if settings.dedupe else None
         self.small: Pool = settings.strategy.new_pool()
         self.bulk: Pool = settings.strategy.new_pool()
-        # Accepted calls not yet in a pool: a deque the driver drains when it cuts.
+        self.first = self.small if self.threshold else self.bulk  # a call of one item's
+        # Calls go straight into the built-in pools. A user's pool gets them from the
+        # intake, in the driver's task, so that a fault in it closes the batcher instead
+        # of failing the caller that happened to arrive.
+        self.direct = type(self.small) in BUILTIN_POOLS and type(self.bulk) in BUILTIN_POOLS
         self.intake: deque[CallCore] = deque()
         # Called (once, then cleared) when a call is accepted: the driver's wake-up.
         self.wakeup: Callable[[], None] | None = None
@@ -142,10 +151,27 @@ class Core:
             return
         if not self.keyed:
             self.counts.submitted += call.n
-        self.accept(call, self.clock())
+        if call.entries is not None or not self.direct:
+            self.accept(call, self.clock())
+            return
+        # The per-item path: a call of one item, straight into its pool.
+        call.arrival = self.clock()
+        call.seq = self.seq
+        self.seq += 1
+        self.queued += 1
+        self.waiting += 1
+        pool = self.first
+        pool.add(call)  # type: ignore[arg-type]
+        call._pool = pool
+        if self.budget:
+            self._count_length(call.length)
+        wakeup = self.wakeup
+        if wakeup is not None:
+            self.wakeup = None
+            wakeup()
 
     def accept(self, call: CallCore, now: float) -> None:
-        """Take the call into the intake (it has room)."""
+        """Take the call in (it has room): into its pool, or the intake for a user's pool."""
         entries = call.entries
         if entries is None:
             call.arrival = now
@@ -161,11 +187,20 @@ class Core:
                 seq += 1
             self.seq = seq
             self.queued += call.n
-        self.intake.append(call)
+        if self.direct:
+            self._pool_call(call)
+        else:
+            self.intake.append(call)
         wakeup = self.wakeup
         if wakeup is not None:
             self.wakeup = None
             wakeup()
+
+    def _count_length(self, length: int) -> None:
+        self.waiting_len += length
+        lengths = self.lengths
+        if lengths is not None:
+            lengths[length] = lengths.get(length, 0) + 1
 
     def _grant_room(self) -> None:
         room, max_queue = self.room, self.max_queue
@@ -222,9 +257,10 @@ class Core:
                 if pool is not INTAKE:
                     pool.remove(entry)
                     self.waiting -= 1
-                    self.waiting_len -= entry.length
-                    if self.lengths is not None:
-                        self._forget_lengths((entry,))  # type: ignore[arg-type]
+                    if self.budget:
+                        self.waiting_len -= entry.length
+                        if self.lengths is not None:
+                            self._forget_lengths((entry,))  # type: ignore[arg-type]
                 entry._pool = None
                 self.queued -= 1
         if self.room and self.accepting:
@@ -249,62 +285,33 @@ class Core:
             return  # its caller left while it was in the intake
         pool = self.small if call.n <= self.threshold else self.bulk
         entries = call.entries
-        lengths = self.lengths
         if entries is None:
             pool.add(call)  # type: ignore[arg-type]
             call._pool = pool
             self.waiting += 1
-            self.waiting_len += call.length
-            if lengths is not None:
-                lengths[call.length] = lengths.get(call.length, 0) + 1
+            if self.budget:
+                self._count_length(call.length)
             return
-        length = 0
         for entry in entries:
             pool.add(entry)
             entry._pool = pool
-            length += entry.length
-            if lengths is not None:
-                lengths[entry.length] = lengths.get(entry.length, 0) + 1
+            if self.budget:
+                self._count_length(entry.length)
         self.waiting += call.n
-        self.waiting_len += length
 
     def drain(self) -> None:
-        """Move everything the intake holds into the pools.
-
-        A user's pool that raises in ``add`` leaves the call at the head of the intake,
-        where closing the batcher finds it (it is in no pool).
-        """
+        """Move what the intake holds into the pools (a user's pools only: calls go
+        straight into the built-in ones). A pool that raises in ``add`` leaves the call
+        at the head of the intake, where closing the batcher finds it."""
         intake = self.intake
-        if not intake:
-            return
-        call: CallCore | None = None
-        try:
-            if self.lengths is not None:
-                while intake:
-                    call = intake.popleft()
-                    self._pool_call(call)
-                return
-            # Calls of one item, the bulk of the traffic, go to their pool inline.
-            pool = self.small if self.threshold else self.bulk
-            add, pool_call = pool.add, self._pool_call
-            count = length = 0
+        while intake:
+            call = intake.popleft()
             try:
-                while intake:
-                    call = intake.popleft()
-                    if call.entries is None and call.state == QUEUED:
-                        add(call)  # type: ignore[arg-type]
-                        call._pool = pool
-                        count += 1
-                        length += call.length
-                    else:
-                        pool_call(call)
-            finally:
-                self.waiting += count
-                self.waiting_len += length
-        except BaseException:
-            if call is not None and call._pool is INTAKE:
-                intake.appendleft(call)
-            raise
+                self._pool_call(call)
+            except BaseException:
+                if call._pool is INTAKE:
+                    intake.appendleft(call)
+                raise
 
     def oldest(self) -> Entry | None:
         a, b = self.small.oldest(), self.bulk.oldest()
@@ -382,7 +389,7 @@ class Core:
         for entry in batch:
             entry._pool = None
         self.waiting -= len(batch)
-        if self.max_len != math.inf:
+        if self.budget:
             self.waiting_len -= sum([entry.length for entry in batch])
         self.queued -= len(batch)
         return batch

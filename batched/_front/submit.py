@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 import anyio
 import anyio.lowlevel
 
-from .._core.calls import DONE, QUEUED, SharedCall
+from .._core.calls import DONE, INTAKE, QUEUED, SharedCall
 from .._errors import BatcherClosed
 from .._keyed import cache_get, key_of
 from .._settings import check_length
@@ -99,6 +99,8 @@ def submit_one(run: Run, item: Any, priority: float, wait: bool, settings: Setti
     call = run.new_call()
     call.core = core
     call.item = item
+    call.state = QUEUED
+    call._pool = INTAKE
     try:
         if type(priority) is not int:
             check_priority(priority)
@@ -137,6 +139,8 @@ def submit_many(
     call = run.new_call()
     call.core = core
     call.item = None
+    call.state = QUEUED
+    call._pool = INTAKE
     call.init_many(entries)
     core.submit(call, wait)
     return call
@@ -164,6 +168,8 @@ def _subscribe(
     call = run.new_call()
     call.core = core
     call.item = item
+    call.state = QUEUED
+    call._pool = INTAKE
     if not counted:
         call.n = 0
     if shared is not None and shared.state == DONE and shared.err is None:
