@@ -46,10 +46,10 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from ._core.items import length_of
 from ._core.results import check_results
 from ._errors import BatchSizeMismatch, Failure, QueueFull
 from ._front.batcher import Batcher
-from ._front.submit import length_of
 from ._settings import is_async_callable
 from ._strategies import ByLength, ByPriority, Fifo
 from ._virtual_time import BACKEND_NAMES, VirtualTimeLoop, fresh_backend_options, real_time

@@ -19,9 +19,10 @@ import math
 from collections import deque
 from typing import TYPE_CHECKING, Any, final
 
-from .._errors import Failure, QueueFull
+from .._errors import BatcherClosed, Failure, QueueFull
 from .._strategies import BUILTIN_POOLS
 from .calls import CANCELLED, DONE, INTAKE, QUEUED, ROOM, CallCore, SharedCall, owner
+from .items import check_priority, length_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
@@ -63,6 +64,7 @@ class Core:
         "inflight",
         "intake",
         "keyed",
+        "length_fn",
         "lengths",
         "max_len",
         "max_queue",
@@ -93,6 +95,7 @@ class Core:
         )
         self.max_queue = settings.max_queue_size
         self.threshold = settings.small_batch_threshold
+        self.length_fn = settings.length_fn  # None where nothing reads lengths
         self.budget = self.max_len != math.inf  # waiting lengths are counted
         self.padded = settings.padded and self.budget
         # Padded with a budget: how many waiting items have each length, so the padded
@@ -127,7 +130,63 @@ class Core:
         # driver's, to end the batcher with.
         self.on_fault: Callable[[BaseException], None] | None = None
 
-    # -- admission -------------------------------------------------------------------------
+    # -- admission ---------------------------------------------------------------------
+
+    def call_one(
+        self, make: Callable[[], CallCore], item: Any, priority: float, wait: bool
+    ) -> CallCore:
+        """Make, check and queue a call of one item: the per-item path of every front.
+
+        ``make`` is the driver's kind of call (awaited directly, or parked on). A
+        refusal is counted before it is raised.
+
+        :raises BatcherClosed: the batcher takes no new calls
+        :raises TypeError, ValueError: a bad priority, or ``length_fn`` failed
+        :raises QueueFull: no room and ``wait=False``
+        """
+        if not self.accepting:
+            self.counts.refused(1)
+            msg = "the batcher is closed"
+            raise BatcherClosed(msg)
+        call = make()
+        call.core = self
+        call.item = item
+        call.state = QUEUED
+        length_fn = self.length_fn
+        if priority or type(priority) is not int or length_fn is not None:
+            try:
+                if type(priority) is not int:
+                    check_priority(priority)
+                if priority:
+                    call.priority = priority
+                if length_fn is not None:
+                    call.length = length_of(length_fn, item)
+            except BaseException:
+                self.counts.refused(1)
+                raise
+        if self.max_queue is not None or not self.direct:
+            call._pool = INTAKE
+            self.submit(call, wait)
+            return call
+        # Room is unbounded and the pools are built in: straight into the first pool.
+        self.counts.submitted += 1
+        call.arrival = self.clock()
+        call.seq = self.seq
+        self.seq += 1
+        self.queued += 1
+        self.waiting += 1
+        pool = self.first
+        pool.add(call)  # type: ignore[arg-type]
+        call._pool = pool
+        if self.budget:
+            self._count_length(call.length)
+        wakeup = self.wakeup
+        if wakeup is not None:
+            self.wakeup = None
+            wakeup()
+        return call
+
+    # -- admission: calls made elsewhere (of many items, shared, from threads) ---------
 
     def submit(self, call: CallCore, wait: bool) -> None:
         """Accept the call, or queue it for room; ``QueueFull`` if it may not wait."""
@@ -151,24 +210,7 @@ class Core:
             return
         if not self.keyed:
             self.counts.submitted += call.n
-        if call.entries is not None or not self.direct:
-            self.accept(call, self.clock())
-            return
-        # The per-item path: a call of one item, straight into its pool.
-        call.arrival = self.clock()
-        call.seq = self.seq
-        self.seq += 1
-        self.queued += 1
-        self.waiting += 1
-        pool = self.first
-        pool.add(call)  # type: ignore[arg-type]
-        call._pool = pool
-        if self.budget:
-            self._count_length(call.length)
-        wakeup = self.wakeup
-        if wakeup is not None:
-            self.wakeup = None
-            wakeup()
+        self.accept(call, self.clock())
 
     def accept(self, call: CallCore, now: float) -> None:
         """Take the call in (it has room): into its pool, or the intake for a user's pool."""

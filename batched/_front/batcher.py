@@ -8,19 +8,12 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast, final
 import anyio.lowlevel
 
 from .._core.counts import Counts
+from .._core.items import check_priority
 from .._keyed import cache_stats
 from .._run.owned import Owned
 from .._settings import make_settings
 from .._strategies import Fifo, PriorityStrategy, Strategy
-from .submit import (
-    check_priority,
-    closed,
-    keyed_many,
-    keyed_one,
-    raise_later,
-    submit_many,
-    submit_one,
-)
+from .submit import closed, keyed_many, keyed_one, raise_later, submit_many
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Hashable
@@ -227,11 +220,11 @@ class Batcher(Generic[T, R]):
             self._counts.refused(1)
             return raise_later(closed(None))
         try:
-            call = submit_one(run, item, priority, wait, self._settings)
+            call = run.core.call_one(run.new_call, item, priority, wait)
         except Exception as exc:
             return raise_later(exc)
         # The call itself: a future on asyncio, a parked task on trio; both coroutines.
-        return cast("Coroutine[Any, Any, R]", call)
+        return call  # type: ignore[return-value]
 
     def many(
         self, items: Iterable[T], *, priority: float = 0, wait: bool = True
@@ -255,9 +248,9 @@ class Batcher(Generic[T, R]):
             return nothing(priority)
         try:
             if len(items) == 1:  # one item travels as a single call does
-                one = submit_one(run, items[0], priority, wait, self._settings)
+                one = run.core.call_one(run.new_call, items[0], priority, wait)
                 return _listed(cast("Awaitable[R]", one))
-            call = submit_many(run, items, priority, wait, self._settings)
+            call = submit_many(run, items, priority, wait)
         except Exception as exc:
             return raise_later(exc)
         return cast("Coroutine[Any, Any, list[R]]", call)

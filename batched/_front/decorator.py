@@ -18,7 +18,7 @@ from .._keyed import cache_stats
 from .._run.driven import Driven
 from .._settings import is_async_callable, settings_from
 from .batcher import Batcher, nothing
-from .submit import keyed_many, keyed_one, submit_many, submit_one
+from .submit import keyed_many, keyed_one, submit_many
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Iterable
@@ -305,7 +305,7 @@ class AsyncFront(Binding, Generic[T, R]):
     async def _driven_one(self, key: object, item: Any, priority: float, wait: bool) -> Any:
         driver = self._driver_for(key)
         try:
-            call = submit_one(driver, item, priority, wait, self._settings)
+            call = driver.core.call_one(driver.new_call, item, priority, wait)
         except BaseException:
             driver.release()
             raise
@@ -320,9 +320,9 @@ class AsyncFront(Binding, Generic[T, R]):
         driver = self._driver_for(key)
         try:
             if len(items) == 1:  # one item travels as a single call does
-                call = submit_one(driver, items[0], priority, wait, self._settings)
+                call = driver.core.call_one(driver.new_call, items[0], priority, wait)
             else:
-                call = submit_many(driver, items, priority, wait, self._settings)
+                call = submit_many(driver, items, priority, wait)
         except BaseException:
             driver.release()
             raise

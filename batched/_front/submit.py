@@ -1,24 +1,25 @@
 """The one submit path every front uses: build a call, check it, queue it.
 
 A front (``Batcher``, a decorated function, a sync function, the seed's processors)
-finds the driver that serves this call — a :class:`Run` — and hands it the item here.
-With a cache or dedupe, :func:`keyed_one` and :func:`keyed_many` wrap the same path:
+finds the driver that serves this call — a :class:`Run` — and hands it the item.
+A call of one item takes ``Core.call_one``, the per-item path; a call of many items
+:func:`submit_many`. With a cache or dedupe, :func:`keyed_one` and :func:`keyed_many`
+wrap the same path:
 a cache hit is answered at once, an equal key waiting or running is joined, and only
 a new key is queued (as a ``SharedCall`` whose callers each wait on a call of their own).
 """
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import anyio
 import anyio.lowlevel
 
 from .._core.calls import DONE, INTAKE, QUEUED, SharedCall
+from .._core.items import check_priority, length_of
 from .._errors import BatcherClosed
 from .._keyed import cache_get, key_of
-from .._settings import check_length
 from .._strategies import Entry
 from ..cache import MISS
 
@@ -32,13 +33,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Run",
-    "check_priority",
     "keyed_many",
     "keyed_one",
-    "length_of",
     "raise_later",
     "submit_many",
-    "submit_one",
 ]
 
 
@@ -57,24 +55,6 @@ class Run(Protocol):
         """A caller is done with the driver (the caller-driven one may drop it)."""
 
 
-def check_priority(priority: object) -> None:
-    if isinstance(priority, bool) or not isinstance(priority, int | float):
-        msg = f"'priority' must be a number (lower is more urgent): {priority!r}"
-        raise TypeError(msg)
-    if math.isnan(priority):
-        msg = f"'priority' must not be NaN: {priority!r}"
-        raise ValueError(msg)
-
-
-def length_of(length_fn: Callable[[Any], Any], item: Any) -> int:
-    """``length_fn(item)``, checked; an error names the function and the item."""
-    try:
-        return check_length(length_fn(item), item, length_fn)
-    except Exception as exc:
-        exc.add_note(f"raised by length_fn={length_fn!r} for item {item!r}")
-        raise
-
-
 async def raise_later(exc: BaseException) -> NoReturn:
     """Raise ``exc`` when awaited: a call refused when it was made fails where it is
     awaited (in the task that awaits it, also for ``start_soon``)."""
@@ -87,38 +67,7 @@ def closed(run: Run | None) -> BatcherClosed:
     return BatcherClosed("the batcher is closed")
 
 
-def submit_one(run: Run, item: Any, priority: float, wait: bool, settings: Settings) -> CallCore:
-    """Queue a call of one item; its call, to await through ``run.result``.
-
-    :raises BatcherClosed, TypeError, ValueError, QueueFull: counted before raising
-    """
-    core = run.core
-    if not core.accepting:
-        core.counts.refused(1)
-        raise closed(run)
-    call = run.new_call()
-    call.core = core
-    call.item = item
-    call.state = QUEUED
-    call._pool = INTAKE
-    try:
-        if type(priority) is not int:
-            check_priority(priority)
-        if priority:
-            call.priority = priority
-        length_fn = settings.length_fn
-        if length_fn is not None:
-            call.length = length_of(length_fn, item)
-    except BaseException:
-        core.counts.refused(1)
-        raise
-    core.submit(call, wait)
-    return call
-
-
-def submit_many(
-    run: Run, items: list[Any], priority: float, wait: bool, settings: Settings
-) -> CallCore:
+def submit_many(run: Run, items: list[Any], priority: float, wait: bool) -> CallCore:
     """Queue one call of several items (one wake-up for all of them)."""
     core = run.core
     n = len(items)
@@ -128,7 +77,7 @@ def submit_many(
     try:
         if type(priority) is not int:
             check_priority(priority)
-        length_fn = settings.length_fn
+        length_fn = core.length_fn
         if length_fn is None:
             entries = [Entry(item, 1, priority) for item in items]
         else:

@@ -19,13 +19,14 @@ import anyio.to_thread
 
 from .._backends import current, in_event_loop
 from .._core.counts import Counts
+from .._core.items import check_priority, length_of
 from .._errors import BatcherClosed
 from .._keyed import cache_stats
 from .._run.thread import Server, ThreadCall
 from .._settings import settings_from
 from .._strategies import Entry
 from .decorator import Binding, weak_method
-from .submit import check_priority, closed, keyed_many, keyed_one, length_of
+from .submit import closed, keyed_many, keyed_one
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, final
 
 import anyio
+import anyio.lowlevel
 
 from .._backends import current
 from .._core.queue import Batch, Core
@@ -185,6 +186,9 @@ class Owned:
             core.wakeup = None
 
     async def _collect(self) -> None:
+        if self.max_workers == 1:
+            await self._collect_alone()
+            return
         core = self.core
         clock = self.backend.clock
         while True:
@@ -219,6 +223,55 @@ class Owned:
             else:
                 worker.batch = batch
                 worker.signal.set()
+
+    async def _collect_alone(self) -> None:
+        """With one slot, the collector is the slot: it runs each batch itself, one task
+        wake-up per batch instead of two. When ``fn`` returns, the next due batch is cut
+        and its ``fn`` started before the woken callers run (they are only scheduled)."""
+        core = self.core
+        clock = self.backend.clock
+        streak = 0
+        while True:
+            core.drain()
+            if not core.waiting:
+                if core.draining:
+                    return
+                await self._wait(None)
+                streak = 0
+                continue
+            deadline = core.due(clock())
+            if deadline is not None:
+                await self._wait(deadline)
+                streak = 0
+                continue
+            if streak >= _STREAK:
+                await anyio.lowlevel.checkpoint()
+                streak = 0
+                continue
+            streak += 1
+            batch = core.cut(clock())
+            try:
+                await self._run_batch(batch)
+            except anyio.get_cancelled_exc_class():
+                core.close_batch(batch)
+                raise
+            except BaseException as exc:
+                self.crash(exc)
+            finally:
+                core.done(batch)
+
+    async def _run_batch(self, batch: Batch) -> None:
+        """Compute a batch and hand back its outcomes, in this task."""
+        core = self.core
+        live = core.live(batch)
+        if not live:
+            return  # every caller left before the batch started
+        clock = self.backend.clock
+        start = clock()
+        results, error = await self.executor.compute(live)
+        computed = clock()
+        await self.executor.settle(live, results, error)
+        core.counts.batch(len(live), start, computed, clock(), [entry.arrival for entry in live])
 
     # -- slots -----------------------------------------------------------------------------
 
