@@ -121,8 +121,12 @@ class _FifoPool:
         queue, removed = self._queue, self._removed
         if not removed and budget == math.inf:
             # Nothing to skip and no budget to stop at: the common case, in one pass.
+            if max_items >= len(queue):
+                out = list(queue)
+                queue.clear()
+                return out
             popleft = queue.popleft
-            return [popleft() for _ in range(min(max_items, len(queue)))]
+            return [popleft() for _ in range(max_items)]
         out: list[Entry] = []
         while queue and len(out) < max_items:
             entry = queue[0]

@@ -514,18 +514,22 @@ class Core:
         """Hand each entry's caller its result (a ``Failure`` fails that caller alone)."""
         done = 0
         for entry, value in zip(entries, results, strict=True):
-            call = entry._call or entry
-            if call.state != QUEUED:
-                continue
-            if type(value) is Failure:
-                exc = value.exception
-                call.put_error(entry._index, exc, exc.__traceback__)
-            elif call.entries is None:  # one item: settled here, counted below
-                call.state = DONE
-                call.deliver(value)
-                done += 1
-            else:
-                call.put_result(entry._index, value)
+            call = entry._call
+            if call is None:  # a call of one item: settled here, counted below
+                if entry.state == QUEUED:
+                    if type(value) is Failure:
+                        exc = value.exception
+                        entry.put_error(0, exc, exc.__traceback__)
+                    else:
+                        entry.state = DONE
+                        entry.deliver(value)
+                        done += 1
+            elif call.state == QUEUED:
+                if type(value) is Failure:
+                    exc = value.exception
+                    call.put_error(entry._index, exc, exc.__traceback__)
+                else:
+                    call.put_result(entry._index, value)
         if done and not self.keyed:
             self.counts.completed += done
 
