@@ -13,9 +13,9 @@ import collections.abc
 
 import anyio
 import pytest
+from _helpers import Rec, assert_stats_add_up, asyncio_only, tag
 
 import batched
-from tests._helpers import Rec, asyncio_only, assert_stats_add_up, tag
 
 pytestmark = pytest.mark.anyio
 
