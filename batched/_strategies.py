@@ -122,9 +122,9 @@ class _FifoPool:
         if not removed and budget == math.inf:
             # Nothing to skip and no budget to stop at: the common case, in one pass.
             if max_items >= len(queue):
-                out = list(queue)
+                everything = list(queue)
                 queue.clear()
-                return out
+                return everything
             popleft = queue.popleft
             return [popleft() for _ in range(max_items)]
         out: list[Entry] = []

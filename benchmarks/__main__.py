@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import burst, cache, closed_loop, inference, latency, open_loop, plot, scale, threads
+from . import burst, cache, closed_loop, inference, latency, open_loop, peers, plot, scale, threads
 
 
 def cpu_model() -> str:
@@ -91,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     for module, kwargs in (
         (closed_loop, {"rounds": 100, "repeats": 3} if quick else {"rounds": 1_000, "repeats": 7}),
         (latency, {"rounds": 40, "repeats": 3} if quick else {"rounds": 300, "repeats": 3}),
+        (
+            peers,
+            {"n": 2_000, "rounds": 100, "full_rounds": 40, "repeats": 3} if quick else {},
+        ),
         (open_loop, {"seconds": 0.4, "repeats": 2} if quick else {"seconds": 2.0, "repeats": 5}),
         (
             scale,

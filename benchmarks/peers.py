@@ -20,6 +20,7 @@ within 1.3x of our asyncio one.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import statistics
 from typing import TYPE_CHECKING, Any
 
@@ -152,7 +153,7 @@ def run(
     """Median figure per case, system and backend; systems alternate in every repeat."""
     on = runners()
     available = dict(SYSTEMS)
-    if _loader(1) is None:  # pragma: no cover - aiodataloader is in the bench extra
+    if importlib.util.find_spec("aiodataloader") is None:  # in the bench and test extras
         del available["aiodataloader"]
     rows = []
     for case, (measure, unit) in _cases(n, rounds, full_rounds).items():

@@ -25,6 +25,7 @@ SCENARIOS = {
     "closed_loop",
     "latency",
     "open_loop",
+    "peers",
     "scale",
 }
 # Settings that may rightly be zero; every other number must be positive.
@@ -76,6 +77,20 @@ def test_quick_benchmarks_write_every_scenario(tmp_path: Path) -> None:
         0.95,
     }
     assert {row["case"] for row in rows if row["scenario"] == "scale"} == {"cost", "memory"}
+    peer_rows = [row for row in rows if row["scenario"] == "peers"]
+    assert {(row["system"], row["backend"]) for row in peer_rows} == {
+        ("batched", "asyncio"),
+        ("batched", "trio"),
+        ("aiodataloader", "asyncio"),
+    }
+    assert {row["case"] for row in peer_rows} == {
+        "burst",
+        "closed loop 64",
+        "closed loop 1024",
+        "full batch",
+    }
+    assert all("to_aiodataloader" in row for row in peer_rows if row["backend"] == "asyncio"
+               and row["system"] == "batched")
     for scenario in ("closed_loop", "latency", "open_loop", "scale"):
         backends = {row["backend"] for row in rows if row["scenario"] == scenario}
         assert {"asyncio", "trio"} <= backends, scenario

@@ -117,14 +117,20 @@ def current() -> Backend:
     return TrioBackend()
 
 
+_trio_token: Callable[[], object] | None = None
+
+
 def loop_key() -> object:
     """The identity of the event loop running in this thread (cheap: per call)."""
     loop = _running_asyncio_loop()
     if loop is not None:
         return loop
-    from ._trio import trio_token
+    global _trio_token
+    if _trio_token is None:
+        from ._trio import trio_token
 
-    return trio_token()
+        _trio_token = trio_token
+    return _trio_token()
 
 
 def in_event_loop() -> bool:

@@ -81,6 +81,7 @@ class Core:
         "timeout",
         "waiting",
         "waiting_len",
+        "wake_at",
         "wakeup",
     )
 
@@ -113,8 +114,10 @@ class Core:
         # of failing the caller that happened to arrive.
         self.direct = type(self.small) in BUILTIN_POOLS and type(self.bulk) in BUILTIN_POOLS
         self.intake: deque[CallCore] = deque()
-        # Called (once, then cleared) when a call is accepted: the driver's wake-up.
+        # Called (once, then cleared) when a call is accepted and at least ``wake_at``
+        # items wait: the driver's wake-up (1: any arrival; batch_size: a full batch).
         self.wakeup: Callable[[], None] | None = None
+        self.wake_at = 1
         self.accepting = True  # new calls are taken
         self.draining = False  # no new calls: what waits leaves without waiting
         self.queued = 0  # items accepted and not yet cut: intake and pools
@@ -181,7 +184,7 @@ class Core:
         if self.budget:
             self._count_length(call.length)
         wakeup = self.wakeup
-        if wakeup is not None:
+        if wakeup is not None and self.queued >= self.wake_at:
             self.wakeup = None
             wakeup()
         return call
@@ -234,7 +237,7 @@ class Core:
         else:
             self.intake.append(call)
         wakeup = self.wakeup
-        if wakeup is not None:
+        if wakeup is not None and self.queued >= self.wake_at:
             self.wakeup = None
             wakeup()
 

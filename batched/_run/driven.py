@@ -78,7 +78,8 @@ class Driven:
 
     def _arrived(self) -> None:
         # The core's wake-up while the leader waits for its deadline: only a full batch
-        # (or a length budget to check) ends that wait early.
+        # (the core calls it once batch_size items wait; under a length budget, on each
+        # arrival, to check the budget) ends that wait early.
         core = self.core
         if core.full():
             if self.leader is not None:
@@ -116,10 +117,12 @@ class Driven:
                 deadline = core.due(self.backend.clock())
                 if deadline is not None:
                     core.wakeup = self._arrived
+                    core.wake_at = core.batch_size if not core.budget else 1
                     try:
                         await self.backend.wait_until(me, deadline)  # type: ignore[arg-type]
                     finally:
                         core.wakeup = None
+                        core.wake_at = 1
                     continue
                 await self._run_next(me)
                 # The batch was shielded: a cancellation of this caller lands now.
