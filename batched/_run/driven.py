@@ -172,30 +172,24 @@ class Driven:
 
     async def _run(self, batch: Batch) -> None:
         core = self.core
-        executor = self.executor
         released = False
-        try:
-            live = core.live(batch)
-            if not live:
-                return  # every caller left before the batch started
-            clock = self.backend.clock
-            start = clock()
-            results, error = await executor.compute(live)
-            computed = clock()
+
+        def free() -> None:
+            nonlocal released
             self._free_slot()
             released = True
-            await executor.settle(live, results, error)
-            core.counts.batch(
-                len(live), start, computed, clock(), [entry.arrival for entry in live]
-            )
+
+        try:
+            live = core.live(batch)
+            if live:  # else every caller left before the batch started
+                await self.executor.run(live, free)
         except anyio.get_cancelled_exc_class():
             core.close_batch(batch)
             raise
         except BaseException as exc:
             # fn's BaseException: every waiting caller gets BatcherClosed, and it goes on
             # in the task of the caller that ran the batch.
-            faults = core.fail_all(exc)
-            for fault in faults:
+            for fault in core.fail_all(exc):
                 if not isinstance(fault, Exception):
                     raise fault from exc
             raise

@@ -122,12 +122,15 @@ class Executor:
             for entry, _ in stored:  # written (or given up): equal keys read the cache now
                 entry.forget()
 
-    async def run(self, entries: list[Any]) -> None:
-        """Compute a batch and hand its outcomes back; count it."""
+    async def run(self, entries: list[Any], between: Callable[[], object] | None = None) -> None:
+        """Compute a batch, then (after ``between()``: a driver's slot bookkeeping, done
+        before the hand-back) hand its outcomes back; count it."""
         clock = self.clock
         start = clock()
         results, error = await self.compute(entries)
         computed = clock()
+        if between is not None:
+            between()
         await self.settle(entries, results, error)
         self.core.counts.batch(
             len(entries), start, computed, clock(), [entry.arrival for entry in entries]

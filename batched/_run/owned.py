@@ -262,16 +262,9 @@ class Owned:
 
     async def _run_batch(self, batch: Batch) -> None:
         """Compute a batch and hand back its outcomes, in this task."""
-        core = self.core
-        live = core.live(batch)
-        if not live:
-            return  # every caller left before the batch started
-        clock = self.backend.clock
-        start = clock()
-        results, error = await self.executor.compute(live)
-        computed = clock()
-        await self.executor.settle(live, results, error)
-        core.counts.batch(len(live), start, computed, clock(), [entry.arrival for entry in live])
+        live = self.core.live(batch)
+        if live:  # else every caller left before the batch started
+            await self.executor.run(live)
 
     # -- slots -----------------------------------------------------------------------------
 
@@ -333,27 +326,22 @@ class Owned:
         """Run one batch and hand back its outcomes; the batch this slot runs next, if
         one was due when ``fn`` returned."""
         core = self.core
-        executor = self.executor
-        released = False
         following: Batch | None = None
-        try:
-            live = core.live(batch)
-            if not live:
-                return None  # every caller left before the batch started
-            clock = self.backend.clock
-            start = clock()
-            results, error = await executor.compute(live)
-            computed = clock()
+        released = False
+
+        def next_or_free() -> None:
             # The next batch is cut before the hand-back, and its fn is started before
             # the woken callers run: the device does not idle while they do.
+            nonlocal following, released
             following = self._next_batch(worker)
             if following is None:
                 self._free_slot(worker)
             released = True
-            await executor.settle(live, results, error)
-            core.counts.batch(
-                len(live), start, computed, clock(), [entry.arrival for entry in live]
-            )
+
+        try:
+            live = core.live(batch)
+            if live:  # else every caller left before the batch started
+                await self.executor.run(live, next_or_free)
         except anyio.get_cancelled_exc_class():
             core.close_batch(batch)
             if following is not None:
