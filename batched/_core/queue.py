@@ -60,6 +60,7 @@ class Core:
         "counts",
         "direct",
         "draining",
+        "fast",
         "first",
         "inflight",
         "intake",
@@ -114,6 +115,8 @@ class Core:
         # of failing the caller that happened to arrive.
         self.direct = type(self.small) in BUILTIN_POOLS and type(self.bulk) in BUILTIN_POOLS
         self.intake: deque[CallCore] = deque()
+        # The per-item path needs no check but the priority's: no lengths, room unbounded.
+        self.fast = self.direct and self.length_fn is None and self.max_queue is None
         # Called (once, then cleared) when a call is accepted and at least ``wake_at``
         # items wait: the driver's wake-up (1: any arrival; batch_size: a full batch).
         self.wakeup: Callable[[], None] | None = None
@@ -155,22 +158,22 @@ class Core:
         call.core = self
         call.item = item
         call.state = QUEUED
-        length_fn = self.length_fn
-        if priority or type(priority) is not int or length_fn is not None:
+        if not self.fast or priority or type(priority) is not int:
             try:
                 if type(priority) is not int:
                     check_priority(priority)
                 if priority:
                     call.priority = priority
+                length_fn = self.length_fn
                 if length_fn is not None:
                     call.length = length_of(length_fn, item)
             except BaseException:
                 self.counts.refused(1)
                 raise
-        if self.max_queue is not None or not self.direct:
-            call._pool = INTAKE
-            self.submit(call, wait)
-            return call
+            if self.max_queue is not None or not self.direct:
+                call._pool = INTAKE
+                self.submit(call, wait)
+                return call
         # Room is unbounded and the pools are built in: straight into the first pool.
         self.counts.submitted += 1
         call.arrival = self.clock()
