@@ -295,7 +295,7 @@ BACKLOG = st.lists(
 # releases a call of many items, its other items stay waiting: they hold queue room and
 # are cut later (and computed, when no caller left since their cut). The model follows
 # the core while this is True; set it to False once the core drops them.
-CLOSED_CALLS_KEEP_ITEMS = True
+CLOSED_CALLS_KEEP_ITEMS = False
 
 
 class CoreMachine(RuleBasedStateMachine):
@@ -749,6 +749,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.batches += 1
         if plan == "close":
             core.close_batch(batch)
+            withdrawn = False
             for caller in {id(slot.caller): slot.caller for slot in got}.values():
                 if caller.state != QUEUED:
                     continue
@@ -759,6 +760,10 @@ class CoreMachine(RuleBasedStateMachine):
                             slot.orphan = True  # they may yet be cut and computed
                         elif slot.where != "running":
                             slot.where = "gone"
+                            withdrawn = True
+            if withdrawn and self.accepting and self.room:
+                self.grant()  # the room they held is free
+                self.woken()
         elif plan == "fail" and live:
             error = Boom(f"batch {self.batches}")
             core.fail(live, error)
@@ -1313,13 +1318,6 @@ def test_close_batch_releases_its_callers_with_batcher_closed() -> None:
     assert cut_tags(core) == ["c"]  # the batcher goes on
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: close_batch releases a call of many items but leaves its other items "
-    "waiting: they hold queue room and are cut later, for a caller that already has "
-    "BatcherClosed (reachable: fn raising a stray CancelledError with "
-    "max_concurrent_batches > 1)",
-)
 def test_a_closed_call_of_many_items_leaves_nothing_waiting() -> None:
     core = make_core(batch_size=1, timeout_ms=1000, max_queue_size=2)
     call = many(core, ["a", "b"])
@@ -1333,11 +1331,6 @@ def test_a_closed_call_of_many_items_leaves_nothing_waiting() -> None:
     assert waiter.state == QUEUED, "an item of a released call still holds queue room"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: close_batch releases a call of many items, but its items in other "
-    "running batches are still handed to the batch function (live() keeps them)",
-)
 def test_a_closed_call_of_many_items_is_not_computed_elsewhere() -> None:
     core = make_core(batch_size=1, timeout_ms=0)
     many(core, ["a", "b"])
@@ -1615,12 +1608,6 @@ _MIDWAY = (
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=_MIDWAY + "a second drain adds them again; the item is cut twice and its caller "
-    "settled early, with None for the other item (reachable with the caller-driven "
-    "decorator, whose leader gets the fault and whose next leader drains again)",
-)
 def test_a_pool_fault_midway_through_a_call_of_many_items_is_not_added_twice() -> None:
     core = make_core(batch_size=8, timeout_ms=0, strategy=Faulty("bad", "add"))
     call = many(core, ["fine", "bad"])
@@ -1637,10 +1624,6 @@ def test_a_pool_fault_midway_through_a_call_of_many_items_is_not_added_twice() -
     assert call.outcome() == [("r", "fine"), ("r", "bad")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=_MIDWAY + "abandoning it then takes core.waiting below zero",
-)
 def test_a_pool_fault_midway_through_a_call_of_many_items_then_abandon() -> None:
     core = make_core(batch_size=8, timeout_ms=0, strategy=Faulty("bad", "add"))
     call = many(core, ["fine", "bad"])

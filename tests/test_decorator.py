@@ -1686,3 +1686,65 @@ def test_a_decorated_function_pickles_by_reference() -> None:
 
     assert pickle.loads(pickle.dumps(double)) is double
     assert pickle.loads(pickle.dumps(Scaler.scale)) is Scaler.scale
+
+
+class _RefusingPool:
+    """A user's FIFO pool that refuses (raises in ``add``) the item ``refuse``."""
+
+    def __init__(self, refuse: Any) -> None:
+        self.refuse = refuse
+        self.entries: list[batched.Entry] = []
+
+    def add(self, entry: batched.Entry) -> None:
+        if entry.item == self.refuse:
+            raise RuntimeError(f"pool refused {entry.item!r}")
+        self.entries.append(entry)
+
+    def remove(self, entry: batched.Entry) -> None:
+        self.entries.remove(entry)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def oldest(self) -> batched.Entry | None:
+        return self.entries[0] if self.entries else None
+
+    def cut(self, max_items: int, budget: float) -> list[batched.Entry]:
+        taken, self.entries = self.entries[:max_items], self.entries[max_items:]
+        return taken
+
+
+@dataclass(frozen=True)
+class _Refusing:
+    refuse: Any
+
+    def new_pool(self) -> _RefusingPool:
+        return _RefusingPool(self.refuse)
+
+
+async def test_a_fault_in_a_users_pool_closes_the_caller_driven_batcher() -> None:
+    """The caller leading the batching meets the fault and raises it; every other waiting
+    caller gets BatcherClosed chained to it; a later call is served afresh."""
+    rec = Rec()
+    f = recorded(rec, batch_size=8, timeout_ms=10, strategy=_Refusing("bad"))
+    outcomes: dict[Any, BaseException] = {}
+
+    async def call(item: Any) -> None:
+        try:
+            await f(item)
+        except Exception as exc:
+            outcomes[item] = exc
+
+    async with anyio.create_task_group() as tg:
+        for item in ("a", "b", "bad", "c"):
+            tg.start_soon(call, item)
+            await settle()  # in this order: trio starts new tasks in any order
+    fault = outcomes["a"]  # the first caller leads: it drains the pool
+    assert isinstance(fault, RuntimeError)
+    assert "pool refused 'bad'" in str(fault)
+    for item in ("b", "bad", "c"):
+        assert isinstance(outcomes[item], batched.BatcherClosed), outcomes
+        assert outcomes[item].__cause__ is fault
+    assert rec.batches == []
+    assert await f("d") == ("r", "d")
+    assert_stats_add_up(f)

@@ -298,21 +298,26 @@ class Core:
         if state == ROOM:
             self.room_waiting -= 1
         elif state == QUEUED:
-            for entry in call.entries or (call,):
-                pool = entry._pool
-                if pool is None:
-                    continue  # already cut into a batch
-                if pool is not INTAKE:
-                    pool.remove(entry)
-                    self.waiting -= 1
-                    if self.budget:
-                        self.waiting_len -= entry.length
-                        if self.lengths is not None:
-                            self._forget_lengths((entry,))  # type: ignore[arg-type]
-                entry._pool = None
-                self.queued -= 1
+            self._withdraw(call)
         if self.room and self.accepting:
             self._grant_room()
+
+    def _withdraw(self, call: CallCore) -> None:
+        """Take a call's waiting items out of the intake and the pools, freeing their
+        room: its caller left, or has its outcome already."""
+        for entry in call.entries or (call,):
+            pool = entry._pool
+            if pool is None:
+                continue  # already cut into a batch
+            if pool is not INTAKE:
+                pool.remove(entry)
+                self.waiting -= 1
+                if self.budget:
+                    self.waiting_len -= entry.length
+                    if self.lengths is not None:
+                        self._forget_lengths((entry,))  # type: ignore[arg-type]
+            entry._pool = None
+            self.queued -= 1
 
     def abandon_safely(self, call: CallCore) -> None:
         """``abandon``, from a backend's cancellation hook, which must not raise: a fault
@@ -340,10 +345,21 @@ class Core:
             if self.budget:
                 self._count_length(call.length)
             return
-        for entry in entries:
-            pool.add(entry)
-            entry._pool = pool
-            if self.budget:
+        added = 0
+        try:
+            for entry in entries:
+                pool.add(entry)
+                entry._pool = pool
+                added += 1
+        except BaseException:
+            # A user's pool refused one midway: it gives back those it took, and the
+            # call goes back to the intake whole (see drain).
+            for entry in entries[:added]:
+                entry._pool = INTAKE
+                pool.remove(entry)
+            raise
+        if self.budget:
+            for entry in entries:
                 self._count_length(entry.length)
         self.waiting += call.n
 
@@ -548,11 +564,21 @@ class Core:
                 call.put_error(entry._index, error, tb)
 
     def close_batch(self, batch: Batch) -> None:
-        """A batch that cannot finish (its slot was cancelled): ``BatcherClosed``."""
+        """A batch that cannot finish (its slot was cancelled): ``BatcherClosed``. A call
+        of many items is settled whole: its items elsewhere are dropped (those waiting
+        leave the pools, those in other running batches are skipped)."""
+        withdrawn = False
         for entry in batch.entries:
             call = owner(entry)
             if call.state == QUEUED:
                 call.fail_closed()
+                if call.entries is not None:
+                    self._withdraw(call)
+                    withdrawn = True
+        if withdrawn:
+            self.abandons += 1
+            if self.room and self.accepting:
+                self._grant_room()
 
     def done(self, batch: Batch) -> None:
         self.running.discard(batch)

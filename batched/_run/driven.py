@@ -11,7 +11,7 @@ last caller out drops the driver, so nothing stays behind.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, TypeVar, final
 
 import anyio
 import anyio.lowlevel
@@ -22,12 +22,16 @@ from .._core.queue import Batch, Core
 from .execute import Executor
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .._backends import Backend
     from .._core.calls import CallCore
     from .._core.counts import Counts
     from .._settings import Settings
 
 __all__ = ["Driven"]
+
+T = TypeVar("T")
 
 
 @final
@@ -98,7 +102,7 @@ class Driven:
                 if leader is None:
                     self.leader = leader = me
                 if leader is me:
-                    core.drain()
+                    self._guarded(core.drain)
                     if not core.waiting:
                         # Our items are in a running batch: nothing to lead until more
                         # arrive, and a new caller takes the lead then.
@@ -114,7 +118,7 @@ class Driven:
                     self.slot_wanted = True
                     await me.park()  # type: ignore[attr-defined]  # a batch's end wakes it
                     continue
-                deadline = core.due(self.backend.clock())
+                deadline = self._guarded(core.due, self.backend.clock())
                 if deadline is not None:
                     core.wakeup = self._arrived
                     core.wake_at = core.batch_size if not core.budget else 1
@@ -142,6 +146,15 @@ class Driven:
             if not self.callers:
                 self.release()
 
+    def _guarded(self, step: Callable[..., T], *args: Any) -> T:
+        """A step of the core that runs a user's pool; a fault there ends the driver:
+        every caller gets ``BatcherClosed`` chained to it, and the leader raises it."""
+        try:
+            return step(*args)
+        except BaseException as exc:
+            self.core.fail_all(exc)
+            raise
+
     def _elect(self) -> None:
         """Wake a waiting caller to lead, if items wait and nobody leads."""
         if self.leader is not None or not self.core.queued:
@@ -158,7 +171,7 @@ class Driven:
 
     async def _run_next(self, me: CallCore) -> None:
         """Cut a batch and run it in this caller's task; another caller leads meanwhile."""
-        batch = self.core.cut(self.backend.clock())
+        batch = self._guarded(self.core.cut, self.backend.clock())
         self.busy += 1
         self.leader = None
         self._elect()
