@@ -19,8 +19,8 @@ class BatchStats:
     ``isolate_errors`` retries count in neither ``total_batches`` nor
     ``total_processed``. Percentiles are in
     milliseconds over the most recent 8,192 items that went through the batch function
-    (``wait``: arrival to batch start; ``latency``: the call to its result, a wait for
-    queue room included), and read 0.0 before the first sample.
+    (``wait``: arrival in the queue to batch start; ``latency``: the call to its result,
+    a wait for queue room included), and read 0.0 before the first sample.
     """
 
     submitted: int = 0

@@ -239,3 +239,27 @@ async def test_queue_size_shows_items_waiting_behind_busy_slots() -> None:
             release.set()
     assert b.stats.queue_size == 0
     assert b.stats.completed == 5
+
+
+@pytest.mark.virtual_time  # exact clock readings
+async def test_latency_counts_a_wait_for_queue_room_and_wait_does_not() -> None:
+    """A call that waits for queue room: its latency runs from the call, its wait from its
+    arrival in the queue (when it got room)."""
+
+    async def slow(items: list[int]) -> list[int]:
+        await anyio.sleep(0.1)
+        return items
+
+    b = Batcher(slow, batch_size=1, timeout_ms=0, max_queue_size=1)
+    async with b, anyio.create_task_group() as tg:
+        tg.start_soon(b, 1)  # runs from t=0 to 0.1
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(b, 2)  # waits in the queue; runs 0.1 to 0.2
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(b, 3)  # waits for room until 0.1, in the queue until 0.2
+    # Waits: 0, 0.1 (2, in the queue from 0), 0.1 (3, in the queue from 0.1).
+    # Latencies: 0.1, 0.2, 0.3 (3 called at 0, its result at 0.3).
+    stats = b.stats
+    assert stats.wait_p99_ms == pytest.approx(100.0, abs=1.0)
+    assert stats.latency_p99_ms == pytest.approx(300.0, abs=1.0)
+    assert stats.latency_p50_ms == pytest.approx(200.0, abs=1.0)

@@ -119,6 +119,7 @@ class CallCore:
     err_index: int = 0
     err_tb: TracebackType | None = None
     shared: SharedCall | None = None  # a keyed caller: the item it waits for
+    room_wait: float = 0.0  # how long it waited for queue room before it was accepted
 
     def init_many(self, entries: list[Entry]) -> None:
         """Make this a call of ``entries``; their results come back in their order."""
@@ -227,6 +228,7 @@ class SharedCall(CallCore):
         "priority",
         "registry",
         "remaining",
+        "room_wait",
         "seq",
         "state",
         "storing",
@@ -255,6 +257,7 @@ class SharedCall(CallCore):
         self.out = self.err = self.err_tb = None
         self.err_index = 0
         self.remaining = 1
+        self.room_wait = 0.0
         self.subscribers: dict[CallCore, None] = {}
 
     def forget(self) -> None:

@@ -34,12 +34,16 @@ class _Samples:
     __slots__ = ("batches", "count")
 
     def __init__(self) -> None:
-        self.batches: deque[tuple[float, float, array[float]]] = deque()
+        # (start, end, arrival times, call times) per batch: waits run from the
+        # arrivals, latencies from the calls (earlier for a call that waited for room).
+        self.batches: deque[tuple[float, float, array[float], array[float]]] = deque()
         self.count = 0  # arrival times held
 
-    def add(self, start: float, end: float, arrivals: array[float]) -> None:
+    def add(
+        self, start: float, end: float, arrivals: array[float], called: array[float]
+    ) -> None:
         batches = self.batches
-        batches.append((start, end, arrivals))
+        batches.append((start, end, arrivals, called))
         self.count += len(arrivals)
         # Keep the batches that hold the window's items, and no older ones.
         while self.count - len(batches[0][2]) >= _WINDOW:
@@ -50,9 +54,9 @@ class _Samples:
         end) of the most recent items, in milliseconds; 0.0 before the first sample."""
         waits: list[float] = []
         latencies: list[float] = []
-        for start, end, arrivals in self.batches:
+        for start, end, arrivals, called in self.batches:
             waits += [start - t for t in arrivals]
-            latencies += [end - t for t in arrivals]
+            latencies += [end - t for t in called]
         return _percentiles_ms(waits[-_WINDOW:], quantiles), _percentiles_ms(
             latencies[-_WINDOW:], quantiles
         )
@@ -123,15 +127,23 @@ class Counts:
     # Batches.
 
     def batch(
-        self, size: int, start: float, computed: float, end: float, arrivals: list[float]
+        self,
+        size: int,
+        start: float,
+        computed: float,
+        end: float,
+        arrivals: list[float],
+        called: list[float] | None = None,
     ) -> None:
         """A batch of ``size`` items: ``fn`` ran from ``start`` to ``computed``, its callers
-        had their outcomes at ``end``; its items arrived at ``arrivals``: their wait (to
-        the start) and latency (to the outcomes)."""
+        had their outcomes at ``end``; its items arrived at ``arrivals`` (in the queue),
+        their callers called at ``called`` (default: the arrivals): the items' wait (arrival
+        to start) and latency (call to outcome)."""
         self.batches += 1
         self.processed += size
         self.busy_seconds += computed - start
-        self.samples.add(start, end, array("d", arrivals))
+        times = array("d", arrivals)
+        self.samples.add(start, end, times, times if called is None else array("d", called))
 
     def snapshot(self, queue_size: int, cache_stats: Any = None) -> BatchStats:
         quantiles = (0.5, 0.9, 0.99)

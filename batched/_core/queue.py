@@ -126,7 +126,8 @@ class Core:
         self.queued = 0  # items accepted and not yet cut: intake and pools
         self.waiting = 0  # items in the pools
         self.waiting_len = 0  # their summed length; kept exact only under a length budget
-        self.room: deque[CallCore] = deque()  # calls waiting for queue room, FIFO
+        # Calls waiting for queue room, FIFO, with when they began to wait.
+        self.room: deque[tuple[CallCore, float]] = deque()
         self.room_waiting = 0
         self.running: set[Batch] = set()
         self.seq = 0
@@ -209,7 +210,7 @@ class Core:
                 )
                 raise QueueFull(msg)
             call.state = ROOM
-            self.room.append(call)
+            self.room.append((call, self.clock()))
             self.room_waiting += 1
             if not self.keyed:
                 self.counts.submitted += call.n
@@ -255,7 +256,7 @@ class Core:
         assert max_queue is not None
         now = self.clock()
         while room:
-            call = room[0]
+            call, since = room[0]
             if call.state != ROOM:
                 room.popleft()
                 continue
@@ -264,13 +265,15 @@ class Core:
             room.popleft()
             self.room_waiting -= 1
             call.state = QUEUED
+            # Its latency runs from the call: the wait for room is part of it.
+            call.room_wait = now - since
             self.accept(call, now)
 
     def close_room(self) -> None:
         """Calls waiting for queue room get ``BatcherClosed``."""
         room = self.room
         while room:
-            call = room.popleft()
+            call, _ = room.popleft()
             if call.state == ROOM:
                 call.fail_closed()
         self.room_waiting = 0

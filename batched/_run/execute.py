@@ -132,6 +132,14 @@ class Executor:
         if between is not None:
             between()
         await self.settle(entries, results, error)
-        self.core.counts.batch(
-            len(entries), start, computed, clock(), [entry.arrival for entry in entries]
+        core = self.core
+        # A latency runs from the call: for a call that waited for queue room (only a
+        # bounded queue has one), that wait comes before its arrival.
+        called = (
+            None
+            if core.max_queue is None
+            else [entry.arrival - owner(entry).room_wait for entry in entries]
+        )
+        core.counts.batch(
+            len(entries), start, computed, clock(), [entry.arrival for entry in entries], called
         )
