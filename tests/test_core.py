@@ -1821,7 +1821,7 @@ def plant_no_overdue(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def plant_room_never_granted(monkeypatch: pytest.MonkeyPatch) -> None:
     """Calls waiting for room are never let in."""
-    monkeypatch.setattr(Core, "_grant_room", lambda self: None)
+    monkeypatch.setattr(Core, "grant_room", lambda self: None)
 
 
 def plant_unstable_keys(monkeypatch: pytest.MonkeyPatch) -> None:

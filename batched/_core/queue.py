@@ -1,16 +1,12 @@
 """The rules of forming batches, as plain synchronous code.
 
-One :class:`Core` per open batcher holds what waits: the intake (accepted calls not yet
-sorted), two pools made by the strategy (items of small calls, items of large calls),
-the calls waiting for queue room, and the batches running. It answers the questions a
-driver asks — is a batch due, and if not, when? — and makes the cut. It never awaits
-and imports no backend: drivers move data and wake tasks around it.
-
-Rules of the cut, around any strategy: (1) overdue items (waited ``max_wait_ms``) leave
-before every item that arrived after them; (2) items of calls with at most
-``small_batch_threshold`` items leave before items of larger calls; (3) the strategy's
-order. The length budget stops the cut at the first item that does not fit; that item
-stays first for the next cut. An item over the whole budget travels alone.
+One :class:`Core` per open batcher holds what waits: two pools made by the strategy (items
+of small calls, items of large calls), an intake in front of a user's own pools, the calls
+waiting for queue room, and the batches running. It takes calls in (``call_one``, the
+per-item path of every front; ``submit`` for calls made elsewhere), answers the questions a
+driver asks — is a batch due, and if not, when? — makes the cut (``cut.py``), hands the
+outcomes back (``handback.py``) and lets callers leave (``abandon``). It never awaits and
+imports no backend: drivers move data and wake tasks around it.
 """
 
 from __future__ import annotations
@@ -19,13 +15,15 @@ import math
 from collections import deque
 from typing import TYPE_CHECKING, Any, final
 
-from .._errors import BatcherClosed, Failure, QueueFull
+from .._errors import BatcherClosed, QueueFull
 from .._strategies import BUILTIN_POOLS
-from .calls import CANCELLED, DONE, INTAKE, QUEUED, ROOM, CallCore, SharedCall, owner
+from . import handback
+from .calls import CANCELLED, INTAKE, QUEUED, ROOM, CallCore, SharedCall, owner
+from .cut import cut_padded, cut_summed
 from .items import check_priority, length_of
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Iterable
 
     from .._settings import Settings
     from .._strategies import Entry, Pool
@@ -251,7 +249,7 @@ class Core:
         if lengths is not None:
             lengths[length] = lengths.get(length, 0) + 1
 
-    def _grant_room(self) -> None:
+    def grant_room(self) -> None:
         room, max_queue = self.room, self.max_queue
         assert max_queue is not None
         now = self.clock()
@@ -301,11 +299,11 @@ class Core:
         if state == ROOM:
             self.room_waiting -= 1
         elif state == QUEUED:
-            self._withdraw(call)
+            self.withdraw(call)
         if self.room and self.accepting:
-            self._grant_room()
+            self.grant_room()
 
-    def _withdraw(self, call: CallCore) -> None:
+    def withdraw(self, call: CallCore) -> None:
         """Take a call's waiting items out of the intake and the pools, freeing their
         room: its caller left, or has its outcome already."""
         for entry in call.entries or (call,):
@@ -318,7 +316,7 @@ class Core:
                 if self.budget:
                     self.waiting_len -= entry.length
                     if self.lengths is not None:
-                        self._forget_lengths((entry,))  # type: ignore[arg-type]
+                        self.forget_lengths((entry,))  # type: ignore[arg-type]
             entry._pool = None
             self.queued -= 1
 
@@ -414,109 +412,15 @@ class Core:
 
     def cut(self, now: float) -> Batch:
         """Cut the next batch (a slot is free); it counts as running from now."""
-        entries = self._cut_padded(now) if self.padded else self._cut_summed(now)
+        entries = cut_padded(self, now) if self.padded else cut_summed(self, now)
         batch = Batch(entries, self.abandons)
         self.running.add(batch)
         if self.room:
-            self._grant_room()
+            self.grant_room()
         return batch
 
-    def _cut_summed(self, now: float) -> list[Any]:
-        """The cut where the length budget counts summed lengths."""
-        room, budget = self.batch_size, self.max_len
-        batch: list[Any] = []
-        limit = now - self.max_wait
-        while room:
-            entry = self.oldest()
-            if entry is None or entry.arrival > limit:
-                break
-            if entry.length > budget:
-                if not batch:
-                    batch.append(entry)  # oversize: it travels alone
-                    entry._pool.remove(entry)
-                room = 0
-                break
-            entry._pool.remove(entry)
-            batch.append(entry)
-            room -= 1
-            budget -= entry.length
-        for pool in (self.small, self.bulk):
-            if not room:
-                break
-            got = pool.cut(room, budget)
-            batch += got
-            room -= len(got)
-            if budget != math.inf:
-                budget -= sum(entry.length for entry in got)
-            if room and len(pool):
-                # The pool stopped on the budget; the whole cut stops with it.
-                if not batch:
-                    batch = pool.cut(1, math.inf)
-                break
-        for entry in batch:
-            entry._pool = None
-        self.waiting -= len(batch)
-        if self.budget:
-            self.waiting_len -= sum([entry.length for entry in batch])
-        self.queued -= len(batch)
-        return batch
-
-    def _cut_padded(self, now: float) -> list[Any]:
-        """The cut where the length budget counts the padded size: longest x items.
-
-        An item fits when the batch with it stays within the budget: with ``k`` items
-        taken and the longest ``m`` long, the next may be at most ``budget // (k + 1)``
-        long, and none fits once ``m * (k + 1)`` exceeds the budget. Asking the pool for
-        one entry within that length keeps its rule: the cut stops at the first item
-        (in its order) that does not fit.
-        """
-        room, budget = self.batch_size, self.max_len
-        batch: list[Any] = []
-        longest = 0
-        limit = now - self.max_wait
-        stopped = False
-        while room:
-            entry = self.oldest()
-            if entry is None or entry.arrival > limit:
-                break
-            k = len(batch) + 1
-            if longest * k > budget or entry.length * k > budget:
-                if not batch:
-                    batch.append(entry)  # oversize: it travels alone
-                    entry._pool.remove(entry)
-                stopped = True
-                break
-            entry._pool.remove(entry)
-            batch.append(entry)
-            longest = max(longest, entry.length)
-            room -= 1
-        if not stopped:
-            for pool in (self.small, self.bulk):
-                while room and len(pool):
-                    k = len(batch) + 1
-                    if longest * k > budget:
-                        stopped = True
-                        break
-                    got = pool.cut(1, budget // k)
-                    if not got:
-                        if not batch:
-                            batch = pool.cut(1, math.inf)  # oversize: it travels alone
-                        stopped = True
-                        break
-                    batch += got
-                    longest = max(longest, got[0].length)
-                    room -= 1
-                if stopped or not room:
-                    break
-        for entry in batch:
-            entry._pool = None
-        self.waiting -= len(batch)
-        self.waiting_len -= sum([entry.length for entry in batch])
-        self.queued -= len(batch)
-        self._forget_lengths(batch)
-        return batch
-
-    def _forget_lengths(self, entries: Iterable[Entry]) -> None:
+    def forget_lengths(self, entries: Iterable[Entry]) -> None:
+        """Cut or dropped entries no longer count in the padded lengths that wait."""
         lengths = self.lengths
         assert lengths is not None
         for entry in entries:
@@ -528,60 +432,11 @@ class Core:
 
     # -- outcomes --------------------------------------------------------------------------
 
-    def live(self, batch: Batch) -> list[Any]:
-        """The batch's entries whose callers are still there."""
-        entries = batch.entries
-        if batch.abandons != self.abandons:  # a caller left since the cut
-            return [entry for entry in entries if owner(entry).state == QUEUED]
-        return entries
-
-    def deliver(self, entries: list[Any], results: Sequence[Any]) -> None:
-        """Hand each entry's caller its result (a ``Failure`` fails that caller alone)."""
-        done = 0
-        for entry, value in zip(entries, results, strict=True):
-            call = entry._call
-            if call is None:  # a call of one item: settled here, counted below
-                if entry.state == QUEUED:
-                    if type(value) is Failure:
-                        exc = value.exception
-                        entry.put_error(0, exc, exc.__traceback__)
-                    else:
-                        entry.state = DONE
-                        entry.deliver(value)
-                        done += 1
-            elif call.state == QUEUED:
-                if type(value) is Failure:
-                    exc = value.exception
-                    call.put_error(entry._index, exc, exc.__traceback__)
-                else:
-                    call.put_result(entry._index, value)
-        if done and not self.keyed:
-            self.counts.completed += done
-
-    def fail(self, entries: list[Any], error: BaseException) -> None:
-        """Every caller of ``entries`` gets ``error``."""
-        tb = error.__traceback__
-        for entry in entries:
-            call = entry._call or entry
-            if call.state == QUEUED:
-                call.put_error(entry._index, error, tb)
-
-    def close_batch(self, batch: Batch) -> None:
-        """A batch that cannot finish (its slot was cancelled): ``BatcherClosed``. A call
-        of many items is settled whole: its items elsewhere are dropped (those waiting
-        leave the pools, those in other running batches are skipped)."""
-        withdrawn = False
-        for entry in batch.entries:
-            call = owner(entry)
-            if call.state == QUEUED:
-                call.fail_closed()
-                if call.entries is not None:
-                    self._withdraw(call)
-                    withdrawn = True
-        if withdrawn:
-            self.abandons += 1
-            if self.room and self.accepting:
-                self._grant_room()
+    # The hand-back, in handback.py: read as methods of the core.
+    live = handback.live
+    deliver = handback.deliver
+    fail = handback.fail
+    close_batch = handback.close_batch
 
     def done(self, batch: Batch) -> None:
         self.running.discard(batch)

@@ -1,0 +1,114 @@
+"""The cut: the next batch, by the rules, within ``batch_size`` and the length budget.
+
+Rules, around any strategy: (1) overdue items (waited ``max_wait_ms``) leave before every
+item that arrived after them; (2) items of small calls before items of large calls (the
+core's two pools); (3) the strategy's order (each pool's own ``cut``). The length budget stops
+the cut at the first item, in rule order, that does not fit: it stays first for the next
+cut, which applies the rules afresh. An item over the whole budget travels alone.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .queue import Core
+
+__all__ = ["cut_padded", "cut_summed"]
+
+
+def cut_summed(core: Core, now: float) -> list[Any]:
+    """The cut where the length budget counts summed lengths."""
+    room, budget = core.batch_size, core.max_len
+    batch: list[Any] = []
+    limit = now - core.max_wait
+    while room:
+        entry = core.oldest()
+        if entry is None or entry.arrival > limit:
+            break
+        if entry.length > budget:
+            if not batch:
+                batch.append(entry)  # oversize: it travels alone
+                entry._pool.remove(entry)
+            room = 0
+            break
+        entry._pool.remove(entry)
+        batch.append(entry)
+        room -= 1
+        budget -= entry.length
+    for pool in (core.small, core.bulk):
+        if not room:
+            break
+        got = pool.cut(room, budget)
+        batch += got
+        room -= len(got)
+        if budget != math.inf:
+            budget -= sum(entry.length for entry in got)
+        if room and len(pool):
+            # The pool stopped on the budget; the whole cut stops with it.
+            if not batch:
+                batch = pool.cut(1, math.inf)
+            break
+    for entry in batch:
+        entry._pool = None
+    core.waiting -= len(batch)
+    if core.budget:
+        core.waiting_len -= sum([entry.length for entry in batch])
+    core.queued -= len(batch)
+    return batch
+
+def cut_padded(core: Core, now: float) -> list[Any]:
+    """The cut where the length budget counts the padded size: longest x items.
+
+    An item fits when the batch with it stays within the budget: with ``k`` items
+    taken and the longest ``m`` long, the next may be at most ``budget // (k + 1)``
+    long, and none fits once ``m * (k + 1)`` exceeds the budget. Asking the pool for
+    one entry within that length keeps its rule: the cut stops at the first item
+    (in its order) that does not fit.
+    """
+    room, budget = core.batch_size, core.max_len
+    batch: list[Any] = []
+    longest = 0
+    limit = now - core.max_wait
+    stopped = False
+    while room:
+        entry = core.oldest()
+        if entry is None or entry.arrival > limit:
+            break
+        k = len(batch) + 1
+        if longest * k > budget or entry.length * k > budget:
+            if not batch:
+                batch.append(entry)  # oversize: it travels alone
+                entry._pool.remove(entry)
+            stopped = True
+            break
+        entry._pool.remove(entry)
+        batch.append(entry)
+        longest = max(longest, entry.length)
+        room -= 1
+    if not stopped:
+        for pool in (core.small, core.bulk):
+            while room and len(pool):
+                k = len(batch) + 1
+                if longest * k > budget:
+                    stopped = True
+                    break
+                got = pool.cut(1, budget // k)
+                if not got:
+                    if not batch:
+                        batch = pool.cut(1, math.inf)  # oversize: it travels alone
+                    stopped = True
+                    break
+                batch += got
+                longest = max(longest, got[0].length)
+                room -= 1
+            if stopped or not room:
+                break
+    for entry in batch:
+        entry._pool = None
+    core.waiting -= len(batch)
+    core.waiting_len -= sum([entry.length for entry in batch])
+    core.queued -= len(batch)
+    core.forget_lengths(batch)
+    return batch

@@ -1,0 +1,75 @@
+"""The hand-back: each caller of a finished batch gets its outcome, through the core.
+
+A call of one item is settled here, counted in bulk for the whole batch; a call of many
+items is settled when its last item is. These are methods of ``Core`` (assigned there).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .._errors import Failure
+from .calls import DONE, QUEUED, owner
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from .queue import Batch, Core
+
+__all__ = ["close_batch", "deliver", "fail", "live"]
+
+
+def live(core: Core, batch: Batch) -> list[Any]:
+    """The batch's entries whose callers are still there."""
+    entries = batch.entries
+    if batch.abandons != core.abandons:  # a caller left since the cut
+        return [entry for entry in entries if owner(entry).state == QUEUED]
+    return entries
+
+def deliver(core: Core, entries: list[Any], results: Sequence[Any]) -> None:
+    """Hand each entry's caller its result (a ``Failure`` fails that caller alone)."""
+    done = 0
+    for entry, value in zip(entries, results, strict=True):
+        call = entry._call
+        if call is None:  # a call of one item: settled here, counted below
+            if entry.state == QUEUED:
+                if type(value) is Failure:
+                    exc = value.exception
+                    entry.put_error(0, exc, exc.__traceback__)
+                else:
+                    entry.state = DONE
+                    entry.deliver(value)
+                    done += 1
+        elif call.state == QUEUED:
+            if type(value) is Failure:
+                exc = value.exception
+                call.put_error(entry._index, exc, exc.__traceback__)
+            else:
+                call.put_result(entry._index, value)
+    if done and not core.keyed:
+        core.counts.completed += done
+
+def fail(core: Core, entries: list[Any], error: BaseException) -> None:
+    """Every caller of ``entries`` gets ``error``."""
+    tb = error.__traceback__
+    for entry in entries:
+        call = entry._call or entry
+        if call.state == QUEUED:
+            call.put_error(entry._index, error, tb)
+
+def close_batch(core: Core, batch: Batch) -> None:
+    """A batch that cannot finish (its slot was cancelled): ``BatcherClosed``. A call
+    of many items is settled whole: its items elsewhere are dropped (those waiting
+    leave the pools, those in other running batches are skipped)."""
+    withdrawn = False
+    for entry in batch.entries:
+        call = owner(entry)
+        if call.state == QUEUED:
+            call.fail_closed()
+            if call.entries is not None:
+                core.withdraw(call)
+                withdrawn = True
+    if withdrawn:
+        core.abandons += 1
+        if core.room and core.accepting:
+            core.grant_room()
