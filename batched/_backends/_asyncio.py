@@ -90,21 +90,13 @@ class AsyncioCall(CallCore, asyncio.Future):  # type: ignore[type-arg]
 collections.abc.Coroutine.register(AsyncioCall)
 
 
-@final
-class AsyncioParkedCall(CallCore):
-    """A call whose caller parks on it again and again (a fresh future each time)."""
+class _Parking:
+    """Park on a fresh future of the loop; ``wake`` resolves it unless it was cancelled."""
 
-    __slots__ = ("__dict__", "_pool", "arrival", "core", "item", "loop", "seq", "state", "waiter")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.waiter: asyncio.Future[None] | None = None
-        self.state = QUEUED
-        self._pool = INTAKE
-
-    def deliver(self, value: Any) -> None:
-        self.out = value
-        self.wake()
+    if not TYPE_CHECKING:  # storage from the concrete classes
+        __slots__ = ()
+    loop: asyncio.AbstractEventLoop
+    waiter: asyncio.Future[None] | None
 
     def wake(self) -> None:
         future = self.waiter
@@ -118,7 +110,24 @@ class AsyncioParkedCall(CallCore):
 
 
 @final
-class AsyncioSignal:
+class AsyncioParkedCall(_Parking, CallCore):
+    """A call whose caller parks on it again and again (a fresh future each time)."""
+
+    __slots__ = ("__dict__", "_pool", "arrival", "core", "item", "loop", "seq", "state", "waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.waiter = None
+        self.state = QUEUED
+        self._pool = INTAKE
+
+    def deliver(self, value: Any) -> None:
+        self.out = value
+        self.wake()
+
+
+@final
+class AsyncioSignal(_Parking):
     """A one-shot wake-up for one waiting task; ``set`` before ``wait`` is not lost."""
 
     __slots__ = ("is_set", "loop", "waiter")
@@ -126,20 +135,11 @@ class AsyncioSignal:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.is_set = False
-        self.waiter: asyncio.Future[None] | None = None
+        self.waiter = None
 
     def set(self) -> None:
         self.is_set = True
         self.wake()
-
-    def wake(self) -> None:
-        future = self.waiter
-        if future is not None and not future.done():
-            future.set_result(None)
-
-    def park(self) -> Awaitable[None]:
-        self.waiter = future = self.loop.create_future()
-        return future
 
     def wait(self) -> Awaitable[None]:
         if self.is_set:
