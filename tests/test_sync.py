@@ -377,6 +377,61 @@ def test_calls_after_fn_raised_a_base_exception_do_not_hang(
     assert not threads.threads["later"].is_alive(), "a call after the crash blocks forever"
 
 
+def test_a_call_while_the_crashed_serving_loop_closes_does_not_hang() -> None:
+    """The window between the end of serving and the close of the serving thread's loop,
+    made wide: the loop's ``close`` waits in that thread until a later call was made. A
+    call sent then to the stopped loop would be queued where nothing runs it."""
+    process = spawn_python(
+        """
+        import asyncio, threading
+        import batched
+
+        closing, go = threading.Event(), threading.Event()
+        close = asyncio.SelectorEventLoop.close
+
+        def slow_close(loop):
+            if threading.current_thread().name.startswith("batched"):
+                closing.set()
+                go.wait(10)
+            close(loop)
+
+        asyncio.SelectorEventLoop.close = slow_close
+
+        class Fatal(BaseException):
+            pass
+
+        @batched.dynamically(batch_size=1, timeout_ms=0)
+        def fn(items):
+            if "boom" in items:
+                raise Fatal
+            return items
+
+        assert fn("ok") == "ok"
+        try:
+            fn("boom")
+        except batched.BatcherClosed:
+            pass
+        assert closing.wait(10)
+        out = []
+
+        def later():
+            try:
+                out.append(fn("later"))
+            except batched.BatcherClosed as exc:
+                out.append(exc)
+
+        thread = threading.Thread(target=later, daemon=True)
+        thread.start()
+        thread.join(5)
+        go.set()
+        assert not thread.is_alive(), "a call made while the loop closes blocks forever"
+        print(out)
+        fn.close()
+        """
+    )
+    assert finish(process) == (0, "['later']\n", "")
+
+
 def test_batcher_closed_after_a_crash_is_chained_to_it(cleanup: contextlib.ExitStack) -> None:
     """Made deterministic: a held batch keeps the serving thread from finishing the crash."""
     gate = ThreadGate()

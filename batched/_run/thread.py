@@ -119,7 +119,11 @@ class Server:
         self.scheduled = False  # a flush is on its way to the loop
         self.run: Owned | None = None
         self.last_core: Core | None = None  # its `cause` is set before callers wake
-        self.ended = False  # the serving thread has ended (closed, or fn's BaseException)
+        # Serving has ended (closed, or fn's BaseException): the loop takes nothing in.
+        self.ended = False
+        # Orders a send against the end of serving: a call posted to a loop that has
+        # stopped but is not closed yet would be accepted, and never taken in.
+        self.lock = threading.Lock()
         self.post: Callable[..., bool] | None = None
         self.stop_event: anyio.Event | None = None
         self.ready = threading.Event()
@@ -167,19 +171,25 @@ class Server:
             await run.close(None)
         finally:
             self.run = None
-            self.flush()  # whatever is left gets BatcherClosed
+            with self.lock:
+                self.ended = True  # later sends are closed by their senders
+                self.flush()  # whatever is left gets BatcherClosed
 
     # -- any thread --------------------------------------------------------------------
 
     def send(self, call: ThreadCall, wait: bool) -> None:
-        """Hand a call to the loop; the caller holds its function's lock."""
-        self.pending.append((call, wait))
-        if not self.scheduled:
-            self.scheduled = True
-            assert self.post is not None
-            if not self.post(self.flush):
-                self.run = None  # the loop has ended: the call is closed here
-                self.flush()
+        """Hand a call to the loop; the caller holds its function's lock. Once serving
+        has ended, the call gets ``BatcherClosed`` here, in the caller's thread."""
+        with self.lock:
+            self.pending.append((call, wait))
+            if self.ended:
+                self.flush()  # self.run is None: the call is closed
+            elif not self.scheduled:
+                self.scheduled = True
+                assert self.post is not None
+                if not self.post(self.flush):
+                    self.run = None  # the loop has closed: the call is closed here
+                    self.flush()
 
     def stop_soon(self) -> None:
         if self.stop_event is not None and self.post is not None:
