@@ -14,6 +14,7 @@ import contextlib
 import copy
 import functools
 import gc
+import os
 import signal
 import subprocess
 import sys
@@ -1207,6 +1208,51 @@ def test_interpreter_exit_is_bounded_with_a_hung_call() -> None:
     processes = [spawn_python(script.replace("{mcb}", str(mcb))) for mcb in (1, 2)]
     for process in processes:
         assert finish(process) == (0, "held\n", "")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_starts_afresh() -> None:
+    """A function used before ``os.fork()`` (gunicorn ``--preload``, multiprocessing with
+    fork): the child has none of the parent's threads, so it serves its calls from a
+    serving thread of its own, with counters of its own. Forked while another thread of
+    the parent is inside a call, whose function's lock may be held then."""
+    process = spawn_python(
+        """
+        import os, sys, threading, warnings
+        import batched
+
+        warnings.simplefilter("ignore", DeprecationWarning)  # forking with threads
+        entered, release = threading.Event(), threading.Event()
+
+        @batched.dynamically(batch_size=4, timeout_ms=1)
+        def fn(items):
+            if "held" in items:
+                entered.set()
+                release.wait(10)
+            return [item * 2 for item in items]
+
+        assert fn(1) == 2
+        held = threading.Thread(target=fn, args=("held",), daemon=True)
+        held.start()
+        assert entered.wait(10)
+        pid = os.fork()
+        if pid == 0:  # the child: its call must not wait for the parent's thread
+            import signal
+            signal.alarm(10)  # a hang guard: SIGALRM ends the child
+            assert fn(3) == 6
+            assert fn([4, 5]) == [8, 10]
+            s = fn.stats
+            assert (s.submitted, s.completed) == (3, 3), s
+            print("child", flush=True)
+            sys.exit(0)  # interpreter exit closes the child's serving thread
+        _, status = os.waitpid(pid, 0)
+        release.set()
+        held.join(10)
+        assert fn(5) == 10  # the parent goes on with its own serving thread
+        print("parent", os.waitstatus_to_exitcode(status), flush=True)
+        """
+    )
+    assert finish(process) == (0, "child\nparent 0\n", "")
 
 
 @pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs signal.pthread_kill")

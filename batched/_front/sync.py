@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import os
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, final, overload
@@ -60,6 +61,18 @@ def _close_all() -> None:
         function._close(timeout=5.0)
 
 
+def _start_afresh_after_fork() -> None:
+    # The child of a fork has only the thread that forked: no serving thread of the
+    # parent runs here, and a lock another thread held then stays held. Every function
+    # serves the child from a thread of its own, started on first use.
+    for function in list(_live):
+        function._forget_parent()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_start_afresh_after_fork)
+
+
 class SyncFront(Binding, Generic[T, R]):
     """The sync front: ``SyncBatchedFunction`` and the seed's ``BatchProcessor``."""
 
@@ -85,6 +98,7 @@ class SyncFront(Binding, Generic[T, R]):
         # function (a method's, with its instance) stops the current one.
         self._box: list[Server | None] = [None]
         weakref.finalize(self, _stop_current, self._box)
+        _live.add(self)  # closed at exit; starts afresh in the child of a fork
 
     def _rebind(self, fn: Callable[..., Any]) -> Any:
         instance = getattr(fn, "__self__", None)
@@ -140,7 +154,6 @@ class SyncFront(Binding, Generic[T, R]):
                 server = Server(self._settings, self._counts, name, self._keyed())
                 server.start()
                 self._server = self._box[0] = server
-                _live.add(self)
             return server
 
     def _server_or_refuse(self, n: int) -> Server:
@@ -153,6 +166,13 @@ class SyncFront(Binding, Generic[T, R]):
             with self._lock:  # no serving thread counts now
                 self._counts.refused(n)
             raise
+
+    def _forget_parent(self) -> None:
+        """In the child of a fork: drop the parent's serving thread and lock, and count
+        the child's calls alone (the parent's calls in flight never end here)."""
+        self._lock = threading.Lock()
+        self._server = self._box[0] = None
+        self._counts.reset()
 
     def close(self) -> None:
         """Finish the accepted calls and stop the serving thread; later calls raise
