@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import traceback
 from typing import TYPE_CHECKING, Any
@@ -9,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import numpy as np
 import pytest
-from _helpers import Boom, Fatal, gather, tag
+from _helpers import Boom, Fatal, close_bounded, gather, tag
 
 import batched
 from batched import Batcher, BatcherClosed, BatchSizeMismatch, Failure
@@ -305,6 +306,76 @@ async def test_base_exception_from_fn_closes_batcher(kind: type[BaseException]) 
     stats = b.stats
     assert stats.failed == 3
     assert stats.queue_size == 0
+
+
+# -- a cancellation that is not the batcher's --------------------------------------------
+
+
+async def foreign_cancellation() -> None:
+    """Raise the backend's cancellation exception, caused by no cancel scope around this
+    task: a future that someone else cancelled (asyncio), or a ``Cancelled`` carried out
+    of the scope that caught it (trio)."""
+    if anyio.get_cancelled_exc_class() is asyncio.CancelledError:
+        future = asyncio.get_running_loop().create_future()
+        future.cancel()
+        await future
+    import trio
+
+    caught: BaseException | None = None
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        try:
+            await trio.lowlevel.checkpoint()
+        except trio.Cancelled as exc:
+            caught = exc
+    assert caught is not None
+    raise caught
+
+
+@pytest.mark.parametrize("mode", ["owned", "driven"])
+async def test_a_cancellation_raised_by_fn_fails_only_its_batch(mode: str) -> None:
+    """Only that batch's callers get an error (not a cancellation: their tasks were not
+    cancelled); the owner's block, its other awaits and later batches are untouched."""
+
+    async def fn(items: list[str]) -> list[tuple[str, str]]:
+        if "bad" in items:
+            await foreign_cancellation()
+        return tag(items)
+
+    async def calls(f: Any) -> None:
+        with pytest.raises(RuntimeError, match=r"raised (CancelledError|Cancelled).*not") as info:
+            await f("bad")
+        assert isinstance(info.value.__cause__, anyio.get_cancelled_exc_class())
+        await anyio.sleep(0.01)  # an unrelated await of the body
+        assert await f("ok") == ("r", "ok")
+
+    with anyio.fail_after(60):
+        if mode == "owned":
+            async with Batcher(fn, batch_size=1, timeout_ms=0) as f:
+                await calls(f)
+        else:
+            f = batched.dynamically(batch_size=1, timeout_ms=0)(fn)
+            await calls(f)
+    stats = f.stats
+    assert (stats.submitted, stats.completed, stats.failed) == (2, 1, 1)
+
+
+def test_a_cancellation_raised_by_a_sync_fn_fails_only_its_batch() -> None:
+    """A plain function that raises the cancellation exception itself, served by its own
+    event-loop thread: its callers get the error; the thread goes on."""
+
+    @batched.dynamically(batch_size=1, timeout_ms=0)
+    def fn(items: list[str]) -> list[tuple[str, str]]:
+        if "bad" in items:
+            raise asyncio.CancelledError
+        return tag(items)
+
+    try:
+        with pytest.raises(RuntimeError, match="raised CancelledError"):
+            fn("bad")
+        assert fn("ok") == ("r", "ok")
+    finally:
+        close_bounded(fn)
 
 
 # -- hierarchy -------------------------------------------------------------------------

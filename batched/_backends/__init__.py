@@ -13,6 +13,8 @@ What a backend gives:
   caller-driven decorator, where a caller also leads the batching).
 - ``signal()``: a one-shot wake-up for a driver's own task.
 - ``clock``, ``wait_until(waiter, deadline)``, ``key`` (the loop's identity).
+- ``cancelling()``: whether the current task's own cancellation is under way (to tell it
+  from a cancellation exception that a batch function raised for some other reason).
 - Thread hand-off: ``wait_for_thread`` (park until another thread says so) and
   ``poster`` (run a function in this loop, from any thread).
 """
@@ -70,6 +72,9 @@ class Backend(Protocol):
     def signal(self) -> Signal: ...
 
     def wait_until(self, waiter: Parker, deadline: float) -> Awaitable[None]: ...
+
+    def cancelling(self) -> bool:
+        """Whether the current task is being cancelled (by a cancel scope around it)."""
 
     def poster(self) -> Callable[..., bool]: ...
 

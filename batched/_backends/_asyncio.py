@@ -190,6 +190,13 @@ class AsyncioBackend:
         finally:
             handle.cancel()
 
+    def cancelling(self) -> bool:
+        """Whether the current task has a cancellation request pending: anyio's cancel
+        scopes cancel a task with ``Task.cancel()``, and a CancelledError raised by an
+        awaited future that someone else cancelled leaves the count at zero."""
+        task = asyncio.current_task(self.loop)
+        return task is not None and task.cancelling() > 0
+
     def poster(self) -> Callable[..., bool]:
         """``post(fn, *args)``: run ``fn`` in this loop soon, from any thread; False once
         the loop has closed."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections.abc
 import contextlib
+import math
 from typing import TYPE_CHECKING, Any, final
 
 import trio
@@ -174,6 +175,12 @@ class TrioBackend:
         deadline, which trio makes cheap."""
         with trio.CancelScope(deadline=deadline):
             await waiter.park()
+
+    def cancelling(self) -> bool:
+        """Whether a cancel scope around the current task has been cancelled (its
+        effective deadline is then -inf); a ``Cancelled`` carried out of another scope
+        does not make it so."""
+        return trio.current_effective_deadline() == -math.inf
 
     def poster(self) -> Callable[..., bool]:
         run_sync_soon = self.key.run_sync_soon

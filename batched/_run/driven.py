@@ -58,7 +58,7 @@ class Driven:
     ) -> None:
         self.backend: Backend = current()
         self.core = Core(settings, counts, self.backend.clock)
-        self.executor = Executor(settings, self.core, None)
+        self.executor = Executor(settings, self.core, None, self.backend)
         # A caller parks on its call many times: as a follower, and as the leader.
         self.new_call = self.backend.new_parked_call
         self.max_workers = settings.max_concurrent_batches

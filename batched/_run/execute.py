@@ -22,24 +22,50 @@ from .._keyed import cache_store
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from .._backends import Backend
     from .._core.queue import Core
     from .._settings import Settings
 
 __all__ = ["Executor"]
 
+
+def _not_ours(exc: BaseException) -> RuntimeError:
+    """The error for a batch whose ``fn`` raised a cancellation that is not the batcher's
+    own: its callers were not cancelled, so they get an error, not a cancellation."""
+    msg = (
+        f"the batch function raised {type(exc).__qualname__}, but its batch was not "
+        f"cancelled (did it await something that was cancelled elsewhere?)"
+    )
+    error = RuntimeError(msg)
+    error.__cause__ = exc
+    return error
+
+
 @final
 class Executor:
     """Calls ``fn`` for a driver and hands the outcomes back through its core."""
 
-    __slots__ = ("cache", "clock", "core", "fn", "is_async", "isolate", "spawn", "thread_limiter")
+    __slots__ = (
+        "cache",
+        "cancelling",
+        "clock",
+        "core",
+        "fn",
+        "is_async",
+        "isolate",
+        "spawn",
+        "thread_limiter",
+    )
 
     def __init__(
         self,
         settings: Settings,
         core: Core,
         spawn: Callable[..., object] | None,
+        backend: Backend,
     ) -> None:
         self.fn = settings.fn
+        self.cancelling = backend.cancelling
         self.is_async = settings.is_async
         self.isolate = settings.isolate_errors
         self.cache = settings.cache
@@ -68,6 +94,10 @@ class Executor:
                 await self._isolate(entries)
                 return None, None
             return None, exc
+        except anyio.get_cancelled_exc_class() as exc:
+            if self.cancelling():
+                raise  # the batcher's own cancellation (closing, or a slot cancelled)
+            return None, _not_ours(exc)
         try:
             return check_results(out, len(entries)), None
         except (BatchSizeMismatch, TypeError) as exc:

@@ -71,7 +71,7 @@ class Owned:
         self.backend: Backend = current()
         self.core = core = Core(settings, counts, self.backend.clock)
         core.on_fault = self.crash
-        self.executor = Executor(settings, core, self._spawn)
+        self.executor = Executor(settings, core, self._spawn, self.backend)
         # Callers await their calls directly: no frame of ours between them and fn.
         self.new_call = self.backend.new_call
         self.max_workers = settings.max_concurrent_batches
