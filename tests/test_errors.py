@@ -236,6 +236,63 @@ async def test_non_sequence_result_is_type_error_naming_the_type(
         assert type_name in str(outcome[x])
 
 
+class _Frame:
+    """Results like a pandas DataFrame's: ``frame[0]`` looks up a column (``KeyError``),
+    or, with ``bad_len``, even ``len()`` raises."""
+
+    def __init__(self, n: int, *, bad_len: bool) -> None:
+        self.n = n
+        self.bad_len = bad_len
+
+    def __len__(self) -> int:
+        if self.bad_len:
+            raise ZeroDivisionError("len() of the results")
+        return self.n
+
+    def __getitem__(self, key: Any) -> Any:
+        raise KeyError(key)
+
+
+@pytest.mark.parametrize("mode", ["owned", "driven"])
+@pytest.mark.parametrize("bad_len", [False, True], ids=["indexing", "len"])
+async def test_results_whose_len_or_indexing_raises_fail_only_their_batch(
+    mode: str, bad_len: bool
+) -> None:
+    """Its callers get that exception; the batcher goes on (it used to crash it)."""
+    error = ZeroDivisionError if bad_len else KeyError
+
+    async def fn(items: list[str]) -> Any:
+        return _Frame(len(items), bad_len=bad_len) if "frame" in items else tag(items)
+
+    async def calls(f: Any) -> None:
+        outcome = await gather(f, ["frame"])
+        assert type(outcome["frame"]) is error, outcome
+        assert await f("ok") == ("r", "ok")
+
+    with anyio.fail_after(60):
+        if mode == "owned":
+            async with Batcher(fn, batch_size=1, timeout_ms=0) as f:
+                await calls(f)
+        else:
+            f = batched.dynamically(batch_size=1, timeout_ms=0)(fn)
+            await calls(f)
+    stats = f.stats
+    assert (stats.submitted, stats.completed, stats.failed) == (2, 1, 1)
+
+
+def test_results_whose_indexing_raises_fail_only_their_batch_in_a_sync_function() -> None:
+    @batched.dynamically(batch_size=1, timeout_ms=0)
+    def fn(items: list[str]) -> Any:
+        return _Frame(len(items), bad_len=False) if "frame" in items else tag(items)
+
+    try:
+        with pytest.raises(KeyError):
+            fn("frame")
+        assert fn("ok") == ("r", "ok")  # the serving thread goes on
+    finally:
+        close_bounded(fn)
+
+
 @pytest.mark.parametrize(
     "wrap",
     [tuple, np.array],
