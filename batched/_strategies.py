@@ -93,7 +93,9 @@ class Strategy(Protocol):
 @final
 class _FifoPool:
     # A deque with lazy removal: removals are rare (cancelled callers), pops are not,
-    # and a dict used as a queue rescans its deleted prefix on every pop.
+    # and a dict used as a queue rescans its deleted prefix on every pop. Removed entries
+    # are dropped for good once they outnumber the live ones: behind a live entry that
+    # stays first they would otherwise be kept, however many callers come and leave.
     __slots__ = ("_queue", "_removed", "add")
 
     def __init__(self) -> None:
@@ -103,7 +105,17 @@ class _FifoPool:
         self.add: Callable[[Entry], None] = self._queue.append
 
     def remove(self, entry: Entry) -> None:
-        self._removed.add(entry)
+        removed = self._removed
+        removed.add(entry)
+        if 2 * len(removed) > len(self._queue):  # amortised O(1) per removal
+            self._compact()
+
+    def _compact(self) -> None:
+        queue, removed = self._queue, self._removed
+        live = [entry for entry in queue if entry not in removed]
+        queue.clear()  # in place: add() is bound to this deque
+        queue.extend(live)
+        removed.clear()
 
     def __len__(self) -> int:
         return len(self._queue) - len(self._removed)
@@ -143,7 +155,10 @@ class _FifoPool:
 @final
 class _KeyedPool:
     # A heap ordered by (key, seq) keeps equal keys in arrival order; a deque in arrival
-    # order answers oldest(). Both drop entries lazily, checked against ``_live``.
+    # order answers oldest(). Both drop entries lazily, checked against ``_live``, and are
+    # rebuilt once they hold more dead entries (removed, or cut: the deque) than live
+    # ones, so that memory follows what waits: a live entry that stays on top of the heap
+    # or at the head of the deque would otherwise keep everything behind it.
     __slots__ = ("_arrivals", "_heap", "_key", "_live")
 
     def __init__(self, key: Callable[[Entry], Any]) -> None:
@@ -158,7 +173,18 @@ class _KeyedPool:
         self._arrivals.append(entry)
 
     def remove(self, entry: Entry) -> None:
-        self._live.pop(entry.seq, None)
+        live = self._live
+        live.pop(entry.seq, None)
+        if len(self._heap) > 2 * len(live):  # amortised O(1) per removal
+            self._heap = [node for node in self._heap if node[1] in live]
+            heapq.heapify(self._heap)
+            self._compact_arrivals()
+
+    def _compact_arrivals(self) -> None:
+        arrivals, live = self._arrivals, self._live
+        kept = [entry for entry in arrivals if entry.seq in live]
+        arrivals.clear()
+        arrivals.extend(kept)
 
     def __len__(self) -> int:
         return len(self._live)
@@ -187,6 +213,8 @@ class _KeyedPool:
             # Everything left is dead: drop it now rather than on later pops.
             heap.clear()
             self._arrivals.clear()
+        elif len(self._arrivals) > 2 * len(live):  # cut entries behind an old live one
+            self._compact_arrivals()
         return out
 
 

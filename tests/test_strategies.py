@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import gc
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -157,6 +160,51 @@ def test_equal_keys_leave_in_seq_order(strategy: batched.Strategy) -> None:
     assert names(got) == [f"e{i}" for i in range(12)]
 
 
+class _Tracked(batched.Entry):
+    """An entry that a weak reference can follow."""
+
+    __slots__ = ("__weakref__",)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("live", [1, 50])
+def test_removed_entries_are_freed_while_live_ones_stay_first(
+    strategy: batched.Strategy, live: int
+) -> None:
+    """Removed entries behind live ones (first in every order) are let go of promptly:
+    the pool never holds more removed entries than live ones, however many come and go."""
+    pool = filled(strategy, entries(*[(1, -1)] * live))
+    refs = []
+    for seq in range(live, live + 1000):
+        entry = _Tracked(seq, length=2, priority=0, arrival=float(seq), seq=seq)
+        pool.add(entry)
+        pool.remove(entry)
+        refs.append(weakref.ref(entry))
+    del entry
+    held = sum(ref() is not None for ref in refs)
+    assert held <= live, f"{held} removed entries still held beside {live} live ones"
+    assert len(pool) == live
+    assert names(pool.cut(1000, INF)) == [f"e{i}" for i in range(live)]
+
+
+@pytest.mark.parametrize("strategy", [batched.ByLength(), batched.ByPriority()])
+def test_cut_entries_are_freed_behind_an_old_live_one(strategy: batched.Strategy) -> None:
+    """An old entry that its order keeps last stays the oldest: the entries cut before it
+    are let go of all the same."""
+    pool = filled(strategy, entries((9, 9)))
+    refs = []
+    for seq in range(1, 1001):
+        entry = _Tracked(seq, length=1, priority=0, arrival=float(seq), seq=seq)
+        pool.add(entry)
+        assert pool.cut(1, INF) == [entry]
+        assert pool.oldest() is not None
+        refs.append(weakref.ref(entry))
+    del entry
+    held = sum(ref() is not None for ref in refs)
+    assert held <= 2, f"{held} cut entries still held"
+    assert names(pool.cut(10, INF)) == ["e0"]
+
+
 def test_by_priority_orders_by_priority_then_seq() -> None:
     """ByPriority: lowest priority value first; ties in seq order; oldest ignores priority."""
     pool = filled(batched.ByPriority(), entries((1, 1), (1, 0), (1, 1), (1, -2), (1, 0)))
@@ -291,6 +339,53 @@ async def test_by_length_order_through_batcher(strategy: Any) -> None:
     out = await accumulate(fn, [one(i) for i in items], strategy=strategy, timeout_ms=5)
     assert fn.batches == [["h"], ["x", "z", "yy", "xxx", "xxxx"]]
     assert out == [(i, "r") for i in items]
+
+
+class _Item:
+    """An item that a weak reference can follow."""
+
+    __slots__ = ("__weakref__", "n")
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+async def test_cancelled_callers_items_are_freed_under_overload(strategy: Any) -> None:
+    """The only slot is busy and the first waiting item stays first; callers behind it
+    come and are cancelled, again and again: their items are let go of while they wait,
+    not when the first item leaves."""
+    fn = Recorder(hold_first=True)
+    refs: list[weakref.ref[_Item]] = []
+
+    async def caller(n: int) -> None:
+        item = _Item(n)
+        refs.append(weakref.ref(item))
+        await b(item, priority=0)
+
+    with anyio.fail_after(600):
+        async with (
+            batched.Batcher(fn, strategy=strategy, batch_size=2) as b,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(b, "held")
+            await fn.held.wait()
+            first = _Item(-1)
+            tg.start_soon(functools.partial(b, first, priority=-1))
+            await settle()
+            for _ in range(10):
+                with anyio.CancelScope() as scope:
+                    async with anyio.create_task_group() as callers:
+                        for n in range(100):
+                            callers.start_soon(caller, n)
+                        await settle()
+                        scope.cancel()
+            gc.collect()
+            held = sum(ref() is not None for ref in refs)
+            assert held <= 2, f"{held} of {len(refs)} cancelled callers' items still held"
+            assert b.stats.queue_size == 1
+            fn.release.set()
+    assert fn.batches == [["held"], [first]]
 
 
 @pytest.mark.parametrize("strategy", [batched.Fifo(), batched.PriorityStrategy.NONE])
