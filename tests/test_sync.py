@@ -1255,6 +1255,59 @@ def test_a_forked_child_starts_afresh() -> None:
     assert finish(process) == (0, "child\nparent 0\n", "")
 
 
+def test_blocking_calls_while_another_thread_imports_trio() -> None:
+    """The event-loop guard of a blocking call looks at trio only if it is imported: here
+    another thread is inside ``import trio``, held where ``sys.modules["trio"]`` is a
+    half-made module (no ``lowlevel`` yet)."""
+    process = spawn_python(
+        """
+        import importlib.abc, importlib.machinery, sys, threading
+        import batched
+
+        entered, release = threading.Event(), threading.Event()
+
+        class Held(importlib.abc.Loader):
+            def __init__(self, loader):
+                self.loader = loader
+
+            def create_module(self, spec):
+                return self.loader.create_module(spec)
+
+            def exec_module(self, module):
+                entered.set()
+                release.wait(10)
+                self.loader.exec_module(module)
+
+        class HoldTrioImport(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name != "trio._core":  # trio/__init__.py's first import
+                    return None
+                spec = importlib.machinery.PathFinder.find_spec(name, path)
+                spec.loader = Held(spec.loader)
+                return spec
+
+        sys.meta_path.insert(0, HoldTrioImport())
+        importer = threading.Thread(target=__import__, args=("trio",), daemon=True)
+        importer.start()
+        assert entered.wait(10)
+        assert not hasattr(sys.modules["trio"], "lowlevel")
+
+        @batched.dynamically(batch_size=4, timeout_ms=1)
+        def fn(items):
+            return [item * 2 for item in items]
+
+        try:
+            print(fn(1), fn([2, 3]), flush=True)
+        finally:
+            release.set()
+        importer.join(10)
+        print(fn(4), flush=True)
+        fn.close()
+        """
+    )
+    assert finish(process) == (0, "2 [4, 6]\n8\n", "")
+
+
 @pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs signal.pthread_kill")
 def test_interrupted_blocking_call_drops_its_item() -> None:
     """Ctrl-C in a thread blocked in a call: the item leaves the queue, counted cancelled."""
