@@ -1010,6 +1010,15 @@ async def test_slotted_instance_is_garbage_collected_after_use() -> None:
     assert ref() is None
 
 
+async def test_a_bound_method_keeps_its_instance() -> None:
+    """``WithDict().m`` held without its instance works, as a plain bound method does (the
+    sync front does the same: tests/test_sync.py)."""
+    m = WithDict().m
+    gc.collect()
+    with anyio.fail_after(60):
+        assert await m(1) == ("r", 1)
+
+
 # -- 7. errors -------------------------------------------------------------------------
 
 

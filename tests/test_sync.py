@@ -963,6 +963,21 @@ def test_instance_gc_stops_its_serving_thread(models: dict[str, threading.Thread
     assert not serving.is_alive(), "the serving thread outlived its instance"
 
 
+def test_a_bound_method_keeps_its_instance(models: dict[str, threading.Thread]) -> None:
+    """``Model(...).predict`` held without its instance works, as a plain bound method
+    (and the async form) does; once both are gone, the serving thread stops."""
+    predict = Model("temporary").predict
+    gc.collect()
+    assert predict(1) == ("temporary", 1)
+    serving = models["temporary"]
+    ref = weakref.ref(predict)
+    del predict
+    gc.collect()
+    assert ref() is None
+    serving.join(JOIN)
+    assert not serving.is_alive(), "the serving thread outlived its bound method"
+
+
 def test_bound_method_keeps_the_method_name(
     cleanup: contextlib.ExitStack, models: dict[str, threading.Thread]
 ) -> None:
@@ -981,14 +996,8 @@ def test_bound_method_keeps_the_method_name(
     anyio.run(main, backend="asyncio")
 
 
-class PaddedModel:
-    """A sync batched method: its binding holds the instance weakly.
-
-    The unused slots only make an instance big (> 512 bytes, so malloc'd in a size class
-    of its own), so that the allocator reuses a collected instance's address at once.
-    """
-
-    __slots__ = ("__dict__", "__weakref__", *(f"_pad{i}" for i in range(80)))
+class Factor:
+    """A sync batched method whose results depend on its instance's state."""
 
     def __init__(self, factor: int) -> None:
         self.factor = factor
@@ -998,45 +1007,28 @@ class PaddedModel:
         return [item * self.factor for item in items]
 
 
-def _copy_at_a_dead_instance_address() -> tuple[PaddedModel, Any] | None:
-    """A copy of a copy that lands where the (collected) original was, with the
-    original's binding (carried by the first copy); None if the address was never
-    reused."""
-    for _ in range(50):
-        original = PaddedModel(2)
-        stale = original.predict  # binds: the copies below carry this binding
-        address = id(original)
-        carrier = copy.copy(original)  # carries original's binding; never looks it up
-        del original
-        gc.collect()  # the sync binding holds its instance weakly: it is gone now
-        keep: list[PaddedModel] = []
-        for _ in range(100):
-            clone = copy.copy(carrier)  # e.g. a copy of a copy, made later
-            if id(clone) == address:
-                return clone, stale
-            keep.append(clone)  # keep it, so that the next copy lands elsewhere
-    return None
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="id() reuse: a shallow copy carries a binding whose (weakly held) instance died; "
-    "a later copy allocated at the dead instance's address passes the `_for == id(instance)` "
-    "check and gets the dead instance's binding (ReferenceError on every call)",
-)
-def test_a_copy_at_a_dead_instance_address_does_not_get_its_binding() -> None:
-    found = _copy_at_a_dead_instance_address()
-    if found is None:
-        pytest.skip("the allocator did not reuse a collected instance's address")
-    clone, stale = found
-    clone.factor = 10
-    bound = clone.predict
-    try:
-        assert bound(3) == 30  # today: ReferenceError, the instance of the binding is gone
-        assert bound is not stale, "the copy got its dead original's binding"
-    finally:
-        bound.close()
-        stale.close()
+def test_a_copy_of_a_copy_never_gets_its_originals_binding(
+    cleanup: contextlib.ExitStack,
+) -> None:
+    """A shallow copy carries its original's binding in its ``__dict__``. The binding
+    holds its instance and is matched to it by identity: a copy (or a copy of a copy)
+    binds afresh, and the original lives on while its binding does. (Matched by ``id()``
+    of a weakly held instance, a copy made at the collected original's address got the
+    dead instance's binding: ReferenceError on every call.)"""
+    original = Factor(2)
+    stale = closing(cleanup, original.predict)
+    ref = weakref.ref(original)
+    carrier = copy.copy(original)
+    del original
+    gc.collect()
+    assert ref() is not None, "the binding its copy carries keeps the original"
+    for factor, clone in ((3, carrier), (4, copy.copy(carrier))):
+        clone.factor = factor
+        bound = closing(cleanup, clone.predict)
+        assert bound is not stale
+        assert bound is clone.predict
+        assert bound(3) == 3 * factor
+    assert stale(3) == 6
 
 
 # -- nesting ----------------------------------------------------------------------------------

@@ -74,8 +74,10 @@ class Binding:
     A decorated function defined in a class body binds to each instance on first
     access: one batcher per instance, kept in the instance's ``__dict__`` under a key of
     this descriptor's own (collected with the instance; a ``super()`` call reaches an
-    overridden one), or in a weak mapping for instances without one. A copied or
-    unpickled instance gets a batcher of its own on first access, never its original's.
+    overridden one), or in a weak mapping for instances without one. A binding kept in
+    the ``__dict__`` holds its instance, as a bound method does, so that it works held
+    alone (``f = Model().predict``). A copied or unpickled instance gets a batcher of its
+    own on first access, never its original's.
     """
 
     __slots__ = ("_bound", "_for", "_key", "_kind", "_name", "_options")
@@ -94,7 +96,8 @@ class Binding:
         self._name: str | None = None
         self._bound: weakref.WeakKeyDictionary[Any, Any] | None = None
         self._key = f"__batched_{id(self):x}"  # where an instance keeps its binding
-        self._for: int | None = None  # id() of the instance a binding serves
+        # The instance a binding kept in its __dict__ serves (None: not such a binding).
+        self._for: object = None
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
         return fn
 
@@ -133,13 +136,13 @@ class Binding:
             if type(namespace) is dict:
                 key = self._key
                 bound = namespace.get(key)
-                if bound is None or bound._for != id(instance):
+                if bound is None or bound._for is not instance:
                     # None yet, or a shallow copy's, made for the original it came from.
                     new = self._rebind(fn.__get__(instance))
-                    new._for = id(instance)
+                    new._for = instance
                     if bound is None:
                         bound = namespace.setdefault(key, new)  # a racing thread may win
-                    if bound is None or bound._for != id(instance):
+                    if bound is None or bound._for is not instance:
                         # A copy's; or None, left by a deep copy or an unpickling.
                         namespace[key] = bound = new
                 return bound

@@ -104,7 +104,9 @@ class SyncFront(Binding, Generic[T, R]):
         instance = getattr(fn, "__self__", None)
         func = getattr(fn, "__func__", None)
         if func is not None and not isinstance(instance, type):
-            # Not weakly referable: the serving thread keeps it until close().
+            # The serving thread holds the instance weakly, so that the instance and its
+            # binding (which holds it, see Binding) are collected together. Not weakly
+            # referable: the serving thread keeps it until close().
             with contextlib.suppress(TypeError):
                 fn = weak_method(func, instance)
         return SyncBatchedFunction(fn, self._options)
