@@ -223,6 +223,27 @@ async def test_partial_of_sync_fn_runs_in_worker_thread() -> None:
     assert loop_thread not in threads
 
 
+@pytest.mark.parametrize("mode", ["owned", "driven"])
+async def test_a_plain_callable_returning_a_coroutine_is_awaited(mode: str) -> None:
+    """``Batcher(lambda xs: embed(xs))``: a plain callable (run in a worker thread) whose
+    result is a coroutine; it is awaited in the loop, alike on asyncio and trio."""
+
+    async def embed(items: list[int]) -> list[tuple[int, str]]:
+        await anyio.lowlevel.checkpoint()
+        return [(item, "r") for item in items]
+
+    with real_time(), anyio.fail_after(5):
+        if mode == "owned":
+            async with batched.Batcher(lambda xs: embed(xs), batch_size=4, timeout_ms=1) as f:
+                assert await f(1) == (1, "r")
+                assert await f.many([2, 3]) == [(2, "r"), (3, "r")]
+        else:
+            f = batched.aio.dynamically(batch_size=4, timeout_ms=1)(lambda xs: embed(xs))
+            assert await f(1) == (1, "r")
+            assert await f.many([2, 3]) == [(2, "r"), (3, "r")]
+    assert f.stats.completed == 3
+
+
 @pytest.fixture
 def thread_calls(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """Record every ``anyio.to_thread.run_sync`` call (still running it)."""

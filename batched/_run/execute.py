@@ -29,6 +29,12 @@ if TYPE_CHECKING:
 __all__ = ["Executor"]
 
 
+def _boxed(fn: Callable[[list[Any]], Any], items: list[Any]) -> tuple[Any]:
+    # In a worker thread: trio's refuses to hand back a coroutine, which a plain function
+    # may return (``lambda xs: embed(xs)``); boxed, it is awaited in the loop, as on asyncio.
+    return (fn(items),)
+
+
 def _not_ours(exc: BaseException) -> RuntimeError:
     """The error for a batch whose ``fn`` raised a cancellation that is not the batcher's
     own: its callers were not cancelled, so they get an error, not a cancellation."""
@@ -79,7 +85,9 @@ class Executor:
     async def invoke(self, items: list[Any]) -> object:
         if self.is_async:
             return await self.fn(items)
-        out = await anyio.to_thread.run_sync(self.fn, items, limiter=self.thread_limiter)
+        (out,) = await anyio.to_thread.run_sync(
+            _boxed, self.fn, items, limiter=self.thread_limiter
+        )
         if inspect.isawaitable(out):  # a plain function that hands back a coroutine
             out = await out
         return out
