@@ -101,6 +101,35 @@ class SlowCache:
         return self.inner.stats()
 
 
+class HeldWriteCache:
+    """A ``MemoryCache`` whose ``set`` waits for ``release`` (``writing`` is set then), and
+    whose ``get`` cancels ``cancel_on_get`` when set, returning without a checkpoint (so
+    that the caller's cancellation lands on its next one)."""
+
+    def __init__(self) -> None:
+        self.inner: MemoryCache[Any, Any] = MemoryCache(64)
+        self.writing = anyio.Event()
+        self.release = anyio.Event()
+        self.cancel_on_get: anyio.CancelScope | None = None
+
+    async def get(self, key: Any) -> Any:
+        if self.cancel_on_get is not None:
+            self.cancel_on_get.cancel()
+            return MISS
+        return await self.inner.get(key)
+
+    async def set(self, key: Any, value: Any) -> None:
+        self.writing.set()
+        await self.release.wait()
+        await self.inner.set(key, value)
+
+    async def clear(self) -> None:
+        await self.inner.clear()
+
+    def stats(self) -> CacheStats:
+        return self.inner.stats()
+
+
 class FaultyCache:
     """A cache whose ``get`` and/or ``set`` raise ``OSError``; counts nothing itself."""
 
@@ -952,6 +981,30 @@ async def test_driven_keyed_many_cancelled_counts_each_item_once() -> None:
     stats = f.stats
     assert rec.batches == []
     assert (stats.submitted, stats.cancelled) == (2, 2)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_caller_cancelled_while_joining_a_result_being_written_counts_once(
+    mode: str,
+) -> None:
+    """An equal call joins the result whose write is under way, and its caller is
+    cancelled before it resumes: it counts as cancelled (it never sees the result)."""
+    rec = Rec()
+    cache = HeldWriteCache()
+    async with front(mode, rec, cache=cache, timeout_ms=0) as f, anyio.create_task_group() as tg:
+        first = Caller(f, 1)
+        tg.start_soon(first.run)
+        await cache.writing.wait()
+        with anyio.CancelScope() as scope:
+            cache.cancel_on_get = scope
+            await f(1)
+        assert scope.cancelled_caught
+        cache.cancel_on_get = None
+        cache.release.set()
+    assert first.result == ("r", 1)
+    assert rec.batches == [[1]]
+    stats = f.stats
+    assert (stats.submitted, stats.completed, stats.failed, stats.cancelled) == (2, 1, 0, 1)
 
 
 async def test_asking_again_while_the_result_is_written_is_not_recomputed() -> None:

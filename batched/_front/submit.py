@@ -181,7 +181,11 @@ async def keyed_one(
     counts.submitted += 1  # its outcome is counted by the call, when it is settled
     if call.state == DONE:  # settled by an equal item being written
         run.release()
-        await anyio.lowlevel.checkpoint()
+        try:
+            await anyio.lowlevel.checkpoint()
+        except BaseException:
+            call.leave()  # cancelled before it resumed: it never sees the result
+            raise
         return call.outcome()
     return await run.result(call)
 
