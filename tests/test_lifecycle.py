@@ -11,9 +11,10 @@ import anyio.abc
 import anyio.lowlevel
 import anyio.to_thread
 import pytest
-from _helpers import Boom, echo, running_tasks, tag, trio_only
+from _helpers import BACKENDS, JOIN, Boom, echo, running_tasks, tag, trio_only
 
 from batched import Batcher, BatcherClosed
+from batched.cache import MemoryCache
 from batched.testing import fresh_backend_options, real_time
 
 pytestmark = pytest.mark.anyio
@@ -245,6 +246,48 @@ def test_same_batcher_under_three_event_loops() -> None:
         assert got == tag([offset, offset + 1])
     stats = b.stats
     assert (stats.submitted, stats.completed) == (15, 15)
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["plain", "cache"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_call_from_another_threads_event_loop_raises(backend: str, keyed: bool) -> None:
+    """A batcher open in one thread's event loop, called from another thread's loop:
+    a clear RuntimeError at once (it used to hang, or fail obscurely), and the batcher
+    goes on serving its own loop. Real threads and loops, bounded waits."""
+    opened, done = threading.Event(), threading.Event()
+    box: dict[str, Any] = {}
+    b = Batcher(echo, batch_size=4, timeout_ms=1, cache=MemoryCache(8) if keyed else None)
+
+    async def owner() -> None:
+        async with b:
+            opened.set()
+            await anyio.to_thread.run_sync(done.wait, JOIN)
+            box["own"] = await b(1)
+
+    def own_thread() -> None:
+        try:
+            anyio.run(owner, backend=backend)
+        except BaseException as exc:
+            box["error"] = exc
+            opened.set()
+
+    async def caller() -> None:
+        with anyio.fail_after(JOIN):
+            for call in (lambda: b(2), lambda: b.many([3, 4])):
+                with pytest.raises(RuntimeError, match="event loop of another thread"):
+                    await call()
+
+    thread = threading.Thread(target=own_thread, daemon=True)
+    thread.start()
+    try:
+        assert opened.wait(JOIN)
+        anyio.run(caller, backend=backend)
+    finally:
+        done.set()
+        thread.join(JOIN)
+    assert not thread.is_alive(), "the batcher's own thread did not finish"
+    assert "error" not in box, box
+    assert box["own"] == ("r", 1)
 
 
 @pytest.mark.parametrize("how", ["normal", "exception", "cancel"])

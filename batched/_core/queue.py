@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from threading import get_ident
 from typing import TYPE_CHECKING, Any, final
 
 from .._errors import BatcherClosed, QueueFull
@@ -30,6 +31,19 @@ if TYPE_CHECKING:
     from .counts import Counts
 
 __all__ = ["Batch", "Core"]
+
+
+def _refusal(core: Core) -> Exception:
+    """Why ``call_one`` refuses a call: the batcher is closed, or (the likelier misuse to
+    name) the call comes from another thread than the one whose event loop serves it."""
+    if get_ident() != core.thread:
+        msg = (
+            "this batcher is served by the event loop of another thread (the one that "
+            "opened it): call it from that loop, e.g. through anyio.from_thread.run() or "
+            "asyncio.run_coroutine_threadsafe() from this thread"
+        )
+        return RuntimeError(msg)
+    return BatcherClosed("the batcher is closed")
 
 
 @final
@@ -76,6 +90,7 @@ class Core:
         "running",
         "seq",
         "small",
+        "thread",
         "threshold",
         "timeout",
         "waiting",
@@ -134,6 +149,9 @@ class Core:
         # A fault met where nothing may raise (a backend's cancellation hook): the
         # driver's, to end the batcher with.
         self.on_fault: Callable[[BaseException], None] | None = None
+        # The thread whose event loop serves this core: a call from another thread's
+        # loop would park where no wake-up reaches it, so it is refused.
+        self.thread = get_ident()
 
     # -- admission ---------------------------------------------------------------------
 
@@ -146,13 +164,13 @@ class Core:
         refusal is counted before it is raised.
 
         :raises BatcherClosed: the batcher takes no new calls
+        :raises RuntimeError: the call comes from another thread's event loop
         :raises TypeError, ValueError: a bad priority, or ``length_fn`` failed
         :raises QueueFull: no room and ``wait=False``
         """
-        if not self.accepting:
+        if not self.accepting or get_ident() != self.thread:
             self.counts.refused(1)
-            msg = "the batcher is closed"
-            raise BatcherClosed(msg)
+            raise _refusal(self)
         call = make()
         call.core = self
         call.item = item
@@ -194,7 +212,14 @@ class Core:
     # -- admission: calls made elsewhere (of many items, shared, from threads) ---------
 
     def submit(self, call: CallCore, wait: bool) -> None:
-        """Accept the call, or queue it for room; ``QueueFull`` if it may not wait."""
+        """Accept the call, or queue it for room; ``QueueFull`` if it may not wait.
+
+        :raises RuntimeError: the call comes from another thread's event loop
+        """
+        if get_ident() != self.thread:
+            if not self.keyed:
+                self.counts.refused(call.n)
+            raise _refusal(self)
         max_queue = self.max_queue
         if max_queue is not None and (
             self.room_waiting or (self.queued and self.queued + call.n > max_queue)
@@ -216,6 +241,13 @@ class Core:
         if not self.keyed:
             self.counts.submitted += call.n
         self.accept(call, self.clock())
+
+    def check_thread(self) -> None:
+        """Refuse a call from another thread's event loop (a front's per-call check, for
+        calls that reach the core's state before ``submit``: a keyed call may join an
+        item already queued)."""
+        if get_ident() != self.thread:
+            raise _refusal(self)
 
     def accept(self, call: CallCore, now: float) -> None:
         """Take the call in (it has room): into its pool, or the intake for a user's pool."""

@@ -200,6 +200,7 @@ class Batcher(Generic[T, R]):
         run = self._run
         if run is None or not run.core.accepting:
             raise closed(run)
+        run.core.check_thread()  # before the cache: a keyed call may join a queued item
         return run
 
     def __call__(
