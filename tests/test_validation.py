@@ -5,12 +5,17 @@ Part of the errors table of DESIGN.md (see also test_errors.py).
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
+import anyio
+import numpy as np
 import pytest
-from _helpers import Boom, gather, tag
+from _helpers import Boom, Rec, close_bounded, echo, gather, settle, tag
 
 import batched
 from batched import Batcher
@@ -64,8 +69,15 @@ def test_bad_settings_fail_at_construction(
 
 @pytest.mark.parametrize(
     ("priority", "error"),
-    [(math.nan, ValueError), ("high", TypeError)],
-    ids=["nan", "str"],
+    [
+        (math.nan, ValueError),
+        (np.float32("nan"), ValueError),
+        ("high", TypeError),
+        (True, TypeError),
+        (np.True_, TypeError),
+        (Decimal(1), TypeError),
+    ],
+    ids=["nan", "numpy-nan", "str", "bool", "numpy-bool", "decimal"],
 )
 async def test_bad_priority_names_priority(priority: Any, error: type[Exception]) -> None:
     """A bad priority fails that call with an error naming 'priority'; the batcher goes on."""
@@ -79,6 +91,51 @@ async def test_bad_priority_names_priority(priority: Any, error: type[Exception]
         with pytest.raises(error, match="priority"):
             await b.many([1, 2], priority=priority)
         assert await b(3, priority=1.5) == ("r", 3)
+
+
+_REAL_PRIORITIES = [
+    ("a", np.int64(3)),
+    ("b", np.float32(1.5)),
+    ("c", 2),
+    ("d", Fraction(1, 2)),
+    ("e", np.uint8(0)),
+    ("f", np.float64(2.5)),
+]
+
+
+async def test_any_real_priority_is_accepted_and_ordered() -> None:
+    """numpy's integers and floats, fractions: any real number but a bool or NaN, in
+    every front; ``ByPriority`` orders them together."""
+    rec = Rec(hold={"held"})
+    with anyio.fail_after(60):
+        async with (
+            Batcher(rec, strategy=batched.ByPriority(), batch_size=8, timeout_ms=1) as b,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(b, "held")
+            await rec.running.wait()
+            for item, priority in _REAL_PRIORITIES:
+                tg.start_soon(functools.partial(b, item, priority=priority))
+                await settle()
+            rec.release.set()
+        f = batched.dynamically(batch_size=2, timeout_ms=1)(echo)
+        for _, priority in _REAL_PRIORITIES:
+            assert await f(1, priority=priority) == ("r", 1)
+            assert await f.many([1, 2], priority=priority) == tag([1, 2])
+    assert rec.batches == [["held"], ["e", "d", "b", "c", "f", "a"]]
+
+
+def test_any_real_priority_is_accepted_by_a_sync_function() -> None:
+    @batched.dynamically(batch_size=2, timeout_ms=1)
+    def fn(items: list[int]) -> list[tuple[str, int]]:
+        return tag(items)
+
+    try:
+        for _, priority in _REAL_PRIORITIES:
+            assert fn(1, priority=priority) == ("r", 1)
+            assert fn([1, 2], priority=priority) == tag([1, 2])
+    finally:
+        close_bounded(fn)
 
 
 @pytest.mark.parametrize(

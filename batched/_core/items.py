@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 from typing import TYPE_CHECKING, Any
 
 from .._settings import check_length
@@ -13,14 +15,22 @@ if TYPE_CHECKING:
 __all__ = ["check_priority", "length_of"]
 
 
-def check_priority(priority: object) -> None:
-    """A priority is a number, not a bool, not NaN; the error names the setting."""
-    if isinstance(priority, bool) or not isinstance(priority, int | float):
-        msg = f"'priority' must be a number (lower is more urgent): {priority!r}"
+def check_priority(priority: object) -> float:
+    """A priority is a real number, not a bool, not NaN; the error names the setting.
+
+    Returns it as the pools compare it: an int for any integer (numpy's too), else a
+    float, so that priorities of mixed types order together.
+    """
+    if isinstance(priority, bool) or not isinstance(priority, int | float | numbers.Real):
+        msg = f"'priority' must be a real number (lower is more urgent): {priority!r}"
         raise TypeError(msg)
-    if math.isnan(priority):
+    if isinstance(priority, numbers.Integral):
+        return operator.index(priority)
+    value = float(priority)
+    if math.isnan(value):
         msg = f"'priority' must not be NaN: {priority!r}"
         raise ValueError(msg)
+    return value
 
 
 def length_of(length_fn: Callable[[Any], Any], item: Any) -> int:

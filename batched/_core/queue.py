@@ -178,7 +178,7 @@ class Core:
         if not self.fast or priority or type(priority) is not int:
             try:
                 if type(priority) is not int:
-                    check_priority(priority)
+                    priority = check_priority(priority)
                 if priority:
                     call.priority = priority
                 length_fn = self.length_fn

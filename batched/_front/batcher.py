@@ -49,7 +49,7 @@ async def _listed(one: Awaitable[Any]) -> list[Any]:
 async def nothing(priority: object) -> list[Any]:
     """``many([])``: no items, no batch; still a checkpoint."""
     if type(priority) is not int:
-        check_priority(priority)
+        priority = check_priority(priority)
     await anyio.lowlevel.checkpoint()
     return []
 

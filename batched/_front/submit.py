@@ -76,7 +76,7 @@ def submit_many(run: Run, items: list[Any], priority: float, wait: bool) -> Call
         raise closed(run)
     try:
         if type(priority) is not int:
-            check_priority(priority)
+            priority = check_priority(priority)
         length_fn = core.length_fn
         if length_fn is None:
             entries = [Entry(item, 1, priority) for item in items]
@@ -162,7 +162,7 @@ async def keyed_one(
     run: Run | None = None
     try:
         if type(priority) is not int:
-            check_priority(priority)
+            priority = check_priority(priority)
         key = key_of(item, settings.cache_key)
         if settings.cache is not None:
             open_run().release()  # a closed batcher refuses before reading the cache
@@ -208,7 +208,7 @@ async def keyed_many(
     run: Run | None = None
     try:
         if type(priority) is not int:
-            check_priority(priority)
+            priority = check_priority(priority)
         open_run().release()  # a closed batcher refuses before reading the cache
         if not items:
             await anyio.lowlevel.checkpoint()

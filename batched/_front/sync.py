@@ -216,7 +216,7 @@ class SyncFront(Binding, Generic[T, R]):
         settings = self._settings
         try:
             if type(priority) is not int:
-                check_priority(priority)
+                priority = check_priority(priority)
             length_fn = settings.length_fn
             if items is None:
                 call = ThreadCall(item)
