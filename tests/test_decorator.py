@@ -1659,35 +1659,43 @@ async def test_an_instance_pickles_after_use_and_binds_afresh() -> None:
     assert clone.scale.stats.completed == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Binding.__deepcopy__ returns None for any bound binding: a bound batched "
-    "method held outside its instance's __dict__ deep-copies to None (a plain bound "
-    "method deep-copies to the copy's method)",
-)
-def test_a_bound_method_held_elsewhere_deep_copies_to_the_copys_method() -> None:
+@pytest.mark.parametrize("order", ["instance first", "method first"])
+async def test_a_bound_method_held_elsewhere_deep_copies_to_the_copys_method(
+    order: str,
+) -> None:
+    """As a plain bound method does (before, it deep-copied to None)."""
     import copy
 
     model = Scaler(2)
+    assert await model.scale(1) == 2  # in use: its batcher must not be shared
     state: dict[str, Any] = {"model": model, "op": model.scale}
+    if order == "method first":
+        state = {"op": model.scale, "model": model}
     clone = copy.deepcopy(state)
     assert clone["op"] is not None, "the deep copy of a bound batched method is None"
     assert clone["op"] is clone["model"].scale
+    assert clone["op"] is not model.scale
+    clone["model"].factor = 3
+    assert await clone["op"](1) == 3
+    assert clone["op"].stats.completed == 1
+    assert copy.deepcopy(model.scale) is not model.scale  # alone: with a copy of model
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Binding.__reduce__ returns (_unbound, ()) for any bound binding: a pickled "
-    "bound batched method unpickles to None (a plain bound method unpickles to the "
-    "unpickled instance's method)",
-)
-def test_a_bound_method_pickles_to_the_unpickled_instances_method() -> None:
+async def test_a_bound_method_pickles_to_the_unpickled_instances_method() -> None:
+    """As a plain bound method does (before, it unpickled to None)."""
     import pickle
 
     model = Scaler(2)
-    restored_model, restored_op = pickle.loads(pickle.dumps((model, model.scale)))
-    assert restored_op is not None, "a pickled bound batched method unpickles to None"
-    assert restored_op is restored_model.scale
+    assert await model.scale(1) == 2
+    for pair in ((model, model.scale), (model.scale, model)):
+        restored = pickle.loads(pickle.dumps(pair))
+        restored_op, restored_model = restored if pair[0] is model.scale else restored[::-1]
+        assert restored_op is not None, "a pickled bound batched method unpickles to None"
+        assert restored_op is restored_model.scale
+        assert await restored_op(4) == 8
+        assert restored_op.stats.completed == 1  # a batcher of its own
+    alone = pickle.loads(pickle.dumps(model.scale))
+    assert await alone(5) == 10
 
 
 def test_a_decorated_function_pickles_by_reference() -> None:

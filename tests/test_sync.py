@@ -1031,6 +1031,29 @@ def test_a_copy_of_a_copy_never_gets_its_originals_binding(
     assert stale(3) == 6
 
 
+def test_a_bound_method_deep_copies_and_pickles_to_the_copys_method(
+    cleanup: contextlib.ExitStack,
+) -> None:
+    """As a plain bound method does; each copy has a function and thread of its own."""
+    import pickle
+
+    model = Factor(2)
+    closing(cleanup, model.predict)
+    assert model.predict(1) == 2
+    copies = [
+        copy.deepcopy({"model": model, "op": model.predict}),
+        pickle.loads(pickle.dumps({"op": model.predict, "model": model})),
+    ]
+    for factor, state in enumerate(copies, start=3):
+        op = closing(cleanup, state["op"])
+        assert op is state["model"].predict
+        assert op is not model.predict
+        state["model"].factor = factor
+        assert op(1) == factor
+        assert op.stats.completed == 1
+    assert model.predict(1) == 2
+
+
 # -- nesting ----------------------------------------------------------------------------------
 
 

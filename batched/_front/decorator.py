@@ -8,6 +8,7 @@ instance (``Binding``), made on first access.
 
 from __future__ import annotations
 
+import copy
 import functools
 import weakref
 from collections.abc import Callable, Hashable  # noqa: TC003 - BatcherOptions' annotations
@@ -77,10 +78,11 @@ class Binding:
     overridden one), or in a weak mapping for instances without one. A binding kept in
     the ``__dict__`` holds its instance, as a bound method does, so that it works held
     alone (``f = Model().predict``). A copied or unpickled instance gets a batcher of its
-    own on first access, never its original's.
+    own, never its original's; like a bound method, such a binding deep-copies and
+    pickles to the method of the copied or unpickled instance.
     """
 
-    __slots__ = ("_bound", "_for", "_key", "_kind", "_name", "_options")
+    __slots__ = ("_bound", "_for", "_key", "_kind", "_name", "_options", "_origin")
 
     __wrapped__: Callable[..., Any]
 
@@ -96,24 +98,43 @@ class Binding:
         self._name: str | None = None
         self._bound: weakref.WeakKeyDictionary[Any, Any] | None = None
         self._key = f"__batched_{id(self):x}"  # where an instance keeps its binding
-        # The instance a binding kept in its __dict__ serves (None: not such a binding).
+        # A binding kept in an instance's __dict__: the instance it serves, and the
+        # descriptor that made it (both None for any other).
         self._for: object = None
+        self._origin: Binding | None = None
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
         return fn
 
     def __copy__(self) -> Self:
         return self
 
-    def __deepcopy__(self, memo: object) -> Self | None:
-        # An instance deep-copied with its binding in its __dict__ gets None there, and a
-        # binding of its own on first access: the original's holds loop-bound state.
-        return None if self._for is not None else self
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        instance, origin = self._for, self._origin
+        if origin is None:
+            return self  # a decorated function: shared, as a function is
+        # As a bound method: the copy's method. The copy of the instance is the one made
+        # elsewhere in this deep copy (memo); copying the instance itself comes here for
+        # the binding in its __dict__, and the copy gets a binding of its own, never the
+        # original's (which holds loop-bound state).
+        copied = copy.deepcopy(instance, memo)
+        done = memo.get(id(self))  # made while the instance was copied
+        return done if done is not None else origin._bind(copied)
 
-    def __reduce__(self) -> str | tuple[Callable[[], None], tuple[()]]:
-        if self._for is not None:
-            return _unbound, ()  # as in __deepcopy__: an unpickled instance binds afresh
+    def __reduce__(self) -> str | tuple[Callable[..., Any], tuple[Any, ...]]:
+        origin = self._origin
+        if origin is not None:
+            # As a bound method pickles: the instance, and the method looked up on it when
+            # unpickled (a binding of the unpickled instance's own).
+            return getattr, (self._for, origin._name or origin.__dict__["__name__"])
         name: str = self.__dict__["__qualname__"]  # set by functools.update_wrapper
         return name  # by reference, like the function it decorates
+
+    def _bind(self, instance: object) -> Any:
+        """A new binding of this descriptor for ``instance``, to keep in its __dict__."""
+        new = self._rebind(self.__wrapped__.__get__(instance))
+        new._for = instance
+        new._origin = self
+        return new
 
     def _rebind(self, fn: Callable[..., Any]) -> Any:
         raise NotImplementedError
@@ -138,13 +159,11 @@ class Binding:
                 bound = namespace.get(key)
                 if bound is None or bound._for is not instance:
                     # None yet, or a shallow copy's, made for the original it came from.
-                    new = self._rebind(fn.__get__(instance))
-                    new._for = instance
+                    new = self._bind(instance)
                     if bound is None:
                         bound = namespace.setdefault(key, new)  # a racing thread may win
                     if bound is None or bound._for is not instance:
-                        # A copy's; or None, left by a deep copy or an unpickling.
-                        namespace[key] = bound = new
+                        namespace[key] = bound = new  # a copy's
                 return bound
         # No __dict__ (or a class): a weak mapping, whose values bind their key weakly so
         # that they do not keep it alive.
@@ -162,11 +181,6 @@ class Binding:
             )
             raise TypeError(msg) from None
         return bound
-
-
-def _unbound() -> None:
-    """What a pickled binding unpickles to: its instance binds afresh on first access."""
-    return None
 
 
 class _WeakMethod:
