@@ -10,6 +10,7 @@ Async callers (``acall``) run under ``anyio.run`` on real asyncio and trio loops
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import functools
@@ -571,6 +572,49 @@ def test_first_acall_starts_the_serving_thread_without_blocking_its_loop(
 
     anyio.run(main, backend=backend)
     assert fn.stats.completed == 1
+
+
+def test_a_callers_outcome_is_counted_when_its_call_returns(
+    cleanup: contextlib.ExitStack,
+) -> None:
+    """A blocking caller reads the stats as soon as its call returns, while the serving
+    thread is still handing back the rest of the batch (held there: the wake-up of an
+    ``acall`` caller's loop waits for that read). Its own item is counted already."""
+    read = threading.Event()
+
+    class HeldWakeUps(asyncio.SelectorEventLoop):
+        def call_soon_threadsafe(self, *args: Any, **kwargs: Any) -> Any:
+            if threading.current_thread().name.startswith("batched"):
+                read.wait(JOIN)  # the serving thread hands back the second item
+            return super().call_soon_threadsafe(*args, **kwargs)
+
+    @batched.dynamically(batch_size=2, timeout_ms=60_000)
+    def fn(items: list[Any]) -> list[Any]:
+        return tag(items)
+
+    closing(cleanup, fn)
+    seen: list[batched.BatchStats] = []
+
+    def first() -> Any:
+        try:
+            return fn("a")
+        finally:
+            seen.append(fn.stats)
+            read.set()
+
+    threads = Threads()
+    threads.start("a", first)
+    wait_until(lambda: fn.stats.queue_size == 1, "the first item to wait")
+
+    async def second() -> None:
+        with anyio.fail_after(JOIN):
+            assert await fn.acall("b") == ("r", "b")
+
+    anyio.run(second, backend="asyncio", backend_options={"loop_factory": HeldWakeUps})
+    threads.join()
+    assert threads.outcomes() == {"a": ("r", "a")}
+    assert seen[0].completed >= 1, seen[0]
+    assert_stats_add_up(fn)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
