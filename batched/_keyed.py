@@ -23,8 +23,8 @@ __all__ = ["STORE_BOUND_S", "cache_get", "cache_stats", "cache_store", "key_of"]
 
 logger = logging.getLogger("batched")
 
-# How long the writes of one batch may take; a batcher's exit waits at most this long
-# for them.
+# How long the writes of one batch may take: its callers (who get their results once
+# they are written) and a batcher's exit wait at most this long for them.
 STORE_BOUND_S = 10.0
 
 
@@ -73,7 +73,8 @@ async def cache_get(cache: Any, key: Any, stats: Counts) -> Any:
 
 
 async def cache_store(cache: Any, pairs: list[tuple[Any, Any]], stats: Counts) -> None:
-    """Write a batch's results; a bounded wait, so a hung cache cannot hold an exit."""
+    """Write a batch's results; a bounded wait, so a hung cache cannot hold the batch's
+    callers or an exit for long."""
     with anyio.move_on_after(STORE_BOUND_S):
         for key, value in pairs:
             try:

@@ -1355,7 +1355,7 @@ def subscribe(core: Core, item: Any, wait: bool = True) -> Call:
     call.state = QUEUED
     call._pool = INTAKE
     if shared is None or shared.state > QUEUED:
-        shared = SharedCall(core, item, 1, 0, item, inflight, False)
+        shared = SharedCall(core, item, 1, 0, item, inflight)
         core.submit(shared, wait)
         inflight[item] = shared
     call.shared = shared

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import gc
 import logging
+import math
 import threading
 import time
 import weakref
@@ -216,23 +217,59 @@ async def test_a_hit_returns_at_once_and_fn_never_sees_it(mode: str) -> None:
     assert stats.queue_size == 0
 
 
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_result_is_in_the_cache_when_its_call_returns(mode: str) -> None:
+    """Read your writes: ``await f(1)`` then ``await f(1)`` is a hit, with no pause
+    between, and the cache holds the result (before, the write ran after the hand-back:
+    the second call counted a miss)."""
+    rec = Rec()
+    cache: MemoryCache[Any, Any] = MemoryCache(16)
+    async with front(mode, rec, cache=cache, timeout_ms=0) as f:
+        assert await f(1) == ("r", 1)
+        assert cache.stats().sets == 1
+        assert await f(1) == ("r", 1)
+        assert await f.many([2, 3]) == tag([2, 3])
+        assert cache.stats().sets == 3
+        assert await f.many([2, 3]) == tag([2, 3])
+    assert rec.batches == [[1], [2, 3]]
+    assert f.stats.cache_stats == CacheStats(gets=6, hits=3, misses=3, sets=3, size=3)
+
+
 @pytest.mark.virtual_time
-async def test_results_are_written_after_their_batch_in_the_batchers_task_group() -> None:
-    """A slow ``set`` holds neither the caller nor the next batch; ``__aexit__`` waits
-    for every write."""
+async def test_results_are_written_before_their_callers_get_them_not_the_next_batch() -> None:
+    """A slow ``set`` holds the callers of its batch until their results are written, but
+    not the next batch, which runs meanwhile; ``__aexit__`` waits for every write."""
     rec = Rec()
     cache = SlowCache(set_delay=1.0)
     async with batched.Batcher(rec, cache=cache, timeout_ms=0) as b:
         start = anyio.current_time()
-        assert await b.many([1, 2, 3]) == tag([1, 2, 3])
-        assert anyio.current_time() == start  # the result did not wait for the write
-        assert await b(4) == ("r", 4)  # nor did the next batch
-        assert anyio.current_time() == start
-        assert cache.inner.stats().sets == 0  # still being written
-    assert anyio.current_time() >= start + 1.0  # the exit waited for the writes
-    assert cache.inner.stats().sets == 4
-    assert [await cache.inner.get(k) for k in (1, 2, 3, 4)] == tag([1, 2, 3, 4])
-    assert rec.batches == [[1, 2, 3], [4]]
+        async with anyio.create_task_group() as tg:
+            first = await launch(tg, b.many, [1, 2])
+            second = await launch(tg, b, 3)  # arrives while the first batch's writes run
+            assert rec.times == [start, start]  # the next batch did not wait for them
+        assert first.result == tag([1, 2])
+        assert first.at == start + 2.0  # two writes of one second each
+        assert second.result == ("r", 3)
+        assert second.at == start + 1.0
+        assert cache.inner.stats().sets == 3
+        assert await b(3) == ("r", 3)  # a hit
+    assert rec.batches == [[1, 2], [3]]
+
+
+@pytest.mark.virtual_time
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_hung_cache_write_holds_its_callers_for_a_bounded_time(mode: str) -> None:
+    """A ``set`` that never returns: its callers get their results once the batch's
+    bounded wait for its writes (10 s) is over, and later calls still work."""
+    rec = Rec()
+    cache = SlowCache(set_delay=math.inf)
+    async with front(mode, rec, cache=cache, timeout_ms=0) as f:
+        start = anyio.current_time()
+        assert await f(1) == ("r", 1)
+        assert anyio.current_time() == pytest.approx(start + 10.0)
+        assert await f(2) == ("r", 2)
+    assert rec.batches == [[1], [2]]
+    assert f.stats.completed == 2
 
 
 async def test_driven_writes_are_done_when_the_calls_return() -> None:

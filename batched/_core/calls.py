@@ -209,9 +209,9 @@ class SharedCall(CallCore):
 
     It waits in a pool like any call of one item, but nobody awaits it: its callers
     (subscribers) are calls of their own that never enter a pool, and each gets a copy
-    of its outcome. Under dedupe it is registered by key while it waits or runs, so that
-    equal items join it; with a cache it stays registered, settled, until its result is
-    written, so that an equal call meanwhile is not computed again.
+    of its outcome. Under dedupe it is registered by key while it waits, runs, or has
+    its result written to the cache (it is settled only then), so that equal items join
+    it; once settled, equal items read the cache.
     """
 
     __slots__ = (
@@ -231,7 +231,6 @@ class SharedCall(CallCore):
         "room_wait",
         "seq",
         "state",
-        "storing",
         "subscribers",
     )
 
@@ -243,7 +242,6 @@ class SharedCall(CallCore):
         priority: float,
         key: Any,
         registry: dict[Any, SharedCall] | None,
-        storing: bool,
     ) -> None:
         self.core = core
         self.item = item
@@ -251,7 +249,6 @@ class SharedCall(CallCore):
         self.priority = priority
         self.key = key
         self.registry = registry
-        self.storing = storing
         self.state = QUEUED
         self._pool = INTAKE
         self.out = self.err = self.err_tb = None
@@ -281,8 +278,7 @@ class SharedCall(CallCore):
         return state
 
     def wake(self) -> None:
-        if not (self.storing and self.err is None and self.out is not None):
-            self.forget()
+        self.forget()
         subscribers, self.subscribers = self.subscribers, {}
         error = self.err
         for sub in subscribers:

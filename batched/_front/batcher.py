@@ -81,7 +81,7 @@ class Batcher(Generic[T, R]):
         further calls wait for room (or raise :exc:`QueueFull` with ``wait=False``)
     :param max_concurrent_batches: how many batches may run at once
     :param cache: a :class:`batched.cache.AsyncCache`: a hit is returned at once and
-        ``fn`` never sees it; computed results are stored after their batch
+        ``fn`` never sees it; computed results are stored before their callers get them
     :param cache_key: an item's key for the cache and for dedupe (default: the item)
     :param dedupe: equal keys waiting at the same time are computed once (default: on
         when a cache is set)

@@ -121,13 +121,8 @@ def _subscribe(
     call._pool = INTAKE
     if not counted:
         call.n = 0
-    if shared is not None and shared.state == DONE and shared.err is None:
-        # Computed, its cache write under way: the result is here already.
-        call.out = shared.out
-        call.finish()
-        return call
     if shared is None or shared.state > QUEUED:  # waiting for room or queued: join it
-        shared = SharedCall(core, item, length, priority, key, inflight, settings.cache is not None)
+        shared = SharedCall(core, item, length, priority, key, inflight)
         core.submit(shared, wait)
         if inflight is not None:
             inflight[key] = shared
@@ -179,14 +174,6 @@ async def keyed_one(
             run.release()
         raise
     counts.submitted += 1  # its outcome is counted by the call, when it is settled
-    if call.state == DONE:  # settled by an equal item being written
-        run.release()
-        try:
-            await anyio.lowlevel.checkpoint()
-        except BaseException:
-            call.leave()  # cancelled before it resumed: it never sees the result
-            raise
-        return call.outcome()
     return await run.result(call)
 
 

@@ -35,6 +35,11 @@ def _boxed(fn: Callable[[list[Any]], Any], items: list[Any]) -> tuple[Any]:
     return (fn(items),)
 
 
+def _storable(result: Any) -> bool:
+    # Not errors (a Failure slot), not None (a cache reads it as a miss).
+    return result is not None and type(result) is not Failure
+
+
 def _not_ours(exc: BaseException) -> RuntimeError:
     """The error for a batch whose ``fn`` raised a cancellation that is not the batcher's
     own: its callers were not cancelled, so they get an error, not a cancellation."""
@@ -127,38 +132,36 @@ class Executor:
     async def settle(
         self, entries: list[Any], results: Sequence[Any] | None, error: BaseException | None
     ) -> None:
-        """Hand the outcomes to the callers; store computed results in the cache."""
+        """Hand the outcomes to the callers. With a cache, the computed results are
+        written first, so that a call's result is in the cache when it returns: by a task
+        of the batcher's (the slot goes on to the next batch meanwhile), or, caller-driven,
+        by the task that ran the batch (its slot is free already)."""
         if results is not None:
-            self.core.deliver(entries, results)
             if self.cache is not None:
-                await self._store(entries, results)
+                stored = [
+                    (entry.key, result)
+                    for entry, result in zip(entries, results, strict=True)
+                    if type(entry) is SharedCall and _storable(result)
+                ]
+                if stored:
+                    if self.spawn is not None:
+                        self.spawn(self._store_then_deliver, entries, results, stored)
+                    else:
+                        await self._store_then_deliver(entries, results, stored)
+                    return
+            self.core.deliver(entries, results)
         elif error is not None:
             self.core.fail(entries, error)
 
-    async def _store(self, entries: list[Any], results: Sequence[Any]) -> None:
-        """Write the computed results to the cache; not errors (a ``Failure`` slot), not
-        ``None`` (a cache reads it as a miss)."""
-        stored = [
-            (entry, result)
-            for entry, result in zip(entries, results, strict=True)
-            if type(entry) is SharedCall and result is not None and type(result) is not Failure
-        ]
-        if not stored:
-            return
-        if self.spawn is not None:
-            self.spawn(self._store_and_forget, stored)
-        else:  # caller-driven: the caller that ran the batch writes them
-            await self._store_and_forget(stored)
-
-    async def _store_and_forget(self, stored: list[tuple[SharedCall, Any]]) -> None:
-        # The result from fn, not the entry's: an entry whose callers all left has none.
+    async def _store_then_deliver(
+        self, entries: list[Any], results: Sequence[Any], stored: list[tuple[Any, Any]]
+    ) -> None:
         try:
-            await cache_store(
-                self.cache, [(entry.key, result) for entry, result in stored], self.core.counts
-            )
+            await cache_store(self.cache, stored, self.core.counts)
         finally:
-            for entry, _ in stored:  # written (or given up): equal keys read the cache now
-                entry.forget()
+            # Written, or given up (the bounded wait, or the batcher closing): the callers
+            # get their results now, and equal keys read the cache from here on.
+            self.core.deliver(entries, results)
 
     async def run(self, entries: list[Any], between: Callable[[], object] | None = None) -> None:
         """Compute a batch, then (after ``between()``: a driver's slot bookkeeping, done
