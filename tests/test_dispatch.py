@@ -232,6 +232,7 @@ async def test_a_plain_callable_returning_a_coroutine_is_awaited(mode: str) -> N
         await anyio.lowlevel.checkpoint()
         return [(item, "r") for item in items]
 
+    f: Any
     with real_time(), anyio.fail_after(5):
         if mode == "owned":
             async with batched.Batcher(lambda xs: embed(xs), batch_size=4, timeout_ms=1) as f:

@@ -269,6 +269,7 @@ async def test_results_whose_len_or_indexing_raises_fail_only_their_batch(
         assert type(outcome["frame"]) is error, outcome
         assert await f("ok") == ("r", "ok")
 
+    f: Any
     with anyio.fail_after(60):
         if mode == "owned":
             async with Batcher(fn, batch_size=1, timeout_ms=0) as f:
@@ -406,6 +407,7 @@ async def test_a_cancellation_raised_by_fn_fails_only_its_batch(mode: str) -> No
         await anyio.sleep(0.01)  # an unrelated await of the body
         assert await f("ok") == ("r", "ok")
 
+    f: Any
     with anyio.fail_after(60):
         if mode == "owned":
             async with Batcher(fn, batch_size=1, timeout_ms=0) as f:

@@ -583,7 +583,7 @@ def test_a_callers_outcome_is_counted_when_its_call_returns(
     read = threading.Event()
 
     class HeldWakeUps(asyncio.SelectorEventLoop):
-        def call_soon_threadsafe(self, *args: Any, **kwargs: Any) -> Any:
+        def call_soon_threadsafe(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
             if threading.current_thread().name.startswith("batched"):
                 read.wait(JOIN)  # the serving thread hands back the second item
             return super().call_soon_threadsafe(*args, **kwargs)

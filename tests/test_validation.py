@@ -93,7 +93,7 @@ async def test_bad_priority_names_priority(priority: Any, error: type[Exception]
         assert await b(3, priority=1.5) == ("r", 3)
 
 
-_REAL_PRIORITIES = [
+_REAL_PRIORITIES: list[tuple[str, Any]] = [
     ("a", np.int64(3)),
     ("b", np.float32(1.5)),
     ("c", 2),
