@@ -37,6 +37,7 @@ from _helpers import (
     assert_stats_add_up,
     await_until,
     close_bounded,
+    sync_calls_not_taken_in,
     tag,
     wait_until,
 )
@@ -171,6 +172,39 @@ def test_calls_from_distinct_threads_share_one_batch(cleanup: contextlib.ExitSta
     assert threads.results == {t: ("r", (t, "x")) for t in range(8)}
     assert len(batches) == 1
     assert sorted(t for t, _ in batches[0]) == list(range(8))
+
+
+@pytest.mark.parametrize("timeout_ms", [0.0, 50.0])
+def test_calls_sent_while_fn_runs_join_the_leftover_of_the_batch_before(
+    cleanup: contextlib.ExitStack, timeout_ms: float
+) -> None:
+    """A call of 6 items with batch_size=5 leaves one behind; four one-item calls from
+    other threads arrive while fn holds the serving thread. When fn returns, the
+    leftover (due by then) and the four leave together: batches [5, 5], not [5, 1, 4]."""
+    gate = ThreadGate()
+    sizes: list[int] = []
+
+    def fn(items: list[Any]) -> list[Any]:
+        sizes.append(len(items))
+        if len(sizes) == 1:
+            gate.hold()
+        return tag(items)
+
+    proc = closing(cleanup, batched.BatchProcessor(fn, batch_size=5, timeout_ms=timeout_ms))
+    cleanup.callback(gate.release.set)
+    threads = Threads()
+    threads.start("six", proc, list(range(6)))
+    gate.wait_entered()
+    started = time.monotonic()
+    for n in range(4):
+        threads.start(n, proc, 10 + n)
+    wait_until(lambda: sync_calls_not_taken_in(proc) == 4, "four calls sent during fn")
+    # The leftover is past its timeout when fn returns (bounded poll on the real clock).
+    wait_until(lambda: time.monotonic() - started > timeout_ms / 1000, "the timeout")
+    gate.release.set()
+    threads.join()
+    assert threads.outcomes() == {"six": tag(range(6)), **{n: ("r", 10 + n) for n in range(4)}}
+    assert sizes == [5, 5]
 
 
 def test_serving_thread_starts_on_first_use_and_is_a_named_daemon(

@@ -16,6 +16,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, final
 
 import anyio
+import anyio.lowlevel
 import attrs
 
 from .._backends import call_outside_loop, current, run_in_new_loop
@@ -70,13 +71,20 @@ class _Inside(threading.local):
 _inside = _Inside()
 
 
-def _run_here(fn: Callable[[list[Any]], Any]) -> Callable[[list[Any]], Any]:
+def _run_here(fn: Callable[[list[Any]], Any], pending: deque[Any]) -> Callable[[list[Any]], Any]:
     # One batch at a time: fn runs in the serving thread itself, sparing two thread hops
     # per batch (calls arriving meanwhile wait as they would in the batcher), but outside
     # the event loop as far as fn can tell, so that fn may call other blocking batched
     # functions or run an event loop of its own.
     async def run_here(items: list[Any]) -> Any:
         out = call_outside_loop(fn, items)
+        if pending:
+            # The loop was blocked while fn ran: calls sent meanwhile wait in `pending`,
+            # their flush (and the departures of callers that left since) posted to the
+            # loop. Let the loop run those, in the order they were posted, before this
+            # slot goes on to cut: a leftover that fell due during fn must not leave alone
+            # while they wait outside (it would split them into an extra batch).
+            await anyio.lowlevel.cancel_shielded_checkpoint()
         if inspect.isawaitable(out):  # a plain function that hands back a coroutine
             out = await out
         return out
@@ -88,12 +96,12 @@ def _run_here(fn: Callable[[list[Any]], Any]) -> Callable[[list[Any]], Any]:
 class Server:
     """The event-loop thread of one sync batched function, and its batcher."""
 
-    def __init__(
-        self, settings: Settings, counts: Counts, name: str, keyed: Keyed | None
-    ) -> None:
+    def __init__(self, settings: Settings, counts: Counts, name: str, keyed: Keyed | None) -> None:
+        # Calls sent from other threads, until the loop takes them in (flush).
+        self.pending: deque[tuple[ThreadCall, bool]] = deque()
         fn = settings.fn
         if settings.max_concurrent_batches == 1:
-            fn = _run_here(fn)
+            fn = _run_here(fn, self.pending)
         else:
             threaded_fn = fn
 
@@ -115,7 +123,6 @@ class Server:
         self.to_bridge: deque[tuple[ThreadCall, bool]] = deque()
         self.bridge_event: anyio.Event | None = None
         self.counts = counts
-        self.pending: deque[tuple[ThreadCall, bool]] = deque()
         self.scheduled = False  # a flush is on its way to the loop
         self.run: Owned | None = None
         self.last_core: Core | None = None  # its `cause` is set before callers wake
