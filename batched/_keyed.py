@@ -92,11 +92,16 @@ def cache_stats(cache: Any, stats: Counts) -> CacheStats | None:
     except Exception:  # a cache whose stats() fails still reports our error count
         own = None
     if not isinstance(own, CacheStats):
-        # A seed-style cache: read the counters it has.
-        fields = {}
+        # A seed-style cache (batched.types.CacheStats, or its own): read what it has.
+        fields: dict[str, Any] = {}
         for name in ("gets", "hits", "misses", "sets", "errors", "size"):
-            value = getattr(own, name, 0)
+            value = getattr(own, name, None)
+            if name == "misses" and type(value) is not int:
+                value = fields["gets"] - fields["hits"]  # the seed counts no misses
             fields[name] = value if type(value) is int else 0
+        for name in ("total_get_time", "total_hit_time", "total_set_time"):
+            seconds = getattr(own, name, None)
+            fields[name] = float(seconds) if isinstance(seconds, int | float) else 0.0
         own = CacheStats(**fields)
     # The shipped caches count the errors they raise themselves.
     errors = (
@@ -111,4 +116,7 @@ def cache_stats(cache: Any, stats: Counts) -> CacheStats | None:
         sets=own.sets,
         errors=errors,
         size=own.size,
+        total_get_time=own.total_get_time,
+        total_hit_time=own.total_hit_time,
+        total_set_time=own.total_set_time,
     )

@@ -50,11 +50,17 @@ def test_miss_is_a_singleton_with_a_public_repr() -> None:
 def test_cache_stats_is_a_frozen_snapshot_with_a_hit_rate() -> None:
     stats = CacheStats()
     assert attrs.has(type(stats))
-    assert attrs.astuple(stats) == (0, 0, 0, 0, 0, 0)
+    assert attrs.astuple(stats) == (0, 0, 0, 0, 0, 0, 0.0, 0.0, 0.0)
     assert stats.hit_rate == 0.0
+    assert (stats.avg_get_time, stats.avg_hit_time, stats.avg_set_time) == (0.0, 0.0, 0.0)
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         stats.hits = 1  # type: ignore[misc]
     assert CacheStats(gets=4, hits=3, misses=1).hit_rate == 0.75
+    # The seed's timing figures: seconds in total, and their averages.
+    timed = CacheStats(
+        gets=4, hits=2, sets=5, total_get_time=2.0, total_hit_time=0.5, total_set_time=1.0
+    )
+    assert (timed.avg_get_time, timed.avg_hit_time, timed.avg_set_time) == (0.5, 0.25, 0.2)
 
 
 # --- MemoryCache: LRU -------------------------------------------------------------------
