@@ -39,9 +39,7 @@ class _Samples:
         self.batches: deque[tuple[float, float, array[float], array[float]]] = deque()
         self.count = 0  # arrival times held
 
-    def add(
-        self, start: float, end: float, arrivals: array[float], called: array[float]
-    ) -> None:
+    def add(self, start: float, end: float, arrivals: array[float], called: array[float]) -> None:
         batches = self.batches
         batches.append((start, end, arrivals, called))
         self.count += len(arrivals)
@@ -75,6 +73,7 @@ class Counts:
     """One batcher's counters, kept across its openings; ``snapshot`` freezes them."""
 
     __slots__ = (
+        "base",
         "batches",
         "busy_seconds",
         "cache_errors",
@@ -100,6 +99,31 @@ class Counts:
         self.batches = 0
         self.busy_seconds = 0.0
         self.cache_errors = 0  # get/set calls of the cache that raised
+        self.samples = _Samples()
+        # What clear() forgot: (settled, completed, failed, cancelled, rejected, processed,
+        # batches, busy_seconds) at that moment, subtracted by snapshot().
+        self.base: tuple[int, int, int, int, int, int, int, float] | None = None
+
+    def clear(self) -> None:
+        """Forget what has been counted (a front's ``clear_stats()``); the items still
+        waiting or running stay submitted, so the counters keep adding up.
+
+        It only reads the counters, so any thread may call it while the thread that serves
+        the batcher counts on: what they held is subtracted from every later snapshot.
+        """
+        completed, failed = self.completed, self.failed
+        cancelled, rejected = self.cancelled, self.rejected
+        settled = completed + failed + cancelled + rejected
+        self.base = (
+            settled,
+            completed,
+            failed,
+            cancelled,
+            rejected,
+            self.processed,
+            self.batches,
+            self.busy_seconds,
+        )
         self.samples = _Samples()
 
     # Calls that never reach a queue: each is counted submitted and settled at once.
@@ -150,18 +174,31 @@ class Counts:
         waits, latencies = self.samples.percentiles_ms(quantiles)
         w50, w90, w99 = waits
         l50, l90, l99 = latencies
-        batches = self.batches
+        submitted, completed, failed = self.submitted, self.completed, self.failed
+        cancelled, rejected = self.cancelled, self.rejected
+        processed, batches, busy = self.processed, self.batches, self.busy_seconds
+        base = self.base
+        if base is not None:
+            # Submitted minus settled (the items in flight) is kept whatever was read when.
+            submitted -= base[0]
+            completed -= base[1]
+            failed -= base[2]
+            cancelled -= base[3]
+            rejected -= base[4]
+            processed -= base[5]
+            batches -= base[6]
+            busy -= base[7]
         return BatchStats(
-            submitted=self.submitted,
-            completed=self.completed,
-            failed=self.failed,
-            cancelled=self.cancelled,
-            rejected=self.rejected,
+            submitted=submitted,
+            completed=completed,
+            failed=failed,
+            cancelled=cancelled,
+            rejected=rejected,
             queue_size=queue_size,
-            total_processed=self.processed,
+            total_processed=processed,
             total_batches=batches,
-            avg_batch_size=self.processed / batches if batches else 0.0,
-            avg_processing_time=self.busy_seconds / batches if batches else 0.0,
+            avg_batch_size=processed / batches if batches else 0.0,
+            avg_processing_time=busy / batches if batches else 0.0,
             cache_stats=cache_stats,
             wait_p50_ms=w50,
             wait_p90_ms=w90,

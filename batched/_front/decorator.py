@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import copy
 import functools
+import warnings
 import weakref
 from collections.abc import Callable, Hashable  # noqa: TC003 - BatcherOptions' annotations
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypedDict, TypeVar, final, overload
+
+import anyio.lowlevel
 
 from .._backends import loop_key
 from .._keyed import cache_stats
@@ -46,7 +49,12 @@ S = TypeVar("S", contravariant=True)
 
 
 class BatcherOptions(TypedDict, total=False):
-    """The settings of a :class:`Batcher`, as keyword arguments of the decorators."""
+    """The settings of a :class:`Batcher`, as keyword arguments of the decorators.
+
+    Also the keywords of mixedbread's ``batched``: ``priority_strategy`` (the
+    ``strategy``, as a :class:`PriorityStrategy`) and ``batch_item_cls`` (accepted, with
+    a warning: it has no effect here).
+    """
 
     batch_size: int
     timeout_ms: float
@@ -61,6 +69,8 @@ class BatcherOptions(TypedDict, total=False):
     cache_key: Callable[[Any], Hashable] | None
     dedupe: bool | None
     isolate_errors: bool
+    priority_strategy: PriorityStrategy
+    batch_item_cls: object
 
 
 # How a decorated callable binds when it is looked up on a class or an instance.
@@ -244,6 +254,23 @@ class AsyncFront(Binding, Generic[T, R]):
         counts = self._batcher._counts
         return counts.snapshot(queued, cache_stats(self._settings.cache, counts))
 
+    def clear_stats(self) -> None:
+        """Forget the counters so far; items still waiting or running stay counted as
+        submitted, so the counters keep adding up."""
+        self._batcher._counts.clear()
+
+    # -- the seed's lifecycle: nothing to start or stop ----------------------------------
+
+    async def start(self) -> None:
+        """Nothing to start: outside ``async with f:`` the callers run the batches
+        themselves. Kept for code written for mixedbread's ``batched``."""
+        await anyio.lowlevel.checkpoint()
+
+    async def shutdown(self) -> None:
+        """Nothing to stop: outside ``async with f:`` no task outlives the calls. Kept for
+        code written for mixedbread's ``batched``."""
+        await anyio.lowlevel.checkpoint()
+
     # -- `async with f:` ---------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
@@ -280,6 +307,22 @@ class AsyncFront(Binding, Generic[T, R]):
         :param priority: lower is more urgent (read by :class:`ByPriority`)
         :param wait: raise :exc:`QueueFull` instead of waiting for queue room
         """
+        if isinstance(item, list):
+            return self.many(item, priority=priority, wait=wait)
+        return self.one(item, priority=priority, wait=wait)
+
+    @overload
+    def acall(
+        self, item: list[T], *, priority: float = 0, wait: bool = True
+    ) -> Coroutine[Any, Any, list[R]]: ...
+
+    @overload
+    def acall(
+        self, item: T, *, priority: float = 0, wait: bool = True
+    ) -> Coroutine[Any, Any, R]: ...
+
+    def acall(self, item: Any, *, priority: float = 0, wait: bool = True) -> Any:
+        """The same as calling ``f``: the name a sync batched function's async callers use."""
         if isinstance(item, list):
             return self.many(item, priority=priority, wait=wait)
         return self.one(item, priority=priority, wait=wait)
@@ -375,11 +418,30 @@ class BatchedMethod(Protocol[S, T, R]):
     def __get__(self, instance: S, owner: type[Any] | None = None, /) -> BatchedFunction[T, R]: ...
 
 
-def check_options(options: dict[str, Any]) -> BatcherOptions:
-    """The decorator's settings; an unknown name is a TypeError naming it."""
+def check_options(options: dict[str, Any], stacklevel: int = 3) -> BatcherOptions:
+    """The decorator's settings; an unknown name is a TypeError naming it.
+
+    The seed's keywords become settings here (``priority_strategy`` is the ``strategy``;
+    ``batch_item_cls`` is dropped with a warning, shown on the user's line: ``stacklevel``
+    frames up, the caller's caller by default).
+    """
     unknown = set(options) - set(BatcherOptions.__annotations__)
     if unknown:
         names = ", ".join(repr(name) for name in sorted(unknown))
         msg = f"unknown setting(s) for a batched function: {names}"
         raise TypeError(msg)
+    if "priority_strategy" in options or "batch_item_cls" in options:
+        options = dict(options)
+        if "priority_strategy" in options:
+            if "strategy" in options:
+                msg = "give 'strategy' or its seed name 'priority_strategy', not both"
+                raise TypeError(msg)
+            options["strategy"] = options.pop("priority_strategy")
+        if options.pop("batch_item_cls", None) is not None:
+            warnings.warn(
+                "batch_item_cls=... has no effect: items are kept by the batcher "
+                "(see batched.Strategy to order them)",
+                UserWarning,
+                stacklevel=stacklevel,
+            )
     return options  # type: ignore[return-value]

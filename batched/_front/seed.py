@@ -1,15 +1,14 @@
 """The seed's names (mixedbread's ``batched``), on the new core.
 
 ``BatchProcessor`` and ``AsyncBatchProcessor`` take the seed's arguments and call
-shapes; everything else they accept is a :class:`Batcher` setting.
+shapes, and show the attributes its docstrings name (``batch_func``,
+``small_batch_threshold``, ...); everything else they accept is a :class:`Batcher`
+setting.
 """
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, TypeVar, final
-
-import anyio.lowlevel
 
 from .._strategies import PriorityStrategy
 from .decorator import AsyncFront, check_options
@@ -25,7 +24,8 @@ R = TypeVar("R")
 class BatchProcessor(SyncFront[T, R]):
     """The seed's thread-side processor: ``proc(item)`` blocks, ``await proc.acall(item)``.
 
-    A :class:`SyncBatchedFunction` with the seed's positional arguments.
+    A :class:`SyncBatchedFunction` with the seed's positional arguments, and its
+    ``start()``, ``shutdown()`` and ``clear_stats()``.
     """
 
     __slots__ = ()
@@ -48,17 +48,15 @@ class BatchProcessor(SyncFront[T, R]):
         )
         super().__init__(_func, options)
 
-    def start(self) -> None:
-        """Start the serving thread now (it also starts on first use)."""
-        self._serve()
+    @property
+    def batch_func(self) -> Any:
+        """The batch function, as given."""
+        return self._fn
 
-    def shutdown(self) -> None:
-        """The seed's name for :meth:`close`."""
-        self.close()
-
-    def clear_stats(self) -> None:
-        """Reset the counters."""
-        self._counts.reset()
+    @property
+    def small_batch_threshold(self) -> int:
+        """Calls of at most this many items go first."""
+        return self._settings.small_batch_threshold
 
 
 @final
@@ -66,10 +64,10 @@ class AsyncBatchProcessor(AsyncFront[T, R]):
     """The seed's async processor: ``await proc(item)``, ``await proc([items])``.
 
     A :class:`BatchedFunction` with the seed's arguments: ``priority_strategy`` is the
-    ``strategy`` setting; ``batch_item_cls`` has no equivalent and is ignored.
+    ``strategy`` setting; ``batch_item_cls`` has no equivalent and is ignored (a warning).
     """
 
-    __slots__ = ()
+    __slots__ = ("_priority_strategy",)
 
     def __init__(
         self,
@@ -83,29 +81,34 @@ class AsyncBatchProcessor(AsyncFront[T, R]):
         batch_item_cls: object = None,
         **settings: Any,
     ) -> None:
-        if batch_item_cls is not None:
-            warnings.warn(
-                "AsyncBatchProcessor(batch_item_cls=...) has no effect: items are kept by "
-                "the batcher; see batched.Strategy to order them",
-                UserWarning,
-                stacklevel=2,
-            )
+        seed: dict[str, Any] = {}
+        if "strategy" not in settings:
+            seed["priority_strategy"] = priority_strategy
         options = check_options(
             {
                 "batch_size": batch_size,
                 "timeout_ms": timeout_ms,
                 "small_batch_threshold": small_batch_threshold,
                 "max_batch_length": max_batch_length,
-                "strategy": priority_strategy,
+                "batch_item_cls": batch_item_cls,
+                **seed,
                 **settings,
             }
         )
         super().__init__(func, options)
+        self._priority_strategy = priority_strategy
 
-    async def shutdown(self) -> None:
-        """Nothing to stop: outside ``async with``, no task outlives the calls."""
-        await anyio.lowlevel.checkpoint()
+    @property
+    def batch_func(self) -> Any:
+        """The batch function, as given."""
+        return self.__wrapped__
 
-    def clear_stats(self) -> None:
-        """Reset the counters."""
-        self._batcher._counts.reset()
+    @property
+    def small_batch_threshold(self) -> int:
+        """Calls of at most this many items go first."""
+        return self._settings.small_batch_threshold
+
+    @property
+    def priority_strategy(self) -> PriorityStrategy:
+        """The seed's name of the strategy given (``NONE`` when ``strategy=`` was)."""
+        return self._priority_strategy

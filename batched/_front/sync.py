@@ -169,6 +169,22 @@ class SyncFront(Binding, Generic[T, R]):
                 self._counts.refused(n)
             raise
 
+    def start(self) -> None:
+        """Start the serving thread now, if it is not running (it also starts on first
+        use); reopens a function that :meth:`shutdown` or :meth:`close` closed."""
+        with self._lock:
+            self._closed = False
+        self._serve()
+
+    def shutdown(self) -> None:
+        """:meth:`close`, by the name mixedbread's ``batched`` gives it."""
+        self.close()
+
+    def clear_stats(self) -> None:
+        """Forget the counters so far; items still waiting or running stay counted as
+        submitted, so the counters keep adding up. Safe from any thread."""
+        self._counts.clear()
+
     def _forget_parent(self) -> None:
         """In the child of a fork: drop the parent's serving thread and lock, and count
         the child's calls alone (the parent's calls in flight never end here)."""
