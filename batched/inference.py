@@ -46,7 +46,12 @@ if TYPE_CHECKING:
     from ._front.decorator import BatcherOptions
     from ._stats import BatchStats
 
-__all__ = ["AsyncInferenceFunction", "InferenceFunction", "dynamically"]
+__all__ = [
+    "AsyncInferenceFunction",
+    "InferenceFunction",
+    "ModelBatchProcessor",
+    "dynamically",
+]
 
 O = TypeVar("O")  # noqa: E741 - the model's output
 
@@ -198,14 +203,13 @@ class _InferenceBase(Binding):
         """A snapshot of the counters; items are rows (see :class:`batched.BatchStats`)."""
         return self._batched.stats  # type: ignore[no-any-return]
 
+    def clear_stats(self) -> None:
+        """Forget the counters so far (see :meth:`batched.SyncBatchedFunction.clear_stats`)."""
+        self._batched.clear_stats()
 
-@final
-class AsyncInferenceFunction(_InferenceBase, Generic[O]):
-    """A model called one request at a time, awaited: ``await model(input_ids=...)``.
 
-    Made by :func:`dynamically` on an ``async def`` model, or by
-    ``batched.aio.inference.dynamically`` on any model (a sync one runs in a worker thread).
-    """
+class _AsyncInference(_InferenceBase, Generic[O]):
+    """An awaited model: :class:`AsyncInferenceFunction` and the seed's processor."""
 
     __slots__ = ()
     _awaitable = True
@@ -225,6 +229,26 @@ class AsyncInferenceFunction(_InferenceBase, Generic[O]):
         result: O = stack_rows(outputs, self._padding.left)
         return result
 
+    async def acall(
+        self,
+        features: Mapping[str, Any] | None = None,
+        /,
+        *,
+        priority: float = 0,
+        wait: bool = True,
+        **keywords: Any,
+    ) -> O:
+        """The same as calling the model: the name a sync model's async callers use."""
+        return await self(features, priority=priority, wait=wait, **keywords)
+
+    async def start(self) -> None:
+        """Nothing to start (see :meth:`batched.BatchedFunction.start`)."""
+        await self._batched.start()
+
+    async def shutdown(self) -> None:
+        """Nothing to stop (see :meth:`batched.BatchedFunction.shutdown`)."""
+        await self._batched.shutdown()
+
     async def __aenter__(self) -> Self:
         """Serve this event loop's calls from a batcher owned by the block."""
         await self._batched.__aenter__()
@@ -240,13 +264,18 @@ class AsyncInferenceFunction(_InferenceBase, Generic[O]):
 
 
 @final
-class InferenceFunction(_InferenceBase, Generic[O]):
-    """A sync model called one request at a time from any thread: ``model(input_ids=...)``
-    blocks its thread; ``await model.acall(...)`` serves async callers.
+class AsyncInferenceFunction(_AsyncInference[O]):
+    """A model called one request at a time, awaited: ``await model(input_ids=...)``.
 
-    Made by :func:`dynamically` on a plain ``def`` model. One event-loop thread serves it,
-    stopped by :meth:`close`, ``with model:`` or interpreter exit.
+    Made by :func:`dynamically` on an ``async def`` model, or by
+    ``batched.aio.inference.dynamically`` on any model (a sync one runs in a worker thread).
     """
+
+    __slots__ = ()
+
+
+class _SyncInference(_InferenceBase, Generic[O]):
+    """A model called from threads: :class:`InferenceFunction` and the seed's processor."""
 
     __slots__ = ()
     _awaitable = False
@@ -281,6 +310,14 @@ class InferenceFunction(_InferenceBase, Generic[O]):
         result: O = stack_rows(outputs, self._padding.left)
         return result
 
+    def start(self) -> None:
+        """Start the serving thread now (see :meth:`batched.SyncBatchedFunction.start`)."""
+        self._batched.start()
+
+    def shutdown(self) -> None:
+        """:meth:`close`, by the name mixedbread's ``batched`` gives it."""
+        self._batched.close()
+
     def close(self) -> None:
         """Finish the accepted calls and stop the serving thread."""
         self._batched.close()
@@ -296,6 +333,90 @@ class InferenceFunction(_InferenceBase, Generic[O]):
         tb: TracebackType | None,
     ) -> None:
         self._batched.__exit__(exc_type, exc, tb)
+
+
+@final
+class InferenceFunction(_SyncInference[O]):
+    """A sync model called one request at a time from any thread: ``model(input_ids=...)``
+    blocks its thread; ``await model.acall(...)`` serves async callers.
+
+    Made by :func:`dynamically` on a plain ``def`` model. One event-loop thread serves it,
+    stopped by :meth:`close`, ``with model:`` or interpreter exit.
+    """
+
+    __slots__ = ()
+
+
+# -- the seed's processors (mixedbread's batched) ----------------------------------------
+
+
+def _seed_options(
+    batch_size: int, timeout_ms: float, small_batch_threshold: int, settings: dict[str, Any]
+) -> BatcherOptions:
+    seed = {"batch_size": batch_size, "timeout_ms": timeout_ms}
+    seed["small_batch_threshold"] = small_batch_threshold
+    # A warning shows on the user's line: the processor's __init__ called this.
+    return check_options({**seed, **settings}, stacklevel=4)
+
+
+class _SeedAttributes(_InferenceBase):
+    """The attributes the seed's processors show."""
+
+    __slots__ = ()
+
+    @property
+    def batch_func(self) -> Any:
+        """The model, as given."""
+        return self.__wrapped__
+
+    @property
+    def small_batch_threshold(self) -> int:
+        """Calls of at most this many rows go first."""
+        return self._batched._settings.small_batch_threshold  # type: ignore[no-any-return]
+
+    @property
+    def pad_tokens(self) -> dict[str, Any]:
+        """The pad value of each feature named (others pad with 0)."""
+        return dict(self._padding.pad_tokens)
+
+    @property
+    def padding_side(self) -> str:
+        """``"right"`` or ``"left"``."""
+        return "left" if self._padding.left else "right"
+
+    @property
+    def spread_kwargs(self) -> bool:
+        """Whether the model is called as ``model(**features)``."""
+        return self._padding.spread_kwargs
+
+
+@final
+class ModelBatchProcessor(_SyncInference[Any], _SeedAttributes):
+    """The seed's ``batched.inference.ModelBatchProcessor``: an :class:`InferenceFunction`
+    made with the seed's arguments (any :class:`batched.Batcher` setting too).
+
+    ``proc(features)`` or ``proc(**features)`` blocks; ``await proc.acall(...)``;
+    ``proc.stats``, ``start()``, ``shutdown()``, ``clear_stats()``.
+    """
+
+    __slots__ = ()
+
+    def __init__(
+        self,
+        _func: Any,
+        *,
+        batch_size: int = 32,
+        timeout_ms: float = 5.0,
+        small_batch_threshold: int = 8,
+        pad_tokens: Mapping[str, Any] | None = None,
+        padding_side: str = "right",
+        spread_kwargs: bool = False,
+        sequence_outputs: bool | Iterable[str | int] = False,
+        **settings: Any,
+    ) -> None:
+        options = _seed_options(batch_size, timeout_ms, small_batch_threshold, settings)
+        padding = Padding.check(pad_tokens, padding_side, spread_kwargs, sequence_outputs)
+        super().__init__(_func, options, padding)
 
 
 def dynamically(
