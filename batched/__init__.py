@@ -6,6 +6,8 @@ calls one batch function, and hands each caller its own result.
 
 from __future__ import annotations
 
+import typing as _typing
+
 from . import aio as aio
 from ._errors import BatchedError as BatchedError
 from ._errors import BatcherClosed as BatcherClosed
@@ -29,6 +31,11 @@ from ._strategies import Fifo as Fifo
 from ._strategies import Pool as Pool
 from ._strategies import PriorityStrategy as PriorityStrategy
 from ._strategies import Strategy as Strategy
+
+if _typing.TYPE_CHECKING:
+    from . import inference as inference
+    from . import types as types
+    from . import utils as utils
 
 __version__ = "0.1.0.dev0"
 
@@ -56,20 +63,24 @@ __all__ = [
     "SyncBatchedMethod",
     "aio",
     "dynamically",
+    "inference",
+    "types",
+    "utils",
 ]
 
 # Show the public path in reprs and tracebacks, not the private module.
 for _name in __all__:
-    _obj = globals()[_name]
+    _obj = globals().get(_name)  # None: a submodule that loads on first use
     if getattr(_obj, "__module__", "").startswith("batched."):
         _obj.__module__ = "batched"
 del _name, _obj
 
 
 def __getattr__(name: str) -> object:
-    # `batched.inference` and `batched.testing` load on first use: they need numpy, or
-    # hypothesis and trio, which `import batched` must not import.
-    if name in ("inference", "testing"):
+    # Submodules load on first use: `batched.testing` needs hypothesis and trio, which
+    # `import batched` must not import; `batched.inference` (numpy on first call) and the
+    # seed's `batched.types` and `batched.utils` need not cost every import.
+    if name in ("inference", "testing", "types", "utils"):
         import importlib
 
         return importlib.import_module(f"batched.{name}")

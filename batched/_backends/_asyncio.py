@@ -14,6 +14,7 @@ import collections.abc
 import contextlib
 import functools
 import time
+import warnings
 from typing import TYPE_CHECKING, Any, final
 
 from .._core.calls import CANCELLED, CLOSED, INTAKE, QUEUED, CallCore, closed_error
@@ -242,3 +243,22 @@ def without_running_loop(
     finally:
         asyncio.events._set_running_loop(loop)
 
+
+def get_or_create_event_loop() -> asyncio.AbstractEventLoop:
+    """The running asyncio loop; else this thread's current one; else a new loop, made
+    current (for ``batched.utils``)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    with warnings.catch_warnings():
+        # Where get_event_loop() would make a loop, Python warns (3.12, 3.13) or raises
+        # (3.14 and later): we make it.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with contextlib.suppress(RuntimeError):
+            loop = asyncio.get_event_loop()
+            if not loop.is_closed():
+                return loop
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    return loop
