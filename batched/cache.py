@@ -37,6 +37,8 @@ import attrs
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from .types import CacheStats as SeedCacheStats
+
 __all__ = ["MISS", "AsyncCache", "CacheStats", "DiskCache", "MemoryCache", "Miss"]
 
 
@@ -125,8 +127,9 @@ class AsyncCache(Protocol[K_contra, V]):
     async def clear(self) -> None:
         """Remove every entry."""
 
-    def stats(self) -> CacheStats:
-        """Return a snapshot of the counters."""
+    def stats(self) -> CacheStats | SeedCacheStats:
+        """Return a snapshot of the counters (a cache written for mixedbread's
+        ``batched`` may return its ``batched.types.CacheStats``: a batcher reads it)."""
 
 
 def _check_maxsize(value: object) -> int:
