@@ -53,6 +53,18 @@ SEED_NAMES = {
         "T",
         "U",
     ],
+    # Module paths the seed's own code and tests import from (in no `__all__`).
+    "batched.batch_processor": ["BatchProcessor", "dynamically"],
+    "batched.aio.batch_processor": ["AsyncBatchProcessor", "dynamically"],
+    "batched.inference.model_batch_processor": ["ModelBatchProcessor", "dynamically"],
+    "batched.aio.inference.model_batch_processor": ["AsyncModelBatchProcessor", "dynamically"],
+    "batched.inference.helper": [
+        "stack_features",
+        "stack_outputs",
+        "torch_or_np",
+        "unstack_features",
+        "unstack_outputs",
+    ],
     "batched.utils": [
         "AsyncDiskCache",
         "batch_iter",
@@ -104,6 +116,52 @@ def test_every_public_name_of_the_seed_exists_at_its_path(module: str) -> None:
     assert not missing
     if module in ("batched", "batched.aio", "batched.inference", "batched.aio.inference"):
         assert set(SEED_NAMES[module]) <= set(namespace.__all__)
+
+
+def test_the_seed_module_paths_hold_the_same_objects() -> None:
+    import batched.aio.batch_processor
+    import batched.aio.inference.model_batch_processor
+    import batched.batch_processor
+    import batched.inference.model_batch_processor
+
+    assert batched.batch_processor.BatchProcessor is batched.BatchProcessor
+    assert batched.batch_processor.dynamically is batched.dynamically
+    assert batched.aio.batch_processor.AsyncBatchProcessor is batched.aio.AsyncBatchProcessor
+    assert batched.aio.batch_processor.dynamically is batched.aio.dynamically
+    paths = (batched.inference.model_batch_processor, batched.aio.inference.model_batch_processor)
+    assert paths[0].ModelBatchProcessor is batched.inference.ModelBatchProcessor
+    assert paths[1].AsyncModelBatchProcessor is batched.aio.inference.AsyncModelBatchProcessor
+
+
+def test_the_inference_helpers_pad_stack_and_unstack() -> None:
+    from batched.inference.helper import (
+        stack_features,
+        stack_outputs,
+        torch_or_np,
+        unstack_features,
+        unstack_outputs,
+    )
+
+    rows = [{"ids": np.array([1, 2, 3], dtype=np.int32)}, {"ids": np.array([4], dtype=np.int32)}]
+    right = stack_features(rows, {"ids": 9})
+    assert right["ids"].tolist() == [[1, 2, 3], [4, 9, 9]]
+    assert right["ids"].dtype == np.int32  # the feature's own dtype
+    left = stack_features(rows, {}, padding_side="left")
+    assert left["ids"].tolist() == [[1, 2, 3], [0, 0, 4]]
+    with pytest.raises(ValueError, match="padding_side"):
+        stack_features(rows, {}, padding_side="middle")
+    assert [row["ids"].tolist() for row in unstack_features(right)] == [[1, 2, 3], [4, 9, 9]]
+    outputs = [np.array([1.0, 2.0]), np.array([3.0, 4.0])]
+    stacked = stack_outputs(outputs)
+    assert stacked.tolist() == [[1.0, 2.0], [3.0, 4.0]]
+    assert [row.tolist() for row in unstack_outputs(stacked)] == [[1.0, 2.0], [3.0, 4.0]]
+    as_dicts = stack_outputs([{"e": out} for out in outputs])
+    assert [row["e"].tolist() for row in unstack_outputs(as_dicts)] == [[1.0, 2.0], [3.0, 4.0]]
+    as_lists = stack_outputs([[out, out * 2] for out in outputs])
+    assert [len(row) for row in unstack_outputs(as_lists)] == [2, 2]
+    assert torch_or_np({"x": [np.zeros(1)]}) is np
+    with pytest.raises(ValueError, match="numpy arrays or torch tensors"):
+        torch_or_np([1, 2])
 
 
 def test_submodules_load_on_first_access_and_keep_import_light() -> None:

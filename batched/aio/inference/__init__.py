@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, final
 
-from ..inference import AsyncInferenceFunction as AsyncInferenceFunction
-from ..inference import Padding, _AsyncInference, _seed_options, _SeedAttributes
-from ..inference import aio_dynamically as dynamically
+from ...inference import AsyncInferenceFunction as AsyncInferenceFunction
+from ...inference import Padding, _AsyncInference, _seed_options, _SeedAttributes
+from ...inference import aio_dynamically as dynamically
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping

@@ -33,18 +33,18 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, final
 
 import attrs
 
-from ._front.decorator import AsyncFront, Binding, check_options, weak_method
-from ._front.sync import SyncFront
-from ._padding import Row, collate, partition, split_call, split_output, stack_rows
-from ._settings import is_async_callable
+from .._front.decorator import AsyncFront, Binding, check_options, weak_method
+from .._front.sync import SyncFront
+from .._padding import Row, collate, partition, split_call, split_output, stack_rows
+from .._settings import is_async_callable
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from types import TracebackType
     from typing import Self
 
-    from ._front.decorator import BatcherOptions
-    from ._stats import BatchStats
+    from .._front.decorator import BatcherOptions
+    from .._stats import BatchStats
 
 __all__ = [
     "AsyncInferenceFunction",
