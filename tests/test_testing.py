@@ -1,13 +1,14 @@
 """batched.testing: the harness users test their batching with, tested on both backends.
 
-The async tests here run on ``batched.testing.anyio_backend`` (imported below, so it
-overrides the one in conftest.py for this module): that tests the fixture too.
+The async tests here run on ``batched.testing.anyio_backend``, imported below as a user
+would (conftest.py imports the same fixture); the pytest plugin runs in projects of its own.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
@@ -15,6 +16,7 @@ import attrs
 import numpy as np
 import pytest
 import sniffio
+from _helpers import check_exit_ok, run_python
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -37,6 +39,9 @@ from batched.testing import (
     settle,
     virtual_time_backends,
 )
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 BACKENDS = ["asyncio", "trio"]
 
@@ -91,6 +96,72 @@ async def test_settle_waits_for_other_tasks_without_moving_time() -> None:
         assert reached == [1]
         assert anyio.current_time() == start
         tg.cancel_scope.cancel()
+
+
+# -- the pytest plugin -----------------------------------------------------------------
+
+USER_TESTS = """
+import time
+
+import anyio
+import pytest
+import sniffio
+
+
+@pytest.mark.anyio
+async def test_an_hour(anyio_backend):
+    real0, start = time.monotonic(), anyio.current_time()
+    await anyio.sleep(3600 if VIRTUAL else 0.05)
+    assert anyio.current_time() - start >= (3600 if VIRTUAL else 0.05)
+    assert (time.monotonic() - real0 < 5) if VIRTUAL else (time.monotonic() - real0 >= 0.05)
+    print("ran on", sniffio.current_async_library())
+
+
+@pytest.mark.virtual_time
+def test_the_marker_is_registered():
+    pass
+"""
+
+
+def run_user_project(
+    tmp_path: Path, *, ini: str = "", conftest: str | None = None, virtual: bool = True
+) -> str:
+    """pytest, in a project of its own with the tests above, a pytest.ini of ``ini`` and
+    no conftest.py unless given; its output, once it passed."""
+    (tmp_path / "test_user.py").write_text(f"VIRTUAL = {virtual}\n{USER_TESTS}")
+    (tmp_path / "pytest.ini").write_text(f"[pytest]\n{ini}\n")
+    if conftest is not None:
+        (tmp_path / "conftest.py").write_text(conftest)
+    # The entry point, unless this environment's install of batched predates it.
+    installed = any(ep.name == "batched" for ep in entry_points(group="pytest11"))
+    plugin = [] if installed else ["-p", "batched.testing._plugin"]
+    proc = run_python(
+        "-m", "pytest", *plugin, "-c", str(tmp_path / "pytest.ini"), "--rootdir", str(tmp_path),
+        "-p", "no:cacheprovider", "--strict-markers", "-s", "-v", str(tmp_path),
+    )  # fmt: skip
+    return check_exit_ok(proc)
+
+
+def test_plugin_gives_a_project_without_conftest_the_fixture(tmp_path: Path) -> None:
+    out = run_user_project(tmp_path, ini="batched_virtual_time = true")
+    assert "batched: anyio_backend on virtual time (asyncio, trio)" in out
+    assert "ran on asyncio" in out
+    assert "ran on trio" in out
+    assert "3 passed" in out
+
+
+def test_plugin_never_replaces_a_projects_own_fixture(tmp_path: Path) -> None:
+    own = "import pytest\n\n@pytest.fixture\ndef anyio_backend():\n    return 'asyncio'\n"
+    out = run_user_project(tmp_path, ini="batched_virtual_time = true", conftest=own, virtual=False)
+    assert "ran on asyncio" in out
+    assert "ran on trio" not in out
+    assert "2 passed" in out
+
+
+def test_plugin_leaves_anyios_default_alone_unless_asked(tmp_path: Path) -> None:
+    out = run_user_project(tmp_path, virtual=False)  # anyio's own fixture: real time
+    assert "batched:" not in out
+    assert "ran on asyncio" in out
 
 
 # -- strategies ------------------------------------------------------------------------
