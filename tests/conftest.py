@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Any
 
 import pytest
 import trio.testing  # noqa: F401 - at top on purpose: a missing trio must fail loudly
@@ -27,15 +26,12 @@ settings.register_profile("dev", parent=_ci, max_examples=50)
 settings.register_profile("long", parent=_ci, max_examples=2000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-# Every async test runs on these, in this order; the kit's fixture takes a (backend,
-# options) pair as given, on real time, and skips tests marked `virtual_time` there.
-BACKENDS: list[Any] = ["asyncio", "trio"]
+# Every async test runs on these, in this order. On "asyncio+uvloop" the kit's fixture
+# runs asyncio on uvloop, in real time (uvloop's clock cannot be virtualised), and skips
+# the tests marked `virtual_time`.
+BACKENDS = ["asyncio", "trio"]
 if os.environ.get("BATCHED_UVLOOP") == "1":
-    import uvloop  # real time: uvloop's clock cannot be virtualised
-
-    BACKENDS.append(
-        pytest.param(("asyncio", {"loop_factory": uvloop.new_event_loop}), id="asyncio+uvloop")
-    )
+    BACKENDS.append("asyncio+uvloop")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -68,6 +68,7 @@ def test_virtual_time_backends_are_instant_and_fresh() -> None:
     assert time.monotonic() - real0 < 5
 
 
+@pytest.mark.virtual_time
 @pytest.mark.anyio
 async def test_fixture_runs_each_backend_on_virtual_time(
     anyio_backend: tuple[str, dict[str, Any]],  # noqa: F811 - the fixture under test
@@ -79,6 +80,7 @@ async def test_fixture_runs_each_backend_on_virtual_time(
     assert time.monotonic() - real0 < 5
 
 
+@pytest.mark.virtual_time
 @pytest.mark.anyio
 async def test_settle_waits_for_other_tasks_without_moving_time() -> None:
     reached: list[int] = []

@@ -26,14 +26,20 @@ def anyio_backend(request: pytest.FixtureRequest) -> Iterator[tuple[str, dict[st
 
         from batched.testing import anyio_backend  # noqa: F401
 
-    A parameter may also be a ``(backend, options)`` pair, used as given (real time,
-    e.g. ``("asyncio", {"loop_factory": uvloop.new_event_loop})``): tests marked
-    ``virtual_time`` are skipped on it.
+    Other parameters run on real time, and tests marked ``virtual_time`` are skipped on
+    them: ``"asyncio+uvloop"`` (asyncio on uvloop), or a ``(backend, options)`` pair,
+    used as given. Pick them with ``pytest.mark.parametrize("anyio_backend", [...],
+    indirect=True)``.
     """
     param: str | tuple[str, dict[str, Any]] = request.param
+    label = param if isinstance(param, str) else param[0]
+    if param == "asyncio+uvloop":
+        import uvloop  # lazily: only this parameter needs it
+
+        param = ("asyncio", {"loop_factory": uvloop.new_event_loop})
     if not isinstance(param, str):
         if request.node.get_closest_marker("virtual_time"):
-            pytest.skip(f"relies on virtual time; {param[0]} runs here on real time")
+            pytest.skip(f"relies on virtual time; {label} runs on real time")
         yield param
         return
     if param != "asyncio":
