@@ -26,6 +26,7 @@ from batched.testing import (
     OUTCOME_KINDS,
     Arrival,
     BatchOutcome,
+    BatchRecord,
     PlannedError,
     Schedule,
     ScheduleResult,
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 BACKENDS = ["asyncio", "trio"]
+CLOSE_KINDS = ("exit", "cancel", "raise")  # Schedule.close_by
 
 
 async def echo(items: list[Any]) -> list[Any]:
@@ -224,7 +226,24 @@ def test_plans_are_validated() -> None:
         Arrival(0, (1, 2))
     with pytest.raises(ValueError, match="kind"):
         BatchOutcome(kind="explode")
+    with pytest.raises(ValueError, match="close_by"):
+        Schedule([], close_at_ms=1, close_by="explode")
     assert set(OUTCOME_KINDS) == {"ok", "raise", "short", "long", "wrong_type", "item_failure"}
+    assert BatchOutcome(kind="base_exception").kind == "base_exception"  # asked for only
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    schedule=arrival_schedules(max_arrival_ms=20, closes=True),
+    outcomes=fn_outcomes(kinds=["ok", "base_exception"], max_batches=20),
+)
+def test_closes_and_base_exceptions_are_drawn_when_asked(
+    schedule: Schedule, outcomes: tuple[BatchOutcome, ...]
+) -> None:
+    if schedule.close_at_ms is not None:
+        assert schedule.close_by in CLOSE_KINDS
+        assert 0 <= schedule.close_at_ms <= 30
+    assert {o.kind for o in outcomes} <= {"ok", "base_exception"}
 
 
 # -- run_schedule ----------------------------------------------------------------------
@@ -320,6 +339,65 @@ def test_a_correct_batcher_keeps_the_invariants(
     check_invariants(result)
 
 
+# Items 0-3 at 0 ms, batch_size 2: batch A (0, 1) runs from 0 to 4 ms; B (2, 3) waits.
+FOUR = Schedule([Arrival(0, (i,)) for i in range(4)])
+
+
+def pair(fn: Any) -> batched.Batcher[Any, Any]:
+    return batched.Batcher(fn, batch_size=2, timeout_ms=5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("close_by", CLOSE_KINDS)
+def test_an_early_close_is_recorded(backend: str, close_by: str) -> None:
+    schedule = attrs.evolve(FOUR, close_at_ms=2, close_by=close_by)
+    result = run_schedule(pair, schedule, backend=backend, outcomes=[BatchOutcome(4)] * 2)
+    check_invariants(result)
+    kinds = sorted((c.kind, type(c.exception).__name__) for c in result.callers)
+    if close_by == "exit":  # drained: B runs at once, without its timeout
+        assert result.closed_ms == 2
+        assert [b.start_ms for b in result.batches] == [0, 4]
+        assert kinds == [("result", "NoneType")] * 4
+    else:  # every caller closed at 2 ms, batch A cancelled
+        assert result.closed_ms is None
+        assert [(b.start_ms, b.cancelled) for b in result.batches] == [(0, True)]
+        assert kinds == [("error", "BatcherClosed")] * 4
+        assert result.owner_cancelled == (close_by == "cancel")
+        if close_by == "raise":
+            assert isinstance(result.escaped, PlannedError)
+            assert result.escaped.batch is None
+    assert result.block_ended_ms == (8 if close_by == "exit" else 2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_base_exception_from_fn_is_recorded(backend: str) -> None:
+    result = run_schedule(pair, FOUR, backend=backend, outcomes=[BatchOutcome(1, "base_exception")])
+    check_invariants(result)
+    boom = result.batches[0].error
+    assert isinstance(boom, BaseException)
+    assert not isinstance(boom, Exception)
+    assert not result.batches[0].finished
+    escaped = result.escaped
+    in_group = isinstance(escaped, BaseExceptionGroup) and boom in escaped.exceptions
+    assert escaped is boom or in_group
+    assert all(isinstance(c.exception, batched.BatcherClosed) for c in result.callers)
+    assert all(c.exception.__cause__ is boom for c in result.callers if c.exception)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_caller_driven_functions_are_played_without_a_block(backend: str) -> None:
+    result = run_schedule(
+        lambda fn: batched.dynamically(batch_size=2, timeout_ms=5)(fn), FOUR, backend=backend
+    )
+    check_invariants(result)
+    assert result.driven
+    assert result.loop_released is True
+    assert result.block_ended_ms is None
+    # The batches ran in the callers' own tasks.
+    tasks = {c.task for c in result.callers}
+    assert all(isinstance(b, BatchRecord) and b.task in tasks for b in result.batches)
+
+
 def test_run_schedule_refuses_what_it_cannot_check() -> None:
     with pytest.raises(ValueError, match="distinct"):
         run_schedule(fifo3, Schedule([Arrival(0, (1,)), Arrival(2, (1,))]))
@@ -331,6 +409,11 @@ def test_run_schedule_refuses_what_it_cannot_check() -> None:
         run_schedule(lambda fn: fn, KNOWN)  # type: ignore[arg-type,return-value]
     with pytest.raises(ValueError, match="cache"):
         run_schedule(lambda fn: batched.Batcher(fn, cache=MemoryCache(10)), KNOWN)
+    driven = lambda fn: batched.dynamically(fn)  # noqa: E731
+    with pytest.raises(ValueError, match="no block to close"):
+        run_schedule(driven, attrs.evolve(KNOWN, close_at_ms=1))
+    with pytest.raises(ValueError, match="base_exception"):
+        run_schedule(driven, KNOWN, outcomes=[BatchOutcome(kind="base_exception")])
 
 
 # -- the checks fail on broken batching -------------------------------------------------
@@ -419,17 +502,59 @@ def _set_batch_items(result: ScheduleResult, index: int, items: tuple[Any, ...])
     return attrs.evolve(result, batches=tuple(batches))
 
 
+def _evolve_batch(result: ScheduleResult, index: int, **changes: Any) -> ScheduleResult:
+    batches = list(result.batches)
+    batches[index] = attrs.evolve(batches[index], **changes)
+    return attrs.evolve(result, batches=tuple(batches))
+
+
+def _evolve_caller(result: ScheduleResult, index: int, **changes: Any) -> ScheduleResult:
+    callers = list(result.callers)
+    callers[index] = attrs.evolve(callers[index], **changes)
+    return attrs.evolve(result, callers=tuple(callers))
+
+
+def _shift_last_batch(result: ScheduleResult, by_ms: float) -> ScheduleResult:
+    """Batch 1 (item 20 alone) and its caller's result ``by_ms`` later."""
+    batch = result.batches[1]
+    moved = _evolve_batch(result, 1, start_ms=batch.start_ms + by_ms, end_ms=batch.end_ms + by_ms)
+    done = result.callers[2].done_ms
+    assert done is not None
+    return _evolve_caller(moved, 2, done_ms=done + by_ms)
+
+
+def _swap_first_two(result: ScheduleResult) -> ScheduleResult:
+    """Batch 0 took items 10 and 0 in the wrong order (results swapped along)."""
+    batch = result.batches[0]
+    assert batch.results is not None
+    return _evolve_batch(result, 0, items=_swap(batch.items), results=_swap(batch.results))
+
+
+def _swap(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    return (values[1], values[0], *values[2:])
+
+
 TAMPERS: list[tuple[str, Any, str]] = [
     ("hang", lambda r: attrs.evolve(r, hung=True), "hang"),
     ("task left", lambda r: attrs.evolve(r, tasks_left=1), "tasks left running"),
+    ("loop kept", lambda r: attrs.evolve(r, loop_released=False), "kept its finished run's"),
     ("escaped", lambda r: attrs.evolve(r, escaped=RuntimeError("x")), "raised RuntimeError"),
     ("misdelivered", _swap_results, "got 20 for item 0"),
+    ("late result", lambda r: _evolve_caller(r, 0, done_ms=2.0), "not when its last call"),
     ("unknown item", lambda r: _set_batch_items(r, 1, (99,)), "nobody sent: 99"),
     ("processed twice", lambda r: _set_batch_items(r, 1, (20, 0)), "processed twice"),
     ("over batch_size", lambda r: _evolve_settings(r, batch_size=2), "has 3 items"),
     ("over length", lambda r: _evolve_settings(r, max_batch_length=2), "has length 3"),
+    ("two at once", lambda r: _evolve_batch(r, 0, end_ms=6.5), "2 batches run"),
     ("premature", lambda r: _evolve_settings(r, timeout_ms=7), "before timeout_ms=7"),
-    ("idle slot", lambda r: _evolve_settings(r, timeout_ms=3), "yet no batch left"),
+    ("late batch", lambda r: _shift_last_batch(r, 2.0), r"waited 7\.0 ms > bound 5\.0"),
+    (
+        "idle slot",  # with a queue bound: the wait bound does not apply
+        lambda r: _evolve_settings(r, timeout_ms=3, max_queue_size=10),
+        "yet no batch left",
+    ),
+    ("arrival order", _swap_first_two, "out of arrival order"),
+    ("queue size", lambda r: _evolve_caller(r, 2, queue_size_before=9), "exceeds the 0 items"),
     ("stats", lambda r: attrs.evolve(r, stats=attrs.evolve(r.stats, completed=0)), "stats"),
 ]
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from .._core.results import check_results
 from .._errors import BatchSizeMismatch
 from .._settings import is_async_callable
-from ._invariants import same
+from ._view import same
 from ._virtual_time import fresh_backend_options
 
 if TYPE_CHECKING:

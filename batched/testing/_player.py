@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
+import itertools
+import math
 import types
 import warnings
+import weakref
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any
 
@@ -15,12 +17,12 @@ import anyio.lowlevel
 from .._core.items import length_of
 from .._errors import Failure
 from .._front.batcher import Batcher
+from .._front.decorator import BatchedFunction
+from ._recorder import BatchNotes, CallerNotes, current_run, freeze_batches, running_tasks
 from ._records import (
-    Arrival,
     BatchOutcome,
-    BatchRecord,
-    CallerOutcome,
     PlannedError,
+    PlannedInterrupt,
     Schedule,
     ScheduleResult,
     item_key,
@@ -31,91 +33,85 @@ __all__ = ["HANG_GUARD_S", "run_schedule"]
 
 HANG_GUARD_S = 3600.0  # virtual seconds: a run still going after this counts as a hang
 _BatchFn = Callable[[list[Any]], Awaitable[Any]]
-
-
-class _Caller:
-    def __init__(self, index: int, arrival: Arrival) -> None:
-        self.index = index
-        self.arrival = arrival
-        self.kind = "missing"
-        self.result: Any = None
-        self.exception: BaseException | None = None
-        self.submitted = -1  # µs
-        self.done: int | None = None
-        self.q_before = -1
-        self.lengths: tuple[int | None, ...] = ()
-
-
-class _Batch:
-    def __init__(self, index: int, items: tuple[Any, ...], outcome: BatchOutcome, start: int):
-        self.index = index
-        self.items = items
-        self.outcome = outcome
-        self.start = start  # µs
-        self.end = start
-        self.results: tuple[Any, ...] | None = None
-        self.error: BaseException | None = None
-        self.cancelled = False
-
-
-def _count_tasks() -> int:
-    try:
-        return len(asyncio.all_tasks())
-    except RuntimeError:  # not asyncio
-        import trio.lowlevel
-
-        return trio.lowlevel.current_statistics().tasks_living
+_Front = Batcher[Any, Any] | BatchedFunction[Any, Any]
+_SETTINGS = (
+    "batch_size",
+    "timeout_ms",
+    "max_batch_length",
+    "length_fn",
+    "strategy",
+    "small_batch_threshold",
+    "max_wait_ms",
+    "max_queue_size",
+    "max_concurrent_batches",
+    "isolate_errors",
+)
 
 
 class _Player:
-    """Runs one schedule; ``result()`` freezes what it saw."""
+    """Runs one schedule, recording as it goes (times in µs); ``result()`` freezes it."""
 
     def __init__(
         self,
-        factory: Callable[[_BatchFn], Batcher[Any, Any]],
+        factory: Callable[[_BatchFn], _Front],
         schedule: Schedule,
         outcomes: Sequence[BatchOutcome],
         item_fn: Callable[[Any], Any],
     ) -> None:
-        self.factory = factory
-        self.schedule = schedule
-        self.outcomes = outcomes
-        self.item_fn = item_fn
-        self.callers = [_Caller(i, a) for i, a in enumerate(schedule.arrivals)]
-        self.batches: list[_Batch] = []
-        self.batcher: Batcher[Any, Any] | None = None
+        self.factory, self.schedule = factory, schedule
+        self.outcomes, self.item_fn = outcomes, item_fn
+        self.callers = [CallerNotes(i, a) for i, a in enumerate(schedule.arrivals)]
+        self.batches: list[BatchNotes] = []
+        self.front: _Front | None = None
         self.settings: dict[str, Any] = {}
+        self.seq = itertools.count()
         self.t0 = 0.0
         self.left = len(self.callers)
         self.all_done: anyio.Event | None = None
-        self.hung = False
+        self.hung = self.owner_cancelled = False
         self.escaped: BaseException | None = None
         self.tasks_left = 0
+        self.closed: int | None = None  # µs: the block's body ended normally
+        self.block_ended: int | None = None
+        self.close_seq = -1
+        self.run_ref: weakref.ref[Any] | None = None
 
     def now(self) -> int:
         return round((anyio.current_time() - self.t0) * 1e6)
 
+    def queue_size(self) -> int:
+        assert self.front is not None
+        return self.front.stats.queue_size
+
+    # -- the batch function and the callers ---------------------------------------------
+
     async def fn(self, items: list[Any]) -> Any:
         k = len(self.batches)
         plan = self.outcomes[k] if k < len(self.outcomes) else BatchOutcome()
-        rec = _Batch(k, tuple(items), plan, self.now())
+        rec = BatchNotes(k, tuple(items), plan, self.now(), next(self.seq))
+        rec.task = anyio.get_current_task().id
+        rec.q_start = self.queue_size()
         self.batches.append(rec)
         try:
             await anyio.sleep(plan.duration_ms / 1000)
+            rec.q_end = self.queue_size()
             out = self._output(rec)
         except anyio.get_cancelled_exc_class():
-            rec.end, rec.cancelled = self.now(), True
+            rec.cancelled = True
             raise
         except BaseException as exc:
-            rec.end, rec.error = self.now(), exc
+            rec.error = exc
             raise
-        rec.end = self.now()
+        finally:
+            rec.end, rec.end_seq = self.now(), next(self.seq)
         return out
 
-    def _output(self, rec: _Batch) -> Any:
+    def _output(self, rec: BatchNotes) -> Any:
         kind, k = rec.outcome.kind, rec.index
         if kind == "raise":
             raise PlannedError(k)
+        if kind == "base_exception":
+            raise PlannedInterrupt(k)
         results = [self.item_fn(item) for item in rec.items]
         if kind == "item_failure":
             for pos in range(0, len(results), 2):
@@ -131,88 +127,119 @@ class _Player:
         wrong: list[Any] = [dict(enumerate(results)), set(range(len(results))), iter(results)]
         return [*wrong, None][k % 4]
 
-    async def caller(self, b: Batcher[Any, Any], rec: _Caller) -> None:
+    async def caller(self, f: _Front, rec: CallerNotes) -> None:
         arrival = rec.arrival
+        rec.task = anyio.get_current_task().id
         await anyio.sleep_until(self.t0 + arrival.at_ms / 1000)
         rec.submitted = self.now()
         cancel = arrival.cancel_after_ms
         scope = anyio.CancelScope() if cancel is None else anyio.move_on_after(cancel / 1000)
         with scope:
-            rec.q_before = b.stats.queue_size  # no await between this and the call
+            # No await between these reads and the call.
+            rec.q_before, rec.sent_seq = self.queue_size(), next(self.seq)
             try:
                 if arrival.many:
-                    value: Any = await b.many(
+                    value: Any = await f.many(
                         arrival.items, priority=arrival.priority, wait=arrival.wait
                     )
                 else:
-                    value = await b(arrival.items[0], priority=arrival.priority, wait=arrival.wait)
+                    value = await f(arrival.items[0], priority=arrival.priority, wait=arrival.wait)
             except anyio.get_cancelled_exc_class():
                 raise
             except BaseException as exc:  # an outcome for the checks to judge
                 rec.kind, rec.exception = "error", exc
             else:
                 rec.kind, rec.result = "result", value
-            rec.done = self.now()
+            rec.done, rec.done_seq = self.now(), next(self.seq)
         if scope.cancelled_caught:
-            rec.kind, rec.done = "cancelled", self.now()
+            rec.kind, rec.done, rec.done_seq = "cancelled", self.now(), next(self.seq)
+        rec.q_after = self.queue_size()
         self.left -= 1
         if self.left == 0 and self.all_done is not None:
             self.all_done.set()
 
+    # -- the run ------------------------------------------------------------------------
+
     async def main(self) -> None:
         self.t0 = anyio.current_time()
-        before = _count_tasks()
+        before = running_tasks()
         with anyio.move_on_after(HANG_GUARD_S) as guard:
             await self.body()
         self.hung = guard.cancelled_caught
         await anyio.lowlevel.checkpoint()  # let finished tasks be reaped
-        self.tasks_left = _count_tasks() - before
+        self.tasks_left = running_tasks() - before
+        self.all_done = None  # an event may hold on to the loop
+        self.run_ref = weakref.ref(current_run())
 
     async def body(self) -> None:
-        b: object = self.factory(self.fn)
-        if not isinstance(b, Batcher):
-            msg = f"batcher_factory must return a batched.Batcher, not {type(b).__qualname__}"
-            raise TypeError(msg)
-        s = b._settings
-        if s.cache is not None or s.dedupe:
-            msg = "run_schedule needs a Batcher without cache or dedupe (fn sees every item)"
-            raise ValueError(msg)
-        self.batcher = b
-        self.settings = {
-            name: getattr(s, name)
-            for name in (
-                "batch_size",
-                "timeout_ms",
-                "max_batch_length",
-                "length_fn",
-                "strategy",
-                "small_batch_threshold",
-                "max_wait_ms",
-                "max_queue_size",
-                "max_concurrent_batches",
-                "isolate_errors",
-            )
-        }
+        f = self.front = self._front()
         for rec in self.callers:
-            rec.lengths = tuple(self._length(b, item) for item in rec.arrival.items)
+            rec.lengths = tuple(self._length(f, item) for item in rec.arrival.items)
         self.all_done = anyio.Event()
         if not self.callers:
             self.all_done.set()
-        # The callers live outside the batcher's block: they may outlive it.
+        # The callers live outside the batcher's block, so they may outlive it (and call
+        # it once it closed); the owner's cancellation does not reach them.
         async with anyio.create_task_group() as tg:
-            try:
-                async with b:
-                    for rec in self.callers:
-                        tg.start_soon(self.caller, b, rec)
-                    await self.all_done.wait()
-            except anyio.get_cancelled_exc_class():
-                raise
-            except BaseException as exc:
-                self.escaped = exc
+            if isinstance(f, BatchedFunction):  # caller-driven: no block at all
+                for rec in self.callers:
+                    tg.start_soon(self.caller, f, rec)
+                return
+            started = False
+            plan = self.schedule
+            at = math.inf if plan.close_at_ms is None else self.t0 + plan.close_at_ms / 1000
+            cancel_at, close_at = (at, math.inf) if plan.close_by == "cancel" else (math.inf, at)
+            with anyio.CancelScope(deadline=cancel_at) as owner:
+                try:
+                    async with f:
+                        for rec in self.callers:
+                            tg.start_soon(self.caller, f, rec)
+                        started = True
+                        with anyio.CancelScope(deadline=close_at):
+                            await self.all_done.wait()
+                        if self.all_done.is_set() or plan.close_by == "exit":
+                            self.closed, self.close_seq = self.now(), next(self.seq)
+                        else:
+                            self.close_seq = next(self.seq)
+                            raise PlannedError(None)
+                except anyio.get_cancelled_exc_class():
+                    if self.close_seq < 0:
+                        self.close_seq = next(self.seq)
+                    raise
+                except BaseException as exc:
+                    self.escaped = exc
+                finally:
+                    self.block_ended = self.now()
+            self.owner_cancelled = owner.cancelled_caught
+            if not started:  # cancelled while entering: the callers find it closed
+                for rec in self.callers:
+                    tg.start_soon(self.caller, f, rec)
+
+    def _front(self) -> _Front:
+        f: object = self.factory(self.fn)
+        if not isinstance(f, Batcher | BatchedFunction):
+            msg = (
+                "batcher_factory must return a batched.Batcher or a function made by "
+                f"batched.dynamically, not {type(f).__qualname__}"
+            )
+            raise TypeError(msg)
+        s = f._settings
+        if s.cache is not None or s.dedupe:
+            msg = "run_schedule needs a batcher without cache or dedupe (fn sees every item)"
+            raise ValueError(msg)
+        if isinstance(f, BatchedFunction):
+            if self.schedule.close_at_ms is not None:
+                msg = "a caller-driven function has no block to close: close_at_ms must be None"
+                raise ValueError(msg)
+            if any(o.kind == "base_exception" for o in self.outcomes):
+                msg = "base_exception outcomes need a Batcher (a block for it to leave)"
+                raise ValueError(msg)
+        self.settings = {name: getattr(s, name) for name in _SETTINGS}
+        return f
 
     @staticmethod
-    def _length(b: Batcher[Any, Any], item: Any) -> int | None:
-        length_fn = b._settings.length_fn
+    def _length(f: _Front, item: Any) -> int | None:
+        length_fn = f._settings.length_fn
         if length_fn is None:
             return 1
         try:
@@ -238,6 +265,8 @@ class _Player:
                 warnings.simplefilter("always", ResourceWarning)
                 anyio.run(self.main, backend=backend, backend_options=options)
                 errors = drain_reports(loops)
+                loops.clear()  # only the weak reference is left
+                gc.collect()
         finally:
             gc.unfreeze()
         reports = [str(context.get("message")) for context in errors]
@@ -249,59 +278,32 @@ class _Player:
         return self.result(backend, tuple(reports))
 
     def result(self, backend: str, reports: tuple[str, ...]) -> ScheduleResult:
-        assert self.batcher is not None
-        isolate = bool(self.settings.get("isolate_errors"))
-        records: list[BatchRecord] = []
-        seen: dict[Hashable, int] = {}  # item -> the latest call that got it
-        for rec in self.batches:
-            keys = [item_key(item) for item in rec.items]
-            retry_of = seen.get(keys[0]) if keys else None
-            if retry_of is not None:
-                prev = self.batches[retry_of]
-                prev_keys = {item_key(item) for item in prev.items}
-                legit = isolate and prev.error is not None and len(prev.items) > 1
-                if not (legit and prev_keys.issuperset(keys)):
-                    retry_of = None
-            seen.update((key, rec.index) for key in keys)
-            records.append(
-                BatchRecord(
-                    index=rec.index,
-                    items=rec.items,
-                    start_ms=rec.start / 1000,
-                    end_ms=rec.end / 1000,
-                    outcome=rec.outcome,
-                    results=rec.results,
-                    error=rec.error,
-                    cancelled=rec.cancelled,
-                    retry_of=retry_of,
-                )
-            )
-        callers = tuple(
-            CallerOutcome(
-                index=rec.index,
-                arrival=rec.arrival,
-                kind=rec.kind,
-                result=rec.result,
-                exception=rec.exception,
-                submitted_ms=rec.submitted / 1000,
-                done_ms=None if rec.done is None else rec.done / 1000,
-                lengths=rec.lengths,
-                queue_size_before=rec.q_before,
-            )
-            for rec in self.callers
-        )
+        assert self.front is not None
         return ScheduleResult(
             schedule=self.schedule,
             backend=backend,
             settings=types.MappingProxyType(self.settings),
-            callers=callers,
-            batches=tuple(records),
-            stats=self.batcher.stats,
+            callers=tuple(rec.freeze() for rec in self.callers),
+            batches=freeze_batches(self.batches, bool(self.settings.get("isolate_errors"))),
+            stats=self.front.stats,
             hung=self.hung,
             escaped=self.escaped,
             tasks_left=self.tasks_left,
             loop_errors=reports,
+            driven=isinstance(self.front, BatchedFunction),
+            closed_ms=None if self.closed is None else self.closed / 1000,
+            block_ended_ms=None if self.block_ended is None else self.block_ended / 1000,
+            close_seq=self.close_seq,
+            owner_cancelled=self.owner_cancelled,
+            loop_released=self._loop_released(),
         )
+
+    def _loop_released(self) -> bool | None:
+        errors = [self.escaped, *(c.exception for c in self.callers)]
+        errors += [b.error for b in self.batches]
+        if self.run_ref is None or any(error is not None for error in errors):
+            return None  # a recorded traceback keeps the run's frames, and its loop
+        return self.run_ref() is None
 
 
 def _identity(item: Any) -> Any:
@@ -309,7 +311,7 @@ def _identity(item: Any) -> Any:
 
 
 def run_schedule(
-    batcher_factory: Callable[[_BatchFn], Batcher[Any, Any]],
+    batcher_factory: Callable[[_BatchFn], _Front],
     schedule: Schedule,
     *,
     backend: str = "asyncio",
@@ -320,16 +322,20 @@ def run_schedule(
 
     ``batcher_factory(fn)`` builds the batcher around ``fn``, a recording async batch
     function: pass it on unchanged (a ``functools.partial`` is fine) so it sees the
-    items as sent. Its k-th call plays ``outcomes[k]`` (default: results after 1 ms);
-    a result is ``item_fn(item)`` (default: the item itself; keep it injective, so a
-    result handed to the wrong caller shows). Each call runs in a fresh ``anyio.run``
-    on ``backend`` ("asyncio" or "trio"): call it from a synchronous test. Example::
+    items as sent. It may return a ``batched.Batcher``, used inside ``async with``, or a
+    function made by ``batched.dynamically``, which the callers then drive themselves
+    (no ``async with``: its caller-driven mode). Its k-th call plays ``outcomes[k]``
+    (default: results after 1 ms); a result is ``item_fn(item)`` (default: the item
+    itself; keep it injective, so a result handed to the wrong caller shows). Each call
+    runs in a fresh ``anyio.run`` on ``backend`` ("asyncio" or "trio"): call it from a
+    synchronous test. Example::
 
         result = run_schedule(lambda fn: Batcher(fn, batch_size=4), schedule)
         check_invariants(result)
 
-    :raises ValueError: for items sent twice in the schedule, or a batcher with a cache
-        or dedupe (``fn`` would not see every item)
+    :raises ValueError: for items sent twice in the schedule, a batcher with a cache or
+        dedupe (``fn`` would not see every item), or a caller-driven function with a
+        schedule that closes a block or outcomes with ``base_exception``
     """
     if backend not in BACKEND_NAMES:
         msg = f"'backend' must be one of {BACKEND_NAMES}: {backend!r}"

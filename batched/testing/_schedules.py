@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from .._front.batcher import Batcher
 from .._strategies import ByLength, ByPriority, Fifo
-from ._records import OUTCOME_KINDS, Arrival, BatchOutcome, Schedule, item_key
+from ._records import CLOSE_KINDS, OUTCOME_KINDS, Arrival, BatchOutcome, Schedule, item_key
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable, Iterable
@@ -65,6 +65,7 @@ def arrival_schedules(
     cancellations: bool = True,
     no_wait_calls: bool = False,
     unique_by: Callable[[Any], Hashable] | None = None,
+    closes: bool = False,
 ) -> Schedule:
     """A :class:`Schedule` of 1 to ``max_callers`` callers.
 
@@ -74,7 +75,9 @@ def arrival_schedules(
     cancelled 0-20 ms after it calls; with ``no_wait_calls`` one in four calls with
     ``wait=False``. Items come from ``items`` (default integers) and are distinct across
     the schedule by ``unique_by`` (default: the item if hashable, else its repr), so the
-    strategy must offer enough distinct values.
+    strategy must offer enough distinct values. With ``closes``, one schedule in three
+    has the owner end its block early, at a whole millisecond up to ``max_arrival_ms +
+    10``, by ``exit``, ``cancel`` or ``raise`` alike (see :class:`Schedule`).
     """
     elements = st.integers() if items is None else items
     n = draw(st.integers(1, max_callers))
@@ -98,11 +101,23 @@ def arrival_schedules(
             )
         )
         start += size
-    return Schedule(arrivals)
+    kind = draw(st.sampled_from((None,) * 6 + CLOSE_KINDS)) if closes else None
+    if kind is None:
+        return Schedule(arrivals)
+    at_ms = draw(st.integers(0, max_arrival_ms + 10))
+    return Schedule(arrivals, close_at_ms=at_ms, close_by=kind)
 
 
 # Weighted: sampled_from is uniform and shrinks towards the first element ("ok").
-_WEIGHTS = {"ok": 28, "raise": 4, "short": 2, "long": 2, "wrong_type": 3, "item_failure": 3}
+_WEIGHTS = {
+    "ok": 28,
+    "raise": 4,
+    "short": 2,
+    "long": 2,
+    "wrong_type": 3,
+    "item_failure": 3,
+    "base_exception": 1,
+}
 
 
 def fn_outcomes(
@@ -112,14 +127,15 @@ def fn_outcomes(
 
     Up to ``max_batches`` :class:`BatchOutcome` (calls beyond them return results after
     1 ms), each lasting 0 to ``max_duration_ms`` whole milliseconds; mostly ``ok``, the
-    other ``kinds`` now and then. Shrinks towards no plan: every call ``ok`` after 1 ms.
+    other ``kinds`` now and then. ``kinds`` may add ``base_exception`` to
+    :data:`OUTCOME_KINDS`. Shrinks towards no plan: every call ``ok`` after 1 ms.
     """
     chosen = list(dict.fromkeys(kinds))
-    unknown = set(chosen) - set(OUTCOME_KINDS)
+    unknown = set(chosen) - set(_WEIGHTS)
     if unknown or not chosen:
-        msg = f"'kinds' must be some of {OUTCOME_KINDS}: {chosen!r}"
+        msg = f"'kinds' must be some of {(*OUTCOME_KINDS, 'base_exception')}: {chosen!r}"
         raise ValueError(msg)
-    weighted = [kind for kind in OUTCOME_KINDS if kind in chosen for _ in range(_WEIGHTS[kind])]
+    weighted = [kind for kind in _WEIGHTS if kind in chosen for _ in range(_WEIGHTS[kind])]
     outcome = st.builds(
         BatchOutcome,
         duration_ms=st.integers(0, max_duration_ms),
