@@ -556,7 +556,19 @@ TAMPERS: list[tuple[str, Any, str]] = [
     ("arrival order", _swap_first_two, "out of arrival order"),
     ("queue size", lambda r: _evolve_caller(r, 2, queue_size_before=9), "exceeds the 0 items"),
     ("stats", lambda r: attrs.evolve(r, stats=attrs.evolve(r.stats, completed=0)), "stats"),
+    ("admission", lambda r: _read_queue(r, 5), "stats.queue_size 5 at 1.0 ms, yet 1 items"),
 ]
+
+
+def _read_queue(result: ScheduleResult, size: int) -> ScheduleResult:
+    """A reading of ``stats.queue_size`` just after caller 2 (item 20) called, as a
+    stepping driver records it: check_invariants replays the admission rule to it."""
+    seq = result.callers[2].sent_seq + 0.5  # between that call and the next event
+    return attrs.evolve(result, queue_sizes=((seq, 1.0, size),))
+
+
+def test_a_stepped_reading_of_the_queue_is_replayed(known: ScheduleResult) -> None:
+    check_invariants(_read_queue(known, 1))  # item 20 waits alone
 
 
 @pytest.mark.parametrize(("name", "tamper", "match"), TAMPERS, ids=[t[0] for t in TAMPERS])

@@ -16,7 +16,7 @@ from .._errors import QueueFull
 from ._order import check_arrival_order, check_rule_order
 from ._outcomes import check_outcomes, retries_interrupted, root
 from ._player import HANG_GUARD_S
-from ._queue import check_admission, check_queue_size
+from ._queue import check_admission, check_queue_size, replay
 from ._records import PlannedError, item_key
 from ._timing import check_concurrency, check_no_idle_slot, check_no_premature, check_wait_bound
 from ._view import View, fail, got, label, same, us
@@ -48,6 +48,8 @@ def check_invariants(result: ScheduleResult) -> None:
     """
     _check_exit(result)
     view = View(result)
+    if result.queue_sizes:
+        view.accepted_at = replay(view, strict=False)
     for check in (
         _check_block,
         _check_processing,
@@ -59,8 +61,8 @@ def check_invariants(result: ScheduleResult) -> None:
         check_no_idle_slot,
         check_rule_order,
         check_arrival_order,
-        check_queue_size,
         check_admission,
+        check_queue_size,
         _check_stats,
     ):
         check(view)

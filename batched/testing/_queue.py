@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ._records import CallerOutcome
     from ._view import View
 
-__all__ = ["check_admission", "check_queue_size"]
+__all__ = ["check_admission", "check_queue_size", "replay"]
 
 
 def _samples(v: View) -> list[tuple[float, int, int, str]]:
@@ -145,10 +145,17 @@ def check_admission(v: View) -> None:
     waiting for room get in, in order, while they fit. A normal close closes the calls
     waiting for room, an abnormal one every call. Each reading must equal the count.
     """
-    if not v.r.queue_sizes or not _sequenced(v):
-        return
+    if v.r.queue_sizes and _sequenced(v):
+        replay(v, strict=True)
+
+
+def replay(v: View, *, strict: bool) -> dict[int, int]:
+    """When each accepted call was accepted (µs, by caller index), by the admission
+    rule; ``strict``: fail where the record departs from it."""
     events: list[tuple[float, int, str, Any]] = []
     for c in v.r.callers:
+        if c.sent_seq < 0:
+            continue
         events.append((c.sent_seq, 0, "enter", c))
         processed = all(v.first(item) is not None for item in c.arrival.items)
         if c.done_seq >= 0 and not processed:
@@ -158,76 +165,84 @@ def check_admission(v: View) -> None:
     if v.r.close_seq >= 0:
         events.append((v.r.close_seq, 3, "close", v.r.closed_ms is not None))
     events += [(seq, 4, "read", (ms, size)) for seq, ms, size in v.r.queue_sizes]
-    queue = _Admission(v.max_queue)
+    queue = _Admission(v.max_queue, strict)
     for _, _, kind, what in sorted(events, key=lambda e: (e[0], e[1])):
         if kind == "enter":
-            queue.enter(what)
+            queue.enter(what, us(what.submitted_ms))
         elif kind == "leave":
-            queue.leave(what)
+            done = what.done_ms
+            queue.leave(what, us(done) if done is not None else -1)
         elif kind == "start":
-            queue.start(what)
+            queue.start(what, us(what.start_ms))
         elif kind == "close":
             queue.close(normal=what)
-        else:
+        elif strict:
             ms, size = what
             if size != len(queue.queued):
                 fail(
                     f"stats.queue_size {size} at {ms} ms, yet {len(queue.queued)} items were "
                     f"accepted and not cut: {list(queue.queued.values())}"
                 )
+    return queue.accepted_at
 
 
 class _Admission:
     """The queue as the admission rule of ``max_queue_size`` says it must be."""
 
-    def __init__(self, bound: int | None) -> None:
-        self.bound = bound
+    def __init__(self, bound: int | None, strict: bool) -> None:
+        self.bound, self.strict = bound, strict
         self.queued: dict[Hashable, Any] = {}  # key -> item
         self.room: list[CallerOutcome] = []
         self.closed = self.abnormal = False
+        self.accepted_at: dict[int, int] = {}
+
+    def fault(self, msg: str) -> None:
+        if self.strict:
+            fail(msg)
 
     def fits(self, n: int) -> bool:
         if self.bound is None:
             return True
         return not self.queued or len(self.queued) + n <= self.bound
 
-    def accept(self, c: CallerOutcome) -> None:
+    def accept(self, c: CallerOutcome, t: int) -> None:
         self.queued.update((item_key(item), item) for item in c.arrival.items)
+        self.accepted_at[c.index] = t
 
-    def enter(self, c: CallerOutcome) -> None:
+    def enter(self, c: CallerOutcome, t: int) -> None:
         if self.closed:
             return  # it gets BatcherClosed at once (the outcome checks see to that)
         ok = not self.room and self.fits(len(c.arrival.items))
         name = f"caller {c.index} [{c.arrival.describe()}]"
         if isinstance(c.exception, QueueFull):
             if ok:
-                fail(f"{name}: QueueFull, yet it fit and nobody waited for room")
+                self.fault(f"{name}: QueueFull, yet it fit and nobody waited for room")
         elif ok:
-            self.accept(c)
+            self.accept(c, t)
         elif not c.arrival.wait:
-            fail(f"{name}: accepted with wait=False, yet it did not fit or others waited")
+            self.fault(f"{name}: accepted with wait=False, yet it did not fit or others waited")
         else:
             self.room.append(c)
 
-    def grant(self) -> None:
+    def grant(self, t: int) -> None:
         while self.room and not self.closed and self.fits(len(self.room[0].arrival.items)):
-            self.accept(self.room.pop(0))
+            self.accept(self.room.pop(0), t)
 
-    def leave(self, c: CallerOutcome) -> None:
+    def leave(self, c: CallerOutcome, t: int) -> None:
         if c in self.room:
             self.room.remove(c)
         for item in c.arrival.items:
             self.queued.pop(item_key(item), None)
-        self.grant()
+        self.grant(t)
 
-    def start(self, batch: Any) -> None:
+    def start(self, batch: Any, t: int) -> None:
         for item in batch.items:
             if self.queued.pop(item_key(item), None) is None and not self.abnormal:
-                fail(
+                self.fault(
                     f"batch {batch.index} got item {item!r}, which was not waiting (refused, "
                     f"still waiting for room, or its caller left)"
                 )
-        self.grant()
+        self.grant(t)
 
     def close(self, *, normal: bool) -> None:
         self.closed, self.abnormal = True, not normal

@@ -71,10 +71,11 @@ def check_no_idle_slot(v: View) -> None:
     """5 (exact form): no execution slot stays free while a batch is due.
 
     Once everything at an instant has happened, if fewer calls of fn run than
-    ``max_concurrent_batches``, the items certainly waiting (accepted when sent, in no
-    batch yet, caller still there) are fewer than ``batch_size``, under
+    ``max_concurrent_batches``, the items certainly waiting (accepted when sent, or on a
+    stepped run when the admission rule let them in; in no batch yet, caller still
+    there) are fewer than ``batch_size``, under
     ``max_batch_length``, and none was sent ``timeout_ms`` ago or more. The instants are
-    every recorded event and every sending plus ``timeout_ms``, before an abnormal close.
+    every recorded event and every arrival plus ``timeout_ms``, before an abnormal close.
     Caller-driven, the waiting callers cut the batches: only an instant where one of
     them runs no batch counts (a documented limit).
     """
@@ -82,7 +83,9 @@ def check_no_idle_slot(v: View) -> None:
     for c in v.r.callers:
         if c.done_ms is not None:
             s = us(c.submitted_ms)
-            instants |= {s, us(c.done_ms), s + v.timeout}
+            arrived = v.arrival(c)
+            instants |= {s, us(c.done_ms)}
+            instants |= set() if arrived is None else {arrived, arrived + v.timeout}
     for t in sorted(instants):
         if v.t_abn is not None and t >= v.t_abn:
             break
@@ -90,22 +93,22 @@ def check_no_idle_slot(v: View) -> None:
         if len(running) >= v.slots:
             continue
         waiting = [
-            (c, item)
+            (c, item, arrived)
             for c in v.r.callers
-            if v.accepted_at_once(c)
+            if (arrived := v.arrival(c)) is not None
             and c.done_ms is not None
-            and us(c.submitted_ms) <= t < us(c.done_ms)
+            and arrived <= t < us(c.done_ms)
             for item in c.arrival.items
             if not v.dispatched_by(item, t)
         ]
-        if v.driven and all(c.task in running for c, _ in waiting):
+        if v.driven and all(c.task in running for c, _, _ in waiting):
             continue
         if not waiting:
             continue
-        lengths = [v.length(item) for _, item in waiting]
+        lengths = [v.length(item) for _, item, _ in waiting]
         length = sum(x for x in lengths if x is not None)
-        oldest = min(us(c.submitted_ms) for c, _ in waiting)
-        items = [item for _, item in waiting]
+        oldest = min(arrived for _, _, arrived in waiting)
+        items = [item for _, item, _ in waiting]
         where = f"at {t / 1000} ms a slot is free and items {items!r} wait, yet no batch left"
         if len(waiting) >= v.batch_size:
             fail(f"{where} (batch_size={v.batch_size})")

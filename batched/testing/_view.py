@@ -96,7 +96,9 @@ class View:
                     self.unknown.append((batch, item))
                 self.calls.setdefault(key, []).append(batch)
         self.top = [batch for batch in r.batches if batch.retry_of is None]
-        self.booms = [b for b in r.batches if b.error is not None and not b.finished]
+        self.booms = [
+            b for b in r.batches if b.error is not None and not isinstance(b.error, Exception)
+        ]
         self.t_boom = min((us(b.end_ms) for b in self.booms), default=None)
         self.t_norm = None if r.closed_ms is None else us(r.closed_ms)
         self.t_cancel = self.t_raise = None
@@ -114,6 +116,9 @@ class View:
         closes = [t for t in (self.t_abn, self.t_norm) if t is not None]
         self.t_close = min(closes) if closes else None
         self.spans = [(us(b.start_ms), us(b.end_ms), b.task) for b in r.batches]
+        # A stepped run's readings of the queue pin down when each call was accepted
+        # (set by check_invariants, which replays the admission rule).
+        self.accepted_at: dict[int, int] | None = None
         self.busy = self._busy_intervals()
 
     def _busy_intervals(self) -> list[tuple[int, int]]:
@@ -178,6 +183,13 @@ class View:
             and not self.closed_at_entry(c)
             and (self.max_queue is None or c.queue_size_before == 0)
         )
+
+    def arrival(self, c: CallerOutcome) -> int | None:
+        """When the call's items certainly arrived (were accepted), if known: when sent,
+        if accepted at once; on a stepped run, when the admission rule let them in."""
+        if self.accepted_at is not None and not self.closed_at_entry(c):
+            return self.accepted_at.get(c.index)
+        return us(c.submitted_ms) if self.accepted_at_once(c) else None
 
     def key(self, c: CallerOutcome, j: int) -> tuple[bool, Any]:
         """Items with equal keys leave in arrival order (built-in strategies only)."""
