@@ -398,6 +398,49 @@ def test_caller_driven_functions_are_played_without_a_block(backend: str) -> Non
     assert all(isinstance(b, BatchRecord) and b.task in tasks for b in result.batches)
 
 
+# Item 1 twice, the second call while the first is computed, then at 5 ms once more.
+REPEATS = Schedule([Arrival(0, (1,)), Arrival(0.5, (1,)), Arrival(5, (1,)), Arrival(5, (2,))])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cache", [False, True], ids=["dedupe", "cache"])
+def test_equal_items_share_a_computation_under_a_cache_or_dedupe(
+    backend: str, cache: bool
+) -> None:
+    def factory(fn: Any) -> batched.Batcher[Any, Any]:
+        store = MemoryCache(10) if cache else None
+        return batched.Batcher(fn, batch_size=4, timeout_ms=0, dedupe=True, cache=store)
+
+    result = run_schedule(factory, REPEATS, backend=backend, item_fn=lambda x: -x)
+    check_invariants(result)
+    # Each result names the call of fn that computed it: the first two callers share
+    # batch 0; at 5 ms item 1 is cached (or computed afresh) with item 2.
+    assert [c.result for c in result.callers[:2]] == [(-1, 0, 0)] * 2
+    # (Callers 2 and 3 both come at 5 ms: trio starts them in either order.)
+    batches = [sorted(b.items) for b in result.batches]
+    assert batches == ([[1], [2]] if cache else [[1], [1, 2]])
+
+
+def memoizing(fn: Any) -> batched.Batcher[Any, Any]:
+    """A bug: results kept from one batch to the next, as a cache would, with none set."""
+    memo: dict[Any, Any] = {}
+
+    async def stale(items: list[Any]) -> list[Any]:
+        fresh = [item for item in items if item not in memo]
+        if fresh:
+            memo.update(zip(fresh, await fn(fresh), strict=True))
+        return [memo[item] for item in items]
+
+    return batched.Batcher(stale, batch_size=4, timeout_ms=0, dedupe=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_check_invariants_catches_a_stale_shared_result(backend: str) -> None:
+    result = run_schedule(memoizing, REPEATS, backend=backend)
+    with pytest.raises(AssertionError, match="ended before it came, with no cache"):
+        check_invariants(result)
+
+
 def test_run_schedule_refuses_what_it_cannot_check() -> None:
     with pytest.raises(ValueError, match="distinct"):
         run_schedule(fifo3, Schedule([Arrival(0, (1,)), Arrival(2, (1,))]))
@@ -407,8 +450,11 @@ def test_run_schedule_refuses_what_it_cannot_check() -> None:
         run_schedule(fifo3, KNOWN, backend="curio")
     with pytest.raises(TypeError, match=r"batched\.Batcher"):
         run_schedule(lambda fn: fn, KNOWN)  # type: ignore[arg-type,return-value]
-    with pytest.raises(ValueError, match="cache"):
-        run_schedule(lambda fn: batched.Batcher(fn, cache=MemoryCache(10)), KNOWN)
+    cached = lambda fn: batched.Batcher(fn, cache=MemoryCache(10))  # noqa: E731
+    with pytest.raises(ValueError, match="only ok outcomes and no close"):
+        run_schedule(cached, KNOWN, outcomes=[BatchOutcome(kind="raise")])
+    with pytest.raises(ValueError, match="only ok outcomes and no close"):
+        run_schedule(cached, attrs.evolve(KNOWN, close_at_ms=1))
     driven = lambda fn: batched.dynamically(fn)  # noqa: E731
     with pytest.raises(ValueError, match="no block to close"):
         run_schedule(driven, attrs.evolve(KNOWN, close_at_ms=1))

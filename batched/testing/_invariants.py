@@ -13,6 +13,7 @@ import itertools
 from typing import TYPE_CHECKING
 
 from .._errors import QueueFull
+from ._keyed import check_keyed
 from ._order import check_arrival_order, check_rule_order
 from ._outcomes import check_outcomes, retries_interrupted, root
 from ._player import HANG_GUARD_S
@@ -44,10 +45,20 @@ def check_invariants(result: ScheduleResult) -> None:
     strategy, arrival); the queue never held more than ``max_queue_size`` and
     ``QueueFull`` came only when due; the stats add up.
 
+    With a cache or dedupe, equal items share one computation, and the record is judged
+    by keys instead: each result comes from a call of ``fn`` that computed the caller's
+    key, in flight when the caller came unless a cache served it; no key computed twice
+    in one batch under dedupe, nor again once cached; the rest as above where it applies
+    (clean exit, outcomes, batch sizes, stats).
+
     :raises AssertionError: naming the first offending caller or batch
     """
     _check_exit(result)
     view = View(result)
+    if view.shared:  # a cache or dedupe: judged by keys
+        for keyed in (_check_block, _check_batches, check_concurrency, check_keyed):
+            keyed(view)
+        return
     if result.queue_sizes:
         view.accepted_at = replay(view, strict=False)
     for check in (

@@ -34,7 +34,7 @@ def check_rule_order(v: View) -> None:
     A cut never skips an item: it stops at the first that does not fit. Only before an
     abnormal close.
     """
-    if not v.keyed:
+    if not v.ordered:
         return
     for batch in v.top:
         d = us(batch.start_ms)
@@ -80,7 +80,7 @@ def check_arrival_order(v: View) -> None:
     record cannot show: they are put in the order of their earliest item, which a
     correct sequence of cuts satisfies.
     """
-    if not v.keyed:
+    if not v.ordered:
         return
     groups: dict[Any, list[tuple[BatchRecord, tuple[int, int]]]] = {}
     for batch in v.top:

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from ._records import BatchRecord, CallerOutcome
     from ._view import View
 
-__all__ = ["check_outcomes", "retries_interrupted", "root"]
+__all__ = ["check_cancelled", "check_outcomes", "check_rejected", "retries_interrupted", "root"]
 
 
 class _Fate:
@@ -117,21 +117,10 @@ def check_outcomes(v: View) -> None:
     """
     for c in v.r.callers:
         a, name = c.arrival, label(c)
-        if c.done_ms is None:
-            fail(f"{name}: no outcome")
-        s, done = us(c.submitted_ms), us(c.done_ms)
-        deadline = None if a.cancel_after_ms is None else s + us(a.cancel_after_ms)
-        if c.kind == "cancelled":
-            if deadline is None:
-                fail(f"{name}: cancelled, yet nobody cancelled it")
-            held = _held_until(v, c, deadline) if v.driven else deadline
-            if not deadline <= done <= held:
-                fail(f"{name}: cancelled at {c.done_ms} ms")
+        if check_cancelled(v, c):
             continue
-        if deadline is not None and done > deadline:
-            fail(f"{name}: got {got(c)} after its own cancellation")
         if isinstance(c.exception, QueueFull):
-            _check_rejected(v, c)
+            check_rejected(v, c)
             continue
         fates = [_fate(v, item) for item in a.items]
         either = v.t_abn is not None and any(
@@ -140,7 +129,7 @@ def check_outcomes(v: View) -> None:
         if all(f is not None for f in fates) and not (either and _is_closed(c)):
             natural = [f for f in fates if f is not None]
             due = _free_at(v, c, max(us(f.batch.end_ms) for f in natural))
-            if not either and done != due:
+            if not either and c.done_ms is not None and us(c.done_ms) != due:
                 fail(
                     f"{name}: got {got(c)} at {c.done_ms} ms, not when its last call of fn "
                     f"ended ({due / 1000} ms)"
@@ -158,7 +147,27 @@ def _is_closed(c: CallerOutcome) -> bool:
     return c.kind == "error" and type(c.exception) is BatcherClosed
 
 
-def _check_rejected(v: View, c: CallerOutcome) -> None:
+def check_cancelled(v: View, c: CallerOutcome) -> bool:
+    """Whether the caller was cancelled (then at its deadline, or caller-driven once the
+    batch its task ran then returned); no other outcome after its deadline."""
+    a, name = c.arrival, label(c)
+    if c.done_ms is None:
+        fail(f"{name}: no outcome")
+    s, done = us(c.submitted_ms), us(c.done_ms)
+    deadline = None if a.cancel_after_ms is None else s + us(a.cancel_after_ms)
+    if c.kind == "cancelled":
+        if deadline is None:
+            fail(f"{name}: cancelled, yet nobody cancelled it")
+        held = _held_until(v, c, deadline) if v.driven else deadline
+        if not deadline <= done <= held:
+            fail(f"{name}: cancelled at {c.done_ms} ms")
+        return True
+    if deadline is not None and done > deadline:
+        fail(f"{name}: got {got(c)} after its own cancellation")
+    return False
+
+
+def check_rejected(v: View, c: CallerOutcome) -> None:
     name, s = label(c), us(c.submitted_ms)
     if c.arrival.wait:
         fail(f"{name}: QueueFull for a call that may wait")

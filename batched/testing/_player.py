@@ -8,7 +8,7 @@ import math
 import types
 import warnings
 import weakref
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -45,6 +45,9 @@ _SETTINGS = (
     "max_queue_size",
     "max_concurrent_batches",
     "isolate_errors",
+    "cache",
+    "cache_key",
+    "dedupe",
 )
 
 
@@ -57,8 +60,10 @@ class _Player:
         schedule: Schedule,
         outcomes: Sequence[BatchOutcome],
         item_fn: Callable[[Any], Any],
+        repeats: bool,
     ) -> None:
-        self.factory, self.schedule = factory, schedule
+        self.factory, self.schedule, self.repeats = factory, schedule, repeats
+        self.shared = False
         self.outcomes, self.item_fn = outcomes, item_fn
         self.callers = [CallerNotes(i, a) for i, a in enumerate(schedule.arrivals)]
         self.batches: list[BatchNotes] = []
@@ -116,6 +121,8 @@ class _Player:
         if kind == "item_failure":
             for pos in range(0, len(results), 2):
                 results[pos] = Failure(PlannedError(k, pos))
+        if self.shared:  # name the computation, so a shared or cached result shows it
+            results = [(result, k, pos) for pos, result in enumerate(results)]
         if kind in ("ok", "item_failure"):
             rec.results = tuple(results)
             return results
@@ -224,8 +231,13 @@ class _Player:
             )
             raise TypeError(msg)
         s = f._settings
-        if s.cache is not None or s.dedupe:
-            msg = "run_schedule needs a batcher without cache or dedupe (fn sees every item)"
+        self.shared = s.cache is not None or s.dedupe
+        if self.shared:
+            if any(o.kind != "ok" for o in self.outcomes) or self.schedule.close_at_ms is not None:
+                msg = "with a cache or dedupe, run_schedule plays only ok outcomes and no close"
+                raise ValueError(msg)
+        elif self.repeats:
+            msg = "items must be distinct across a schedule, unless a cache or dedupe shares them"
             raise ValueError(msg)
         if isinstance(f, BatchedFunction):
             if self.schedule.close_at_ms is not None:
@@ -333,19 +345,20 @@ def run_schedule(
         result = run_schedule(lambda fn: Batcher(fn, batch_size=4), schedule)
         check_invariants(result)
 
-    :raises ValueError: for items sent twice in the schedule, a batcher with a cache or
-        dedupe (``fn`` would not see every item), or a caller-driven function with a
-        schedule that closes a block or outcomes with ``base_exception``
+    With a cache or dedupe, equal items (by ``cache_key``) may be sent by many callers
+    and share one computation: a result is then ``(item_fn(item), call, position)``,
+    naming the call of ``fn`` that computed it, and only ``ok`` outcomes and no early
+    close may be played.
+
+    :raises ValueError: for items sent twice in the schedule (without a cache or
+        dedupe), a keyed batcher with outcomes other than ``ok`` or a close, or a
+        caller-driven function with a schedule that closes a block or outcomes with
+        ``base_exception``
     """
     if backend not in BACKEND_NAMES:
         msg = f"'backend' must be one of {BACKEND_NAMES}: {backend!r}"
         raise ValueError(msg)
-    owners: dict[Hashable, int] = {}
-    for index, arrival in enumerate(schedule.arrivals):
-        for item in arrival.items:
-            first = owners.setdefault(item_key(item), index)
-            if first != index or arrival.items.count(item) > 1:
-                msg = f"items must be distinct across a schedule: {item!r} is sent twice"
-                raise ValueError(msg)
-    player = _Player(batcher_factory, schedule, outcomes or (), item_fn or _identity)
+    sent = [item_key(item) for arrival in schedule.arrivals for item in arrival.items]
+    repeats = len(set(sent)) != len(sent)
+    player = _Player(batcher_factory, schedule, outcomes or (), item_fn or _identity, repeats)
     return player.play(backend)

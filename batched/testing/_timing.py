@@ -137,7 +137,7 @@ def check_wait_bound(v: View) -> None:
     if v.max_queue is not None:
         return
     keys = {v.key(c, j) for c in v.r.callers for j in range(len(c.arrival.items))}
-    plain = v.keyed and len(keys) == 1
+    plain = v.ordered and len(keys) == 1
     bound = v.timeout if plain else max(v.timeout, v.max_wait)
     for c in v.r.callers:
         if c.done_ms is None:

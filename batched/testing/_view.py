@@ -81,8 +81,10 @@ class View:
         self.isolate: bool = s["isolate_errors"]
         self.threshold: int = s["small_batch_threshold"]
         self.strategy: object = s["strategy"]
+        # With a cache or dedupe, equal items share a computation (see _keyed).
+        self.shared = s.get("cache") is not None or bool(s.get("dedupe"))
         # The built-in strategies' keys are known: equal keys leave in arrival order.
-        self.keyed = type(self.strategy) in (Fifo, ByLength, ByPriority)
+        self.ordered = type(self.strategy) in (Fifo, ByLength, ByPriority)
         self.owner: dict[Hashable, tuple[CallerOutcome, int]] = {}
         for c in r.callers:
             for j, item in enumerate(c.arrival.items):
