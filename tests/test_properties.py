@@ -9,11 +9,11 @@ many results, the wrong type, a ``Failure`` per item, a ``BaseException``).
 (asyncio: ``VirtualTimeLoop``; trio: ``MockClock(autojump_threshold=0)``) and records
 every caller's outcome and every call of ``fn``; ``check_invariants`` then judges the
 record. The oracle is batched.testing's own, the one users test their batching with
-(the checks named below live in batched/testing/_invariants.py, _timing.py, _order.py
-and _queue.py):
+(the checks named below live in batched/testing/_invariants.py, _outcomes.py,
+_timing.py, _order.py and _queue.py):
 
-1. one outcome per caller, no hang ........ ``_check_exit``, ``_check_outcomes``
-2. a result is fn of the caller's items ... ``_check_outcomes`` (at the instant fn ended)
+1. one outcome per caller, no hang ........ ``_check_exit``, ``check_outcomes``
+2. a result is fn of the caller's items ... ``check_outcomes`` (at the instant fn ended)
 3. no item twice, none of a departed caller ``_check_processing``
 4. batch size and length budget ........... ``_check_batches``, ``check_concurrency``
 5. bounded wait ........................... ``check_wait_bound`` (without a queue bound),
@@ -21,11 +21,11 @@ and _queue.py):
 6. no premature dispatch .................. ``check_no_premature``
 7. arrival order within one key ........... ``check_arrival_order``, ``check_rule_order``
 8. failing batches fail exactly their callers; a BaseException closes the batcher and
-   leaves ``async with`` .................. ``_check_outcomes``, ``_check_block``
+   leaves ``async with`` .................. ``check_outcomes``, ``_check_block``
 9. queue bound and rejections ............. ``check_queue_size`` (and, on a stepped
    run, ``check_admission``: see tests/test_reliability.py)
 10. stats add up .......................... ``_check_stats``
-11. later callers complete after a failure  ``_check_outcomes`` (exact outcomes)
+11. later callers complete after a failure  ``check_outcomes`` (exact outcomes)
 12. clean exit ............................ ``_check_exit``: no exception handler call,
     no task left, nothing left open
 

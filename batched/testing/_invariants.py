@@ -20,12 +20,12 @@ from ._player import HANG_GUARD_S
 from ._queue import check_admission, check_queue_size, replay
 from ._records import PlannedError, item_key
 from ._timing import check_concurrency, check_no_idle_slot, check_no_premature, check_wait_bound
-from ._view import View, fail, got, label, same, us
+from ._view import View, fail, got, label, us
 
 if TYPE_CHECKING:
     from ._records import BatchRecord, ScheduleResult
 
-__all__ = ["check_invariants", "same"]
+__all__ = ["check_invariants"]
 
 
 def check_invariants(result: ScheduleResult) -> None:
