@@ -200,15 +200,15 @@ def _check_stats(v: View) -> None:
         fail(f"stats.queue_size {stats.queue_size} after the run")
     # A batch counts once it is done: fn returned or raised an Exception, and under
     # isolate_errors its retries ran to the end. One that ended at the instant of an
-    # abnormal close may count or not.
+    # abnormal close, and not before it in the record's order, may count or not.
     done: list[BatchRecord] = []
     either: list[BatchRecord] = []
     for b in v.top:
         family = [x for x in v.r.batches if root(v, x) is b]
         if not all(x.finished for x in family) or retries_interrupted(v, b, strictly=True):
             continue
-        ended = max(us(x.end_ms) for x in family)
-        (either if v.t_abn is not None and ended >= v.t_abn else done).append(b)
+        last = max(family, key=lambda x: (us(x.end_ms), x.end_seq))
+        (either if v.after_close(last) else done).append(b)
     low = (len(done), sum(len(b.items) for b in done))
     high = (low[0] + len(either), low[1] + sum(len(b.items) for b in either))
     totals = (stats.total_batches, stats.total_processed)

@@ -64,8 +64,8 @@ def retries_interrupted(v: View, batch: BatchRecord, *, strictly: bool = False) 
         return False  # nothing to retry
     if any(b.cancelled for b in family):
         return True
-    last = max(us(b.end_ms) for b in family)
-    return last > v.t_abn if strictly else last >= v.t_abn
+    last = max(family, key=lambda b: (us(b.end_ms), b.end_seq))
+    return us(last.end_ms) > v.t_abn if strictly else v.after_close(last)
 
 
 def root(v: View, batch: BatchRecord) -> BatchRecord:
@@ -123,9 +123,7 @@ def check_outcomes(v: View) -> None:
             check_rejected(v, c)
             continue
         fates = [_fate(v, item) for item in a.items]
-        either = v.t_abn is not None and any(
-            f is not None and us(f.batch.end_ms) >= v.t_abn for f in fates
-        )
+        either = any(f is not None and v.after_close(f.batch) for f in fates)
         if all(f is not None for f in fates) and not (either and _is_closed(c)):
             natural = [f for f in fates if f is not None]
             due = _free_at(v, c, max(us(f.batch.end_ms) for f in natural))

@@ -115,6 +115,13 @@ class View:
                 self.t_raise = us(plan.close_at_ms)
         abnormal = [t for t in (self.t_boom, self.t_cancel, self.t_raise) if t is not None]
         self.t_abn = min(abnormal) if abnormal else None
+        # The abnormal close's place among the recorded events, where the record shows it:
+        # fn's BaseException is recorded as it is raised, the owner's error before it is.
+        seqs = [b.end_seq for b in self.booms if us(b.end_ms) == self.t_abn and b.end_seq >= 0]
+        if self.t_raise is not None and self.t_raise == self.t_abn and r.close_seq >= 0:
+            seqs.append(r.close_seq)
+        unknown = self.t_cancel is not None and self.t_cancel == self.t_abn
+        self.abn_seq = None if unknown or not seqs else min(seqs)
         closes = [t for t in (self.t_abn, self.t_norm) if t is not None]
         self.t_close = min(closes) if closes else None
         self.spans = [(us(b.start_ms), us(b.end_ms), b.task) for b in r.batches]
@@ -153,6 +160,16 @@ class View:
             if lo >= a and hi <= b and any(s <= lo and hi <= e for s, e in spans):
                 total += hi - lo
         return total
+
+    def after_close(self, batch: BatchRecord) -> bool:
+        """``batch`` may have ended after the abnormal close: later, or at its instant
+        unless the record orders it before."""
+        if self.t_abn is None:
+            return False
+        end = us(batch.end_ms)
+        if end != self.t_abn:
+            return end > self.t_abn
+        return self.abn_seq is None or not 0 <= batch.end_seq < self.abn_seq
 
     def length(self, item: Any) -> int | None:
         c, j = self.owner[item_key(item)]
