@@ -600,6 +600,7 @@ TAMPERS: list[tuple[str, Any, str]] = [
         "yet no batch left",
     ),
     ("arrival order", _swap_first_two, "out of arrival order"),
+    ("no drain", lambda r: attrs.evolve(r, closed_ms=2.0), "while the batcher drains"),
     ("queue size", lambda r: _evolve_caller(r, 2, queue_size_before=9), "exceeds the 0 items"),
     ("stats", lambda r: attrs.evolve(r, stats=attrs.evolve(r.stats, completed=0)), "stats"),
     ("admission", lambda r: _read_queue(r, 5), "stats.queue_size 5 at 1.0 ms, yet 1 items"),

@@ -76,10 +76,12 @@ def check_no_idle_slot(v: View) -> None:
     there) are fewer than ``batch_size``, under
     ``max_batch_length``, and none was sent ``timeout_ms`` ago or more. The instants are
     every recorded event and every arrival plus ``timeout_ms``, before an abnormal close.
+    Once the block ended normally every waiting item is due: the batcher drains.
     Caller-driven, the waiting callers cut the batches: only an instant where one of
     them runs no batch counts (a documented limit).
     """
     instants = {t for start, end, _ in v.spans for t in (start, end)}
+    instants |= set() if v.t_norm is None else {v.t_norm}
     for c in v.r.callers:
         if c.done_ms is not None:
             s = us(c.submitted_ms)
@@ -110,6 +112,8 @@ def check_no_idle_slot(v: View) -> None:
         oldest = min(arrived for _, _, arrived in waiting)
         items = [item for _, item, _ in waiting]
         where = f"at {t / 1000} ms a slot is free and items {items!r} wait, yet no batch left"
+        if v.t_norm is not None and t >= v.t_norm:
+            fail(f"{where} while the batcher drains (its block ended at {v.t_norm / 1000} ms)")
         if len(waiting) >= v.batch_size:
             fail(f"{where} (batch_size={v.batch_size})")
         if length >= v.max_len:
