@@ -1,19 +1,19 @@
-"""Shared test configuration: both backends on virtual time, hypothesis profiles."""
+"""Shared test configuration: batched.testing's virtual-time backends, hypothesis profiles."""
 
 from __future__ import annotations
 
-import gc
+import importlib
 import os
-from typing import TYPE_CHECKING, Any
 
 import pytest
-import trio.testing  # at top on purpose: a missing trio must fail loudly, not drop tests
+import trio.testing  # noqa: F401 - at top on purpose: a missing trio must fail loudly
 from hypothesis import HealthCheck, settings
 
-from batched.testing import VirtualTimeLoop
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
+# The kit's fixture, imported so that it is this suite's own (a conftest's fixture takes
+# precedence over every plugin's): asyncio on a VirtualTimeLoop whose exception handler
+# must stay empty, and trio on MockClock(autojump_threshold=0), a fresh loop and clock
+# per test. Its params are explicit, so a missing trio fails loudly too.
+from batched.testing import anyio_backend  # noqa: F401
 
 _ci = settings(
     deadline=None,
@@ -26,53 +26,33 @@ settings.register_profile("dev", parent=_ci, max_examples=50)
 settings.register_profile("long", parent=_ci, max_examples=2000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+# Every async test runs on these, in this order. On "asyncio+uvloop" the kit's fixture
+# runs asyncio on uvloop, in real time (uvloop's clock cannot be virtualised), and skips
+# the tests marked `virtual_time`.
+BACKENDS = ["asyncio", "trio"]
+if os.environ.get("BATCHED_UVLOOP") == "1":
+    BACKENDS.append("asyncio+uvloop")
+
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "virtual_time: the test relies on virtual time (long sleeps, exact clock readings);"
-        " skipped on the real-time asyncio+uvloop backend",
+    # batched's pytest plugin registers the `virtual_time` marker. An editable install
+    # made before the plugin's entry point existed lacks it: load it by its module then.
+    manager = config.pluginmanager
+    if not manager.has_plugin("batched") and not manager.is_blocked("batched"):
+        manager.register(importlib.import_module("batched.testing._plugin"), "batched")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # As a marker, so that pytest's own hooks take these params instead of the fixture's.
+    if "anyio_backend" not in metafunc.fixturenames or len(BACKENDS) == 2:
+        return
+    for marker in metafunc.definition.iter_markers("parametrize"):
+        names = marker.args[0]
+        if "anyio_backend" in (
+            [n.strip() for n in names.split(",")] if isinstance(names, str) else names
+        ):
+            return  # the test picks its backends itself
+    metafunc.definition.add_marker(
+        pytest.mark.parametrize("anyio_backend", BACKENDS, indirect=True)
     )
-
-
-_BACKENDS = ["asyncio", "trio"]
-if os.environ.get("BATCHED_UVLOOP") == "1":
-    _BACKENDS.append("asyncio+uvloop")  # real time: uvloop's clock cannot be virtualised
-
-
-@pytest.fixture(params=_BACKENDS)
-def anyio_backend(request: pytest.FixtureRequest) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Function-scoped so every test gets a fresh loop and a fresh MockClock.
-
-    On asyncio it also fails the test (at teardown) if anything reached a
-    ``VirtualTimeLoop``'s exception handler, e.g. "Task was destroyed but it is pending".
-    Teardown runs after anyio's runner closed the loop, so reports made while shutting
-    down (cancelling leftover tasks, finalising async generators) are covered too.
-    """
-    name: str = request.param
-    if name == "trio":
-        yield "trio", {"clock": trio.testing.MockClock(autojump_threshold=0)}
-        return
-    if name == "asyncio+uvloop":
-        if request.node.get_closest_marker("virtual_time"):
-            pytest.skip("relies on virtual time; uvloop runs on real time")
-        import uvloop
-
-        yield "asyncio", {"loop_factory": uvloop.new_event_loop}
-        return
-
-    loops: list[VirtualTimeLoop] = []
-
-    def loop_factory() -> VirtualTimeLoop:
-        loop = VirtualTimeLoop()
-        loops.append(loop)
-        return loop
-
-    yield "asyncio", {"loop_factory": loop_factory}
-    for loop in loops:
-        # anyio's runner handler is still installed and would swallow late reports that
-        # carry an exception; drop it, then collect so abandoned pending tasks report.
-        loop.set_exception_handler(None)
-    gc.collect()
-    errors = [context for loop in loops for context in loop.recorded_errors]
-    assert not errors, f"event loop exception handler was called: {errors!r}"

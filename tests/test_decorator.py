@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import gc
 import inspect
-import itertools
 import math
 import threading
 import warnings
 import weakref
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -28,7 +26,6 @@ from _helpers import (
     Rec,
     assert_nothing_left,
     assert_stats_add_up,
-    current_run,
     launch,
     recorded,
     run_releases_its_loop,
@@ -42,7 +39,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import batched
-from batched.testing import VirtualTimeLoop, fresh_backend_options, real_time
+from batched.testing import (
+    OUTCOME_KINDS,
+    BatchOutcome,
+    Schedule,
+    arrival_schedules,
+    batcher_settings,
+    check_invariants,
+    fn_outcomes,
+    real_time,
+    run_schedule,
+)
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
@@ -1350,267 +1357,41 @@ async def test_stats_are_exact(owned: bool) -> None:
 
 
 # -- 4b. the property: caller-driven batching under cancellation -----------------------
+#
+# batched.testing plays a function made by batched.dynamically outside any `async with`
+# (its caller-driven mode) and judges it with the same oracle as the Batcher: outcomes,
+# timing, order, queue, stats, no task left, the run's loop released. It knows the two
+# documented limits of the mode: a caller whose task runs a batch sees its own
+# cancellation, and its own result, only when that batch (with its retries) returns
+# (test_runner_cancelled_*); and while every caller with waiting items runs a batch, a
+# free slot stays idle (test_many_call_uses_free_slots; `async with f:` has no such
+# limit), so that time counts as busy in the wait bound.
 
-
-# A caller that runs a batch sees its cancellation when fn returns (test_runner_cancelled_*):
-# the check is exact. Kept as a switch to show what it would tolerate.
-RUNNER_MAY_IGNORE_CANCEL = False
-# A documented limit of caller-driven mode: a caller runs one batch at a time, so while
-# every caller with waiting items runs a batch, a free slot stays idle
-# (test_many_call_uses_free_slots; `async with f:` has no such limit).
-CALLER_DRIVEN_STALLS = True
-
-
-@dataclass(frozen=True)
-class CallPlan:
-    arrival_ms: int
-    n: int  # items in the call: 1 -> f(item), more -> f([items])
-    cancel_after_ms: int | None
-
-
-@dataclass(frozen=True)
-class DrivenScript:
-    batch_size: int
-    timeout_ms: int
-    slots: int
-    calls: tuple[CallPlan, ...]
-    durations_ms: tuple[int, ...]  # per fn call, cycled
-
-
-@st.composite
-def driven_scripts(draw: st.DrawFn) -> DrivenScript:
-    calls = draw(
-        st.lists(
-            st.builds(
-                CallPlan,
-                arrival_ms=st.integers(0, 20),
-                n=st.sampled_from((1, 1, 1, 2, 3)),
-                cancel_after_ms=st.none() | st.integers(0, 15),
-            ),
-            min_size=1,
-            max_size=12,
-        )
-    )
-    return DrivenScript(
-        batch_size=draw(st.integers(1, 6)),
-        timeout_ms=draw(st.integers(0, 10)),
-        slots=draw(st.integers(1, 3)),
-        calls=tuple(calls),
-        durations_ms=tuple(draw(st.lists(st.integers(0, 10), min_size=1, max_size=6))),
-    )
-
-
-@dataclass
-class CallRec:
-    plan: CallPlan
-    items: list[int]
-    task_id: int = -1
-    submit: float = -1.0
-    cancel_at: float | None = None
-    outcomes: list[tuple[str, Any, float]] = field(default_factory=list)
-
-
-@dataclass
-class BatchRecord:
-    items: list[int]
-    task_id: int
-    start: float
-    end: float = -1.0
-
-
-class DrivenRun:
-    """One script on a fresh event loop; plain synchronous checks afterwards."""
-
-    HANG_GUARD_S = 3600.0
-
-    def __init__(self, script: DrivenScript) -> None:
-        self.script = script
-        self.calls = [
-            CallRec(plan, [10 * index + k for k in range(plan.n)])
-            for index, plan in enumerate(script.calls)
-        ]
-        self.batches: list[BatchRecord] = []
-        self.inside = 0
-        self.peak = 0
-        self.loop: VirtualTimeLoop | None = None
-        self.t0 = 0.0
-        self.stats: batched.BatchStats | None = None
-        self.f: batched.BatchedFunction[int, Any] | None = None
-        self.run_ref: weakref.ref[Any] | None = None
-        self.loop_errors: list[dict[str, Any]] = []
-        self.run_released = False
-        self.tasks_left = -1
-
-    async def fn(self, items: list[int]) -> list[tuple[str, int]]:
-        record = BatchRecord(list(items), anyio.get_current_task().id, anyio.current_time())
-        self.batches.append(record)
-        durations = self.script.durations_ms
-        self.inside += 1
-        self.peak = max(self.peak, self.inside)
-        try:
-            await anyio.sleep(durations[(len(self.batches) - 1) % len(durations)] / 1000)
-        finally:
-            self.inside -= 1
-        record.end = anyio.current_time()
-        return tag(items)
-
-    async def caller(self, f: batched.BatchedFunction[int, Any], rec: CallRec) -> None:
-        rec.task_id = anyio.get_current_task().id
-        await anyio.sleep_until(self.t0 + rec.plan.arrival_ms / 1000)
-        rec.submit = now = anyio.current_time()
-        with anyio.CancelScope() as scope:
-            if rec.plan.cancel_after_ms is not None:
-                rec.cancel_at = scope.deadline = now + rec.plan.cancel_after_ms / 1000
-            try:
-                got = await (f(rec.items[0]) if rec.plan.n == 1 else f(rec.items))
-            except Exception as exc:
-                rec.outcomes.append(("error", exc, anyio.current_time()))
-            else:
-                rec.outcomes.append(("result", got, anyio.current_time()))
-        if scope.cancelled_caught:
-            rec.outcomes.append(("cancelled", None, anyio.current_time()))
-
-    async def main(self) -> None:
-        s = self.script
-        f = batched.dynamically(
-            batch_size=s.batch_size, timeout_ms=s.timeout_ms, max_concurrent_batches=s.slots
-        )(self.fn)
-        baseline = running_tasks()
-        self.t0 = anyio.current_time()
-        with anyio.fail_after(self.HANG_GUARD_S):
-            async with anyio.create_task_group() as tg:
-                for rec in self.calls:
-                    tg.start_soon(self.caller, f, rec)
-        self.tasks_left = running_tasks() - baseline
-        # Kept past the run: what f keeps of it must not hold on to its event loop.
-        self.f = f
-        self.run_ref = weakref.ref(current_run())
-        self.stats = f.stats
-
-    def run(self, backend: str) -> None:
-        options = fresh_backend_options(backend)
-        if backend == "asyncio":
-
-            def loop_factory() -> VirtualTimeLoop:
-                self.loop = VirtualTimeLoop()
-                return self.loop
-
-            options = {"loop_factory": loop_factory}
-        # Everything older than this example is frozen, so the collection below (which
-        # makes abandoned tasks report) only walks what the example made.
-        gc.freeze()
-        try:
-            anyio.run(self.main, backend=backend, backend_options=options)
-            if self.loop is not None:
-                # As tests/conftest.py does: drop anyio's handler so that abandoned tasks
-                # reach the recording one.
-                self.loop.set_exception_handler(None)
-                gc.collect()
-                self.loop_errors = self.loop.recorded_errors
-                self.loop = None  # only the weak reference in run_ref is left
-            gc.collect()
-            assert self.run_ref is not None
-            self.run_released = self.run_ref() is None
-        finally:
-            gc.unfreeze()
-        assert self.loop_errors == []
-
-    def check(self) -> None:
-        s = self.script
-        eps = 1e-9
-        timeout = s.timeout_ms / 1000
-        # Clean exit: no task left behind, nothing of the run kept (checked below, once
-        # every caller is known to have got its outcome), the stats add up (at the end).
-        assert self.tasks_left == 0
-        # No batch empty or over batch_size; no more than `slots` at once.
-        assert all(1 <= len(b.items) <= s.batch_size for b in self.batches)
-        assert self.peak <= s.slots
-        # No item twice.
-        processed = [item for b in self.batches for item in b.items]
-        assert len(processed) == len(set(processed))
-        where = {item: b for b in self.batches for item in b.items}
-        owner = {item: rec for rec in self.calls for item in rec.items}
-        for rec in self.calls:
-            # Exactly one outcome; a result is fn of the caller's own items.
-            assert len(rec.outcomes) == 1, rec
-            kind, value, at = rec.outcomes[0]
-            assert kind in {"result", "cancelled"}, rec
-            if kind == "result":
-                assert value == (tag(rec.items) if rec.plan.n > 1 else ("r", rec.items[0]))
-                assert all(item in where for item in rec.items)
-            else:
-                assert rec.cancel_at is not None
-                assert at >= rec.cancel_at - eps
-            if rec.cancel_at is not None:
-                # Held past its cancellation only while running a batch in its task: the
-                # one running then (with RUNNER_MAY_IGNORE_CANCEL, also the ones after it).
-                limit = held_until = rec.cancel_at
-                for b in sorted(self.batches, key=lambda b: b.start):
-                    if b.task_id == rec.task_id and b.start <= limit + eps:
-                        held_until = max(held_until, b.end)
-                        if RUNNER_MAY_IGNORE_CANCEL:
-                            limit = held_until
-                assert at <= held_until + eps, (rec, held_until)
-        for item, b in where.items():
-            rec = owner[item]
-            kind, _, at = rec.outcomes[0]
-            # An item of a caller that left before its batch formed is never processed.
-            if kind == "cancelled":
-                assert b.start <= at + eps, (item, b, rec)
-        for b in self.batches:
-            arrivals = [owner[item].submit for item in b.items]
-            # No premature cut: a partial batch leaves only when its oldest waited timeout.
-            if len(b.items) < s.batch_size:
-                assert b.start >= min(arrivals) + timeout - eps, (b, arrivals)
-            # Bounded wait: timeout plus the time every slot was busy since arrival.
-            for item in b.items:
-                rec = owner[item]
-                allowed = timeout + self._stalled(rec.submit, b.start, rec.task_id)
-                assert b.start - rec.submit <= allowed + eps, (b, rec)
-        assert self.run_released, "the batched function kept its finished run's loop"
-        # Stats add up, item by item.
-        stats = self.stats
-        assert stats is not None
-        n_items = sum(rec.plan.n for rec in self.calls)
-        by_kind = {"result": 0, "cancelled": 0}
-        for rec in self.calls:
-            by_kind[rec.outcomes[0][0]] += rec.plan.n
-        assert stats.submitted == settled(stats) == n_items
-        assert (stats.completed, stats.cancelled) == (by_kind["result"], by_kind["cancelled"])
-        assert (stats.failed, stats.rejected, stats.queue_size) == (0, 0, 0)
-        assert stats.total_batches == len(self.batches)
-        assert stats.total_processed == len(processed)
-
-    def _stalled(self, since: float, until: float, task_id: int) -> float:
-        """How long, within [since, until], every slot was running a batch.
-
-        With ``CALLER_DRIVEN_STALLS``, also the time the item's own caller was running a
-        batch: then nobody may be left to cut the next one (see the xfail test above).
-        """
-        points = sorted({since, until} | {t for b in self.batches for t in (b.start, b.end)})
-        total = 0.0
-        for lo, hi in itertools.pairwise(points):
-            if lo < since or hi > until or hi <= lo:
-                continue
-            mid = (lo + hi) / 2
-            running = [b for b in self.batches if b.start <= mid < b.end]
-            if len(running) >= self.script.slots or (
-                CALLER_DRIVEN_STALLS and any(b.task_id == task_id for b in running)
-            ):
-                total += hi - lo
-        return total
+# Half the runs fail no batch, so the check that the run's event loop was released
+# applies (a recorded exception's traceback keeps the loop alive).
+DRIVEN_OUTCOMES = st.sampled_from([("ok",), OUTCOME_KINDS]).flatmap(
+    lambda kinds: fn_outcomes(kinds=kinds)
+)
 
 
 # pytest-timeout's 120 s guard is for real-time hangs; a failing example can take longer
-# than that to shrink, and the virtual fail_after already catches hangs.
+# than that to shrink, and the virtual hang guard already catches hangs.
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("backend", BACKENDS)
-@given(script=driven_scripts())
-def test_caller_driven_property(backend: str, script: DrivenScript) -> None:
-    """Random arrivals, cancellations and fn durations: every invariant holds."""
-    run = DrivenRun(script)
-    run.run(backend)
-    run.check()
+@given(
+    options=batcher_settings(),
+    schedule=arrival_schedules(max_callers=12, max_arrival_ms=20),
+    outcomes=DRIVEN_OUTCOMES,
+)
+def test_caller_driven_property(
+    backend: str, options: dict[str, Any], schedule: Schedule, outcomes: tuple[BatchOutcome, ...]
+) -> None:
+    """Random settings, arrivals, cancellations and batch outcomes: every invariant holds."""
+    result = run_schedule(
+        lambda fn: batched.dynamically(**options)(fn), schedule, backend=backend, outcomes=outcomes
+    )
+    assert result.driven
+    check_invariants(result)
 
 
 # -- copies and pickles of instances ---------------------------------------------------

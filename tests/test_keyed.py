@@ -14,14 +14,12 @@ writing this file; each reason names the suspected cause.
 from __future__ import annotations
 
 import functools
-import gc
 import logging
 import math
 import threading
 import time
-import weakref
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +35,6 @@ from _helpers import (
     Rec,
     assert_nothing_left,
     close_bounded,
-    current_run,
     launch,
     recorded,
     run_releases_its_loop,
@@ -53,7 +50,15 @@ from hypothesis import strategies as st
 
 import batched
 from batched.cache import MISS, CacheStats, DiskCache, MemoryCache
-from batched.testing import VirtualTimeLoop, fresh_backend_options, real_time
+from batched.testing import (
+    Arrival,
+    BatchOutcome,
+    Schedule,
+    ScheduleResult,
+    check_invariants,
+    real_time,
+    run_schedule,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -1183,182 +1188,28 @@ def keyed_scripts(draw: st.DrawFn) -> KeyedScript:
     )
 
 
-@dataclass
-class Sighting:
-    """One batch fn ran: its items, when it started and returned."""
+def keyed_run(script: KeyedScript, mode: str, backend: str) -> ScheduleResult:
+    """Play the script through batched.testing: an open ``Batcher`` (owned) or a
+    decorated function called outside ``async with`` (driven), a fresh cache per run."""
+    schedule = Schedule(
+        [Arrival(p.arrival_ms, (p.key,), cancel_after_ms=p.cancel_after_ms) for p in script.calls]
+    )
+    durations = script.durations_ms
+    outcomes = [BatchOutcome(durations[i % len(durations)]) for i in range(len(script.calls))]
 
-    items: list[int]
-    start: float
-    end: float = float("inf")
-
-
-@dataclass
-class KeyedCallRec:
-    plan: KeyedPlan
-    arrival: float = -1.0
-    cancel_at: float | None = None
-    outcomes: list[tuple[str, Any, float]] = field(default_factory=list)
-
-
-class KeyedRun:
-    """One script on a fresh event loop; plain synchronous checks afterwards."""
-
-    def __init__(self, script: KeyedScript, mode: str) -> None:
-        self.script = script
-        self.mode = mode
-        self.calls = [KeyedCallRec(plan) for plan in script.calls]
-        self.batches: list[Sighting] = []
-        self.t0 = 0.0
-        self.tasks_left = -1
-        self.stats: batched.BatchStats | None = None
-        self.loop: VirtualTimeLoop | None = None
-        self.f: Any = None
-        self.run_ref: weakref.ref[Any] | None = None
-        self.loop_errors: list[dict[str, Any]] = []
-        self.run_released = False
-
-    async def fn(self, items: list[int]) -> list[tuple[str, int, tuple[int, int]]]:
-        index = len(self.batches)
-        sighting = Sighting(list(items), anyio.current_time())
-        self.batches.append(sighting)
-        durations = self.script.durations_ms
-        await anyio.sleep(durations[index % len(durations)] / 1000)
-        sighting.end = anyio.current_time()
-        # Tag each result with where it was computed, so a cached or shared result shows.
-        return [("r", item, (index, pos)) for pos, item in enumerate(items)]
-
-    async def caller(self, f: Any, rec: KeyedCallRec) -> None:
-        await anyio.sleep_until(self.t0 + rec.plan.arrival_ms / 1000)
-        rec.arrival = now = anyio.current_time()
-        with anyio.CancelScope() as scope:
-            if rec.plan.cancel_after_ms is not None:
-                rec.cancel_at = scope.deadline = now + rec.plan.cancel_after_ms / 1000
-            try:
-                got = await f(rec.plan.key)
-            except Exception as exc:
-                rec.outcomes.append(("error", exc, anyio.current_time()))
-            else:
-                rec.outcomes.append(("result", got, anyio.current_time()))
-        if scope.cancelled_caught:
-            rec.outcomes.append(("cancelled", None, anyio.current_time()))
-
-    async def main(self) -> None:
-        s = self.script
+    def front(fn: Any) -> Any:
         settings: dict[str, Any] = {
-            "batch_size": s.batch_size,
-            "timeout_ms": s.timeout_ms,
-            "max_concurrent_batches": s.slots,
-            "dedupe": s.dedupe,
-            "cache": MemoryCache(64) if s.cache else None,
+            "batch_size": script.batch_size,
+            "timeout_ms": script.timeout_ms,
+            "max_concurrent_batches": script.slots,
+            "dedupe": script.dedupe,
+            "cache": MemoryCache(64) if script.cache else None,
         }
-        baseline = running_tasks()
-        self.t0 = anyio.current_time()
-        with anyio.fail_after(3600):
-            if self.mode == "owned":
-                async with (
-                    batched.Batcher(self.fn, **settings) as f,
-                    anyio.create_task_group() as tg,
-                ):
-                    for rec in self.calls:
-                        tg.start_soon(self.caller, f, rec)
-            else:
-                f = batched.dynamically(**settings)(self.fn)
-                async with anyio.create_task_group() as tg:
-                    for rec in self.calls:
-                        tg.start_soon(self.caller, f, rec)
-        self.tasks_left = running_tasks() - baseline
-        self.stats = f.stats
-        # Kept past the run: what f keeps of it must not hold on to its event loop.
-        self.f = f
-        self.run_ref = weakref.ref(current_run())
+        if mode == "owned":
+            return batched.Batcher(fn, **settings)
+        return batched.dynamically(**settings)(fn)
 
-    def run(self, backend: str) -> None:
-        options = fresh_backend_options(backend)
-        if backend == "asyncio":
-
-            def loop_factory() -> VirtualTimeLoop:
-                self.loop = VirtualTimeLoop()
-                return self.loop
-
-            options = {"loop_factory": loop_factory}
-        gc.freeze()  # the collection below then walks only what this example made
-        try:
-            anyio.run(self.main, backend=backend, backend_options=options)
-            if self.loop is not None:
-                self.loop.set_exception_handler(None)
-                gc.collect()
-                self.loop_errors = self.loop.recorded_errors
-                self.loop = None  # only the weak reference in run_ref is left
-            gc.collect()
-            assert self.run_ref is not None
-            self.run_released = self.run_ref() is None
-        finally:
-            gc.unfreeze()
-        assert self.loop_errors == []
-
-    def check(self) -> None:
-        s = self.script
-        eps = 1e-9
-        assert self.tasks_left == 0
-        served: list[tuple[KeyedCallRec, Sighting, float]] = []  # caller, batch, got at
-        for rec in self.calls:
-            assert len(rec.outcomes) == 1, rec
-            kind, value, at = rec.outcomes[0]
-            assert kind in {"result", "cancelled"}, rec
-            if kind == "cancelled":
-                assert rec.cancel_at is not None
-                continue
-            # Exactly fn of its own item, computed in a batch that held it.
-            label, item, (index, pos) = value
-            assert (label, item) == ("r", rec.plan.key), rec
-            batch = self.batches[index]
-            assert batch.items[pos] == rec.plan.key, (rec, batch)
-            assert at >= batch.end - eps
-            if batch.end <= rec.arrival - eps:
-                assert s.cache, (rec, batch)  # a value from before it came: a cache hit
-            served.append((rec, batch, at))
-        for batch in self.batches:
-            assert 1 <= len(batch.items) <= s.batch_size
-            if s.dedupe:
-                assert len(set(batch.items)) == len(batch.items), batch
-            # fn never sees a key all of whose callers left before its batch started.
-            for key in batch.items:
-                assert any(
-                    rec.plan.key == key
-                    and rec.arrival <= batch.start + eps
-                    and rec.outcomes[0][2] >= batch.start - eps
-                    for rec in self.calls
-                ), (key, batch)
-        if s.dedupe:
-            # A caller that arrives while an equal caller's item waits or runs joins it:
-            # same batch, unless it was served from the cache.
-            for rec1, batch1, _ in served:
-                for rec2, batch2, _ in served:
-                    if (
-                        rec1.plan.key == rec2.plan.key
-                        and rec1.arrival + eps < rec2.arrival < batch1.end - eps
-                        and batch2 is not batch1
-                    ):
-                        assert s.cache, (rec1, rec2)
-                        assert batch2.end <= rec2.arrival + eps, (rec1, rec2)
-        if s.cache:
-            # Once a key's result is written (its batch ended), later callers never make
-            # fn compute it again: they are served from the cache.
-            for rec, batch, _ in served:
-                earlier = [
-                    b for b in self.batches if rec.plan.key in b.items and b.end < rec.arrival - eps
-                ]
-                if earlier:
-                    assert batch.end <= rec.arrival + eps, (rec, batch, earlier)
-        stats = self.stats
-        assert stats is not None
-        n_done = len(served)
-        assert stats.submitted == settled(stats) == len(self.calls)
-        assert (stats.completed, stats.cancelled) == (n_done, len(self.calls) - n_done)
-        assert (stats.failed, stats.rejected, stats.queue_size) == (0, 0, 0)
-        assert stats.total_batches == len(self.batches)
-        assert stats.total_processed == sum(len(b.items) for b in self.batches)
-        assert self.run_released, "the batcher kept its finished run's event loop"
+    return run_schedule(front, schedule, backend=backend, outcomes=outcomes)
 
 
 @pytest.mark.timeout(600)
@@ -1367,7 +1218,8 @@ class KeyedRun:
 @settings(max_examples=max(10, settings().max_examples // 2))
 @given(script=keyed_scripts())
 def test_keyed_property(backend: str, mode: str, script: KeyedScript) -> None:
-    """Random keys, arrivals and cancellations under a cache and/or dedupe."""
-    run = KeyedRun(script, mode)
-    run.run(backend)
-    run.check()
+    """Random keys, arrivals and cancellations under a cache and/or dedupe: judged by
+    batched.testing, which follows every result to the call of fn that computed it."""
+    result = keyed_run(script, mode, backend)
+    assert result.driven == (mode == "driven")
+    check_invariants(result)

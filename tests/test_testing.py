@@ -1,13 +1,14 @@
 """batched.testing: the harness users test their batching with, tested on both backends.
 
-The async tests here run on ``batched.testing.anyio_backend`` (imported below, so it
-overrides the one in conftest.py for this module): that tests the fixture too.
+The async tests here run on ``batched.testing.anyio_backend``, imported below as a user
+would (conftest.py imports the same fixture); the pytest plugin runs in projects of its own.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
@@ -15,6 +16,7 @@ import attrs
 import numpy as np
 import pytest
 import sniffio
+from _helpers import check_exit_ok, run_python
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,6 +26,7 @@ from batched.testing import (
     OUTCOME_KINDS,
     Arrival,
     BatchOutcome,
+    BatchRecord,
     PlannedError,
     Schedule,
     ScheduleResult,
@@ -38,7 +41,11 @@ from batched.testing import (
     virtual_time_backends,
 )
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
 BACKENDS = ["asyncio", "trio"]
+CLOSE_KINDS = ("exit", "cancel", "raise")  # Schedule.close_by
 
 
 async def echo(items: list[Any]) -> list[Any]:
@@ -63,6 +70,7 @@ def test_virtual_time_backends_are_instant_and_fresh() -> None:
     assert time.monotonic() - real0 < 5
 
 
+@pytest.mark.virtual_time
 @pytest.mark.anyio
 async def test_fixture_runs_each_backend_on_virtual_time(
     anyio_backend: tuple[str, dict[str, Any]],  # noqa: F811 - the fixture under test
@@ -74,6 +82,7 @@ async def test_fixture_runs_each_backend_on_virtual_time(
     assert time.monotonic() - real0 < 5
 
 
+@pytest.mark.virtual_time
 @pytest.mark.anyio
 async def test_settle_waits_for_other_tasks_without_moving_time() -> None:
     reached: list[int] = []
@@ -91,6 +100,72 @@ async def test_settle_waits_for_other_tasks_without_moving_time() -> None:
         assert reached == [1]
         assert anyio.current_time() == start
         tg.cancel_scope.cancel()
+
+
+# -- the pytest plugin -----------------------------------------------------------------
+
+USER_TESTS = """
+import time
+
+import anyio
+import pytest
+import sniffio
+
+
+@pytest.mark.anyio
+async def test_an_hour(anyio_backend):
+    real0, start = time.monotonic(), anyio.current_time()
+    await anyio.sleep(3600 if VIRTUAL else 0.05)
+    assert anyio.current_time() - start >= (3600 if VIRTUAL else 0.05)
+    assert (time.monotonic() - real0 < 5) if VIRTUAL else (time.monotonic() - real0 >= 0.05)
+    print("ran on", sniffio.current_async_library())
+
+
+@pytest.mark.virtual_time
+def test_the_marker_is_registered():
+    pass
+"""
+
+
+def run_user_project(
+    tmp_path: Path, *, ini: str = "", conftest: str | None = None, virtual: bool = True
+) -> str:
+    """pytest, in a project of its own with the tests above, a pytest.ini of ``ini`` and
+    no conftest.py unless given; its output, once it passed."""
+    (tmp_path / "test_user.py").write_text(f"VIRTUAL = {virtual}\n{USER_TESTS}")
+    (tmp_path / "pytest.ini").write_text(f"[pytest]\n{ini}\n")
+    if conftest is not None:
+        (tmp_path / "conftest.py").write_text(conftest)
+    # The entry point, unless this environment's install of batched predates it.
+    installed = any(ep.name == "batched" for ep in entry_points(group="pytest11"))
+    plugin = [] if installed else ["-p", "batched.testing._plugin"]
+    proc = run_python(
+        "-m", "pytest", *plugin, "-c", str(tmp_path / "pytest.ini"), "--rootdir", str(tmp_path),
+        "-p", "no:cacheprovider", "--strict-markers", "-s", "-v", str(tmp_path),
+    )  # fmt: skip
+    return check_exit_ok(proc)
+
+
+def test_plugin_gives_a_project_without_conftest_the_fixture(tmp_path: Path) -> None:
+    out = run_user_project(tmp_path, ini="batched_virtual_time = true")
+    assert "batched: anyio_backend on virtual time (asyncio, trio)" in out
+    assert "ran on asyncio" in out
+    assert "ran on trio" in out
+    assert "3 passed" in out
+
+
+def test_plugin_never_replaces_a_projects_own_fixture(tmp_path: Path) -> None:
+    own = "import pytest\n\n@pytest.fixture\ndef anyio_backend():\n    return 'asyncio'\n"
+    out = run_user_project(tmp_path, ini="batched_virtual_time = true", conftest=own, virtual=False)
+    assert "ran on asyncio" in out
+    assert "ran on trio" not in out
+    assert "2 passed" in out
+
+
+def test_plugin_leaves_anyios_default_alone_unless_asked(tmp_path: Path) -> None:
+    out = run_user_project(tmp_path, virtual=False)  # anyio's own fixture: real time
+    assert "batched:" not in out
+    assert "ran on asyncio" in out
 
 
 # -- strategies ------------------------------------------------------------------------
@@ -151,7 +226,24 @@ def test_plans_are_validated() -> None:
         Arrival(0, (1, 2))
     with pytest.raises(ValueError, match="kind"):
         BatchOutcome(kind="explode")
+    with pytest.raises(ValueError, match="close_by"):
+        Schedule([], close_at_ms=1, close_by="explode")
     assert set(OUTCOME_KINDS) == {"ok", "raise", "short", "long", "wrong_type", "item_failure"}
+    assert BatchOutcome(kind="base_exception").kind == "base_exception"  # asked for only
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    schedule=arrival_schedules(max_arrival_ms=20, closes=True),
+    outcomes=fn_outcomes(kinds=["ok", "base_exception"], max_batches=20),
+)
+def test_closes_and_base_exceptions_are_drawn_when_asked(
+    schedule: Schedule, outcomes: tuple[BatchOutcome, ...]
+) -> None:
+    if schedule.close_at_ms is not None:
+        assert schedule.close_by in CLOSE_KINDS
+        assert 0 <= schedule.close_at_ms <= 30
+    assert {o.kind for o in outcomes} <= {"ok", "base_exception"}
 
 
 # -- run_schedule ----------------------------------------------------------------------
@@ -247,6 +339,108 @@ def test_a_correct_batcher_keeps_the_invariants(
     check_invariants(result)
 
 
+# Items 0-3 at 0 ms, batch_size 2: batch A (0, 1) runs from 0 to 4 ms; B (2, 3) waits.
+FOUR = Schedule([Arrival(0, (i,)) for i in range(4)])
+
+
+def pair(fn: Any) -> batched.Batcher[Any, Any]:
+    return batched.Batcher(fn, batch_size=2, timeout_ms=5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("close_by", CLOSE_KINDS)
+def test_an_early_close_is_recorded(backend: str, close_by: str) -> None:
+    schedule = attrs.evolve(FOUR, close_at_ms=2, close_by=close_by)
+    result = run_schedule(pair, schedule, backend=backend, outcomes=[BatchOutcome(4)] * 2)
+    check_invariants(result)
+    kinds = sorted((c.kind, type(c.exception).__name__) for c in result.callers)
+    if close_by == "exit":  # drained: B runs at once, without its timeout
+        assert result.closed_ms == 2
+        assert [b.start_ms for b in result.batches] == [0, 4]
+        assert kinds == [("result", "NoneType")] * 4
+    else:  # every caller closed at 2 ms, batch A cancelled
+        assert result.closed_ms is None
+        assert [(b.start_ms, b.cancelled) for b in result.batches] == [(0, True)]
+        assert kinds == [("error", "BatcherClosed")] * 4
+        assert result.owner_cancelled == (close_by == "cancel")
+        if close_by == "raise":
+            assert isinstance(result.escaped, PlannedError)
+            assert result.escaped.batch is None
+    assert result.block_ended_ms == (8 if close_by == "exit" else 2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_base_exception_from_fn_is_recorded(backend: str) -> None:
+    result = run_schedule(pair, FOUR, backend=backend, outcomes=[BatchOutcome(1, "base_exception")])
+    check_invariants(result)
+    boom = result.batches[0].error
+    assert isinstance(boom, BaseException)
+    assert not isinstance(boom, Exception)
+    assert not result.batches[0].finished
+    escaped = result.escaped
+    in_group = isinstance(escaped, BaseExceptionGroup) and boom in escaped.exceptions
+    assert escaped is boom or in_group
+    assert all(isinstance(c.exception, batched.BatcherClosed) for c in result.callers)
+    assert all(c.exception.__cause__ is boom for c in result.callers if c.exception)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_caller_driven_functions_are_played_without_a_block(backend: str) -> None:
+    result = run_schedule(
+        lambda fn: batched.dynamically(batch_size=2, timeout_ms=5)(fn), FOUR, backend=backend
+    )
+    check_invariants(result)
+    assert result.driven
+    assert result.loop_released is True
+    assert result.block_ended_ms is None
+    # The batches ran in the callers' own tasks.
+    tasks = {c.task for c in result.callers}
+    assert all(isinstance(b, BatchRecord) and b.task in tasks for b in result.batches)
+
+
+# Item 1 twice, the second call while the first is computed, then at 5 ms once more.
+REPEATS = Schedule([Arrival(0, (1,)), Arrival(0.5, (1,)), Arrival(5, (1,)), Arrival(5, (2,))])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cache", [False, True], ids=["dedupe", "cache"])
+def test_equal_items_share_a_computation_under_a_cache_or_dedupe(
+    backend: str, cache: bool
+) -> None:
+    def factory(fn: Any) -> batched.Batcher[Any, Any]:
+        store = MemoryCache(10) if cache else None
+        return batched.Batcher(fn, batch_size=4, timeout_ms=0, dedupe=True, cache=store)
+
+    result = run_schedule(factory, REPEATS, backend=backend, item_fn=lambda x: -x)
+    check_invariants(result)
+    # Each result names the call of fn that computed it: the first two callers share
+    # batch 0; at 5 ms item 1 is cached (or computed afresh) with item 2.
+    assert [c.result for c in result.callers[:2]] == [(-1, 0, 0)] * 2
+    # (Callers 2 and 3 both come at 5 ms: trio starts them in either order.)
+    batches = [sorted(b.items) for b in result.batches]
+    assert batches == ([[1], [2]] if cache else [[1], [1, 2]])
+
+
+def memoizing(fn: Any) -> batched.Batcher[Any, Any]:
+    """A bug: results kept from one batch to the next, as a cache would, with none set."""
+    memo: dict[Any, Any] = {}
+
+    async def stale(items: list[Any]) -> list[Any]:
+        fresh = [item for item in items if item not in memo]
+        if fresh:
+            memo.update(zip(fresh, await fn(fresh), strict=True))
+        return [memo[item] for item in items]
+
+    return batched.Batcher(stale, batch_size=4, timeout_ms=0, dedupe=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_check_invariants_catches_a_stale_shared_result(backend: str) -> None:
+    result = run_schedule(memoizing, REPEATS, backend=backend)
+    with pytest.raises(AssertionError, match="ended before it came, with no cache"):
+        check_invariants(result)
+
+
 def test_run_schedule_refuses_what_it_cannot_check() -> None:
     with pytest.raises(ValueError, match="distinct"):
         run_schedule(fifo3, Schedule([Arrival(0, (1,)), Arrival(2, (1,))]))
@@ -256,8 +450,16 @@ def test_run_schedule_refuses_what_it_cannot_check() -> None:
         run_schedule(fifo3, KNOWN, backend="curio")
     with pytest.raises(TypeError, match=r"batched\.Batcher"):
         run_schedule(lambda fn: fn, KNOWN)  # type: ignore[arg-type,return-value]
-    with pytest.raises(ValueError, match="cache"):
-        run_schedule(lambda fn: batched.Batcher(fn, cache=MemoryCache(10)), KNOWN)
+    cached = lambda fn: batched.Batcher(fn, cache=MemoryCache(10))  # noqa: E731
+    with pytest.raises(ValueError, match="only ok outcomes and no close"):
+        run_schedule(cached, KNOWN, outcomes=[BatchOutcome(kind="raise")])
+    with pytest.raises(ValueError, match="only ok outcomes and no close"):
+        run_schedule(cached, attrs.evolve(KNOWN, close_at_ms=1))
+    driven = lambda fn: batched.dynamically(fn)  # noqa: E731
+    with pytest.raises(ValueError, match="no block to close"):
+        run_schedule(driven, attrs.evolve(KNOWN, close_at_ms=1))
+    with pytest.raises(ValueError, match="base_exception"):
+        run_schedule(driven, KNOWN, outcomes=[BatchOutcome(kind="base_exception")])
 
 
 # -- the checks fail on broken batching -------------------------------------------------
@@ -346,19 +548,74 @@ def _set_batch_items(result: ScheduleResult, index: int, items: tuple[Any, ...])
     return attrs.evolve(result, batches=tuple(batches))
 
 
+def _evolve_batch(result: ScheduleResult, index: int, **changes: Any) -> ScheduleResult:
+    batches = list(result.batches)
+    batches[index] = attrs.evolve(batches[index], **changes)
+    return attrs.evolve(result, batches=tuple(batches))
+
+
+def _evolve_caller(result: ScheduleResult, index: int, **changes: Any) -> ScheduleResult:
+    callers = list(result.callers)
+    callers[index] = attrs.evolve(callers[index], **changes)
+    return attrs.evolve(result, callers=tuple(callers))
+
+
+def _shift_last_batch(result: ScheduleResult, by_ms: float) -> ScheduleResult:
+    """Batch 1 (item 20 alone) and its caller's result ``by_ms`` later."""
+    batch = result.batches[1]
+    moved = _evolve_batch(result, 1, start_ms=batch.start_ms + by_ms, end_ms=batch.end_ms + by_ms)
+    done = result.callers[2].done_ms
+    assert done is not None
+    return _evolve_caller(moved, 2, done_ms=done + by_ms)
+
+
+def _swap_first_two(result: ScheduleResult) -> ScheduleResult:
+    """Batch 0 took items 10 and 0 in the wrong order (results swapped along)."""
+    batch = result.batches[0]
+    assert batch.results is not None
+    return _evolve_batch(result, 0, items=_swap(batch.items), results=_swap(batch.results))
+
+
+def _swap(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    return (values[1], values[0], *values[2:])
+
+
 TAMPERS: list[tuple[str, Any, str]] = [
     ("hang", lambda r: attrs.evolve(r, hung=True), "hang"),
     ("task left", lambda r: attrs.evolve(r, tasks_left=1), "tasks left running"),
+    ("loop kept", lambda r: attrs.evolve(r, loop_released=False), "kept its finished run's"),
     ("escaped", lambda r: attrs.evolve(r, escaped=RuntimeError("x")), "raised RuntimeError"),
     ("misdelivered", _swap_results, "got 20 for item 0"),
+    ("late result", lambda r: _evolve_caller(r, 0, done_ms=2.0), "not when its last call"),
     ("unknown item", lambda r: _set_batch_items(r, 1, (99,)), "nobody sent: 99"),
     ("processed twice", lambda r: _set_batch_items(r, 1, (20, 0)), "processed twice"),
     ("over batch_size", lambda r: _evolve_settings(r, batch_size=2), "has 3 items"),
     ("over length", lambda r: _evolve_settings(r, max_batch_length=2), "has length 3"),
+    ("two at once", lambda r: _evolve_batch(r, 0, end_ms=6.5), "2 batches run"),
     ("premature", lambda r: _evolve_settings(r, timeout_ms=7), "before timeout_ms=7"),
-    ("idle slot", lambda r: _evolve_settings(r, timeout_ms=3), "yet no batch left"),
+    ("late batch", lambda r: _shift_last_batch(r, 2.0), r"waited 7\.0 ms > bound 5\.0"),
+    (
+        "idle slot",  # with a queue bound: the wait bound does not apply
+        lambda r: _evolve_settings(r, timeout_ms=3, max_queue_size=10),
+        "yet no batch left",
+    ),
+    ("arrival order", _swap_first_two, "out of arrival order"),
+    ("no drain", lambda r: attrs.evolve(r, closed_ms=2.0), "while the batcher drains"),
+    ("queue size", lambda r: _evolve_caller(r, 2, queue_size_before=9), "exceeds the 0 items"),
     ("stats", lambda r: attrs.evolve(r, stats=attrs.evolve(r.stats, completed=0)), "stats"),
+    ("admission", lambda r: _read_queue(r, 5), "stats.queue_size 5 at 1.0 ms, yet 1 items"),
 ]
+
+
+def _read_queue(result: ScheduleResult, size: int) -> ScheduleResult:
+    """A reading of ``stats.queue_size`` just after caller 2 (item 20) called, as a
+    stepping driver records it: check_invariants replays the admission rule to it."""
+    seq = result.callers[2].sent_seq + 0.5  # between that call and the next event
+    return attrs.evolve(result, queue_sizes=((seq, 1.0, size),))
+
+
+def test_a_stepped_reading_of_the_queue_is_replayed(known: ScheduleResult) -> None:
+    check_invariants(_read_queue(known, 1))  # item 20 waits alone
 
 
 @pytest.mark.parametrize(("name", "tamper", "match"), TAMPERS, ids=[t[0] for t in TAMPERS])

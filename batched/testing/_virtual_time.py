@@ -13,17 +13,28 @@ of sync functions or of the thread front-end should run inside ``real_time()``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import selectors
 import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, final
 
+import anyio
+
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Iterable, Iterator, Mapping
 
     from _typeshed import FileDescriptorLike
 
-__all__ = ["VirtualTimeLoop", "fresh_backend_options", "real_time", "virtual_time_backends"]
+__all__ = [
+    "BACKEND_NAMES",
+    "VirtualTimeLoop",
+    "drain_reports",
+    "fresh_backend_options",
+    "real_time",
+    "settle",
+    "virtual_time_backends",
+]
 
 BACKEND_NAMES = ("asyncio", "trio")
 
@@ -168,8 +179,49 @@ def fresh_backend_options(name: str) -> dict[str, Any]:
 
 
 def virtual_time_backends() -> list[tuple[str, dict[str, Any]]]:
-    """``(backend, backend_options)`` pairs for ``anyio.run`` or an ``anyio_backend`` fixture.
+    """``(backend, backend_options)`` for asyncio and trio, both on instant virtual time.
 
-    Each call builds fresh options; call it per test rather than once at import.
+    asyncio runs on a ``VirtualTimeLoop``, trio on ``MockClock(autojump_threshold=0)``:
+    when every task waits, the clock jumps to the next deadline, so a one-hour sleep takes
+    no real time and runs are deterministic. Each call builds fresh options (a clock
+    keeps its time): call it per run. Worker threads (a sync batch function) let virtual
+    time jump while they work. Example::
+
+        for backend, options in virtual_time_backends():
+            anyio.run(main, backend=backend, backend_options=options)
     """
     return [(name, fresh_backend_options(name)) for name in BACKEND_NAMES]
+
+
+def drain_reports(loops: Iterable[VirtualTimeLoop]) -> list[dict[str, Any]]:
+    """What reached the exception handler of ``loops`` (closed), late reports included."""
+    for loop in loops:
+        # anyio's runner handler would swallow late reports that carry an exception.
+        loop.set_exception_handler(None)
+    gc.collect()  # abandoned pending tasks report when collected
+    return [context for loop in loops for context in loop.recorded_errors]
+
+
+async def settle() -> None:
+    """Return once every other task waits on something, without moving virtual time.
+
+    ``anyio.wait_all_tasks_blocked()`` polls with ``sleep(0.1)`` on asyncio, which on
+    virtual time jumps the clock (firing batch deadlines on the way); this does not.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # trio: its wait_all_tasks_blocked takes no time
+        await anyio.wait_all_tasks_blocked()
+        return
+    this = asyncio.current_task()
+    for _ in range(10_000):
+        await asyncio.sleep(0)
+        if all(task is this or _blocked(task) for task in asyncio.all_tasks()):
+            return
+    msg = "tasks never settled: some task keeps running"
+    raise AssertionError(msg)
+
+
+def _blocked(task: asyncio.Task[Any]) -> bool:
+    waiter = getattr(task, "_fut_waiter", None)  # what the task awaits (CPython, uvloop)
+    return waiter is not None and not waiter.done()
