@@ -442,10 +442,15 @@ def close_bounded(f: Any) -> None:
 # -- subprocesses ------------------------------------------------------------------------
 
 
-def run_python(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
+def run_python(
+    *args: str, timeout: float = 120, unset: tuple[str, ...] = (), **env: str
+) -> subprocess.CompletedProcess[str]:
     """``python *args`` from the repository root against this checkout's ``batched``, as a
-    user would run it: stdin closed, output captured; ``env`` added to the environment."""
+    user would run it: stdin closed, output captured; ``env`` added to the environment
+    and the variables named in ``unset`` removed from it."""
     environ = dict(os.environ, **env)
+    for name in unset:
+        environ.pop(name, None)
     # Import this checkout's `batched`, installed or not.
     environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), environ.get("PYTHONPATH")]))
     return subprocess.run(

@@ -14,6 +14,7 @@ import math
 import threading
 import warnings
 import weakref
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio

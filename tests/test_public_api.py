@@ -77,7 +77,11 @@ def test_public_names_are_documented() -> None:
 
 def test_no_private_module_under_a_public_name() -> None:
     for name, value in vars(batched).items():
-        if name.startswith("_") or not isinstance(value, types.ModuleType):
+        # pytest rewrites the asserts of a package that has a pytest11 entry point, and
+        # the rewrite binds `@py_builtins`: not a name any user can reach.
+        if not name.isidentifier() or name.startswith("_"):
+            continue
+        if not isinstance(value, types.ModuleType):
             continue
         # A public name bound to a module must be that public submodule itself.
         assert value.__name__ == f"batched.{name}", (name, value.__name__)
