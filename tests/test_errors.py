@@ -131,6 +131,11 @@ async def test_isolate_errors_fails_only_the_failing_items() -> None:
     async with Batcher(fn, batch_size=8, timeout_ms=10, isolate_errors=True) as b:
         outcome = await gather(b, range(8))
         assert await b(9) == ("r", 9)
+    # Every call of fn counts, each retry too: the stats say what fn did.
+    stats = b.stats
+    assert (stats.total_batches, stats.total_processed) == (len(calls), sum(map(len, calls)))
+    assert stats.avg_batch_size == sum(map(len, calls)) / len(calls)
+    assert (stats.completed, stats.failed) == (7, 2)
     for x in range(8):
         if x in bad:
             assert isinstance(outcome[x], Boom), outcome

@@ -150,22 +150,20 @@ class Counts:
 
     # Batches.
 
-    def batch(
-        self,
-        size: int,
-        start: float,
-        computed: float,
-        end: float,
-        arrivals: list[float],
-        called: list[float] | None = None,
-    ) -> None:
-        """A batch of ``size`` items: ``fn`` ran from ``start`` to ``computed``, its callers
-        had their outcomes at ``end``; its items arrived at ``arrivals`` (in the queue),
-        their callers called at ``called`` (default: the arrivals): the items' wait (arrival
-        to start) and latency (call to outcome)."""
+    def ran(self, size: int, seconds: float) -> None:
+        """``fn`` ran once over ``size`` items for ``seconds``: it returned or raised an
+        ``Exception``. Each retry under ``isolate_errors`` is such a run of its own."""
         self.batches += 1
         self.processed += size
-        self.busy_seconds += computed - start
+        self.busy_seconds += seconds
+
+    def waited(
+        self, start: float, end: float, arrivals: list[float], called: list[float] | None = None
+    ) -> None:
+        """A batch started at ``start`` and its callers had their outcomes at ``end``; its
+        items arrived at ``arrivals`` (in the queue), their callers called at ``called``
+        (default: the arrivals): the items' wait (arrival to start) and latency (call to
+        outcome), once per item whatever the retries."""
         times = array("d", arrivals)
         self.samples.add(start, end, times, times if called is None else array("d", called))
 

@@ -100,9 +100,12 @@ class Executor:
     async def compute(self, entries: list[Any]) -> tuple[Sequence[Any] | None, Exception | None]:
         """Run ``fn`` once; its results, or the error for all of ``entries``. With
         ``isolate_errors``, a failing batch is split and settled here (None, None)."""
+        clock = self.clock
+        start = clock()
         try:
             out = await self.invoke([entry.item for entry in entries])
         except Exception as exc:
+            self.core.counts.ran(len(entries), clock() - start)
             if self.isolate and len(entries) > 1:
                 await self._isolate(entries)
                 return None, None
@@ -110,7 +113,9 @@ class Executor:
         except anyio.get_cancelled_exc_class() as exc:
             if self.cancelling():
                 raise  # the batcher's own cancellation (closing, or a slot cancelled)
+            self.core.counts.ran(len(entries), clock() - start)
             return None, _not_ours(exc)
+        self.core.counts.ran(len(entries), clock() - start)
         try:
             return check_results(out, len(entries)), None
         except (BatchSizeMismatch, TypeError) as exc:
@@ -165,11 +170,11 @@ class Executor:
 
     async def run(self, entries: list[Any], between: Callable[[], object] | None = None) -> None:
         """Compute a batch, then (after ``between()``: a driver's slot bookkeeping, done
-        before the hand-back) hand its outcomes back; count it."""
+        before the hand-back) hand its outcomes back; count its items' waits and
+        latencies (``compute`` counts each run of ``fn``)."""
         clock = self.clock
         start = clock()
         results, error = await self.compute(entries)
-        computed = clock()
         if between is not None:
             between()
         await self.settle(entries, results, error)
@@ -181,6 +186,4 @@ class Executor:
             if core.max_queue is None
             else [entry.arrival - owner(entry).room_wait for entry in entries]
         )
-        core.counts.batch(
-            len(entries), start, computed, clock(), [entry.arrival for entry in entries], called
-        )
+        core.counts.waited(start, clock(), [entry.arrival for entry in entries], called)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from .._errors import QueueFull
 from ._keyed import check_keyed
 from ._order import check_arrival_order, check_rule_order
-from ._outcomes import check_outcomes, retries_interrupted, root
+from ._outcomes import check_outcomes
 from ._player import HANG_GUARD_S
 from ._queue import check_admission, check_queue_size, replay
 from ._records import PlannedError, item_key
@@ -23,7 +23,7 @@ from ._timing import check_concurrency, check_no_idle_slot, check_no_premature, 
 from ._view import View, fail, got, label, us
 
 if TYPE_CHECKING:
-    from ._records import BatchRecord, ScheduleResult
+    from ._records import ScheduleResult
 
 __all__ = ["check_invariants"]
 
@@ -43,7 +43,9 @@ def check_invariants(result: ScheduleResult) -> None:
     batch was due, no item waited longer than ``timeout_ms`` plus the time every slot
     was busy; items left in the order of the cut's rules (overdue, small calls, the
     strategy, arrival); the queue never held more than ``max_queue_size`` and
-    ``QueueFull`` came only when due; the stats add up.
+    ``QueueFull`` came only when due; the stats add up (``total_batches`` and
+    ``total_processed`` count every call of ``fn`` that returned or raised an
+    ``Exception``, each retry under ``isolate_errors`` too).
 
     With a cache or dedupe, equal items share one computation, and the record is judged
     by keys instead: each result comes from a call of ``fn`` that computed the caller's
@@ -198,17 +200,11 @@ def _check_stats(v: View) -> None:
         fail(f"stats.submitted {stats.submitted} != {sum(tally.values())} items sent")
     if stats.queue_size != 0:
         fail(f"stats.queue_size {stats.queue_size} after the run")
-    # A batch counts once it is done: fn returned or raised an Exception, and under
-    # isolate_errors its retries ran to the end. One that ended at the instant of an
-    # abnormal close, and not before it in the record's order, may count or not.
-    done: list[BatchRecord] = []
-    either: list[BatchRecord] = []
-    for b in v.top:
-        family = [x for x in v.r.batches if root(v, x) is b]
-        if not all(x.finished for x in family) or retries_interrupted(v, b, strictly=True):
-            continue
-        last = max(family, key=lambda x: (us(x.end_ms), x.end_seq))
-        (either if v.after_close(last) else done).append(b)
+    # Every run of fn counts once it is done (it returned or raised an Exception), each
+    # retry under isolate_errors too. One that ended at the instant of an abnormal close,
+    # and not before it in the record's order, may count or not.
+    done = [b for b in v.r.batches if b.finished and not v.after_close(b)]
+    either = [b for b in v.r.batches if b.finished and v.after_close(b)]
     low = (len(done), sum(len(b.items) for b in done))
     high = (low[0] + len(either), low[1] + sum(len(b.items) for b in either))
     totals = (stats.total_batches, stats.total_processed)
