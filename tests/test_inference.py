@@ -1129,6 +1129,7 @@ async def test_a_tuple_of_per_row_arrays_and_a_loss_fails_every_caller(
     assert model.stats.failed == rows
 
 
+@pytest.mark.virtual_time  # its calls must reach one batch within timeout_ms
 async def test_a_1d_feature_among_2d_ones_of_the_same_name_fails_alone() -> None:
     """x (1,) is not padded, x (1, 5) is: they never share a batch (the odd call used to
     fail the whole batch with an IndexError)."""
@@ -1231,6 +1232,7 @@ async def test_a_custom_pool_without_max_batch_length_gets_a_finite_budget() -> 
         assert_same(got[name], features["input_ids"])
 
 
+@pytest.mark.virtual_time  # its calls must reach one batch within timeout_ms
 async def test_a_custom_pool_with_max_batch_length_keeps_the_padded_budget() -> None:
     rec = ModelRecorder(lambda f: f["input_ids"])
     model = model_of(rec, batch_size=8, timeout_ms=5, strategy=_LessOrEqual(), max_batch_length=12)

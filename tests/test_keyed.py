@@ -546,6 +546,7 @@ DEDUPE_SETTINGS = {
 }
 
 
+@pytest.mark.virtual_time  # its callers must all be waiting before timeout_ms
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("keyed", list(DEDUPE_SETTINGS))
 async def test_equal_keys_waiting_at_once_are_computed_once(mode: str, keyed: str) -> None:
