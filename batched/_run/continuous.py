@@ -16,7 +16,6 @@ reader leaves.
 from __future__ import annotations
 
 import inspect
-import math
 from array import array
 from typing import TYPE_CHECKING, Any, final
 
@@ -95,11 +94,8 @@ class Stepper:
 
     def stream(self, item: Any, priority: float, wait: bool) -> Values[Any]:
         """Queue an item; its stream of values."""
-        member: Member = self.core.call_one(Member, item, priority, wait)  # type: ignore[assignment]
-        send, receive = anyio.create_memory_object_stream[Any](math.inf)
-        member.send = send
-        member.current = item
-        return Values(member, receive)
+        member: Member = self.core.call_one(lambda: Member(item), item, priority, wait)  # type: ignore[assignment]
+        return Values(member)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -280,11 +276,7 @@ class Stepper:
                 member.put_error(0, exc, exc.__traceback__)
                 self._sample(member, now)
                 continue
-            try:
-                member.send.send_nowait(outcome.value)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                self.core.abandon(member)  # its stream went without a word: it left
-                continue
+            member.emit(outcome.value)
             if kind is Last:
                 member.finish()
                 self._sample(member, now)

@@ -4,22 +4,23 @@ A :class:`Member` is a call of one item (the core queues it, counts it and lets 
 reader leave like any call) that also carries the item's current state and the send side
 of its values. Its outcome is counted when its stream ends: completed on ``Last``, failed
 on a ``Failure``, a step error or ``BatcherClosed``; cancelled when its reader leaves
-before that. :class:`Values` is the receive side its reader holds.
+before that. :class:`Values` is the receive side its reader holds: an anyio
+``ObjectReceiveStream`` over the member's unbounded buffer, not a memory object stream,
+because it must end with the item's error, and a reader may leave by dropping it (a
+memory object stream warns when dropped open).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from threading import get_ident
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
+from typing import Any, Generic, TypeVar, final
 
 import anyio
 import anyio.lowlevel
 from anyio.abc import ObjectReceiveStream
 
 from .._core.calls import INTAKE, QUEUED, CallCore
-
-if TYPE_CHECKING:
-    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 __all__ = ["Member", "Values"]
 
@@ -33,6 +34,7 @@ class Member(CallCore):
     __slots__ = (
         "_pool",
         "arrival",
+        "buffer",
         "core",
         "current",
         "err",
@@ -45,16 +47,14 @@ class Member(CallCore):
         "priority",
         "remaining",
         "room_wait",
-        "send",
         "seq",
         "state",
+        "waiter",
     )
 
-    send: MemoryObjectSendStream[Any]
-    current: Any  # the item's state: the item itself until its first step
-
-    def __init__(self) -> None:
-        # The core sets item, arrival, seq (and length, priority when they differ).
+    def __init__(self, item: Any) -> None:
+        # The core sets arrival and seq (and length, priority when they differ).
+        self.item = self.current = item  # current: the item's state for the next step
         self.state = QUEUED
         self._pool = INTAKE
         self.length = 1
@@ -64,10 +64,22 @@ class Member(CallCore):
         self.remaining = 1
         self.room_wait = 0.0
         self.joined = -1.0  # when it joined the active set; -1: not yet
+        self.buffer: deque[Any] = deque()  # values emitted and not yet read
+        self.waiter: anyio.Event | None = None  # its reader, waiting for a value
+
+    def emit(self, value: Any) -> None:
+        self.buffer.append(value)
+        self._wake_reader()
 
     def wake(self) -> None:
         # DONE: its last value is in the buffer (or it failed); the reader sees the end.
-        self.send.close()
+        self._wake_reader()
+
+    def _wake_reader(self) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            waiter.set()
 
 
 @final
@@ -81,11 +93,10 @@ class Values(ObjectReceiveStream[R], Generic[R]):
     before the next step.
     """
 
-    __slots__ = ("_closed", "_member", "_receive")
+    __slots__ = ("_closed", "_member")
 
-    def __init__(self, member: Member, receive: MemoryObjectReceiveStream[R]) -> None:
+    def __init__(self, member: Member) -> None:
         self._member = member
-        self._receive = receive
         self._closed = False
 
     def __repr__(self) -> str:
@@ -98,25 +109,35 @@ class Values(ObjectReceiveStream[R], Generic[R]):
         :raises anyio.ClosedResourceError: if this stream was closed
         :raises Exception: the item's error, once the values before it are read
         """
-        try:
-            return await self._receive.receive()
-        except anyio.EndOfStream:
-            member = self._member
-            if member.err is None:
-                raise
-            member.outcome()  # raises the item's error
-            raise  # unreachable: outcome() raised
+        await anyio.lowlevel.checkpoint()
+        member = self._member
+        while True:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            buffer = member.buffer
+            if buffer:
+                value: R = buffer.popleft()
+                return value
+            if member.state > QUEUED:  # ended: DONE (or CANCELLED, its sender gone)
+                if member.err is None:
+                    raise anyio.EndOfStream
+                member.outcome()  # raises the item's error
+            member.waiter = waiter = anyio.Event()
+            try:
+                await waiter.wait()
+            finally:
+                member.waiter = None
 
     def close(self) -> None:
         """Stop reading: the item leaves before the next step (sync ``aclose``)."""
         if self._closed:
             return
         self._closed = True
-        self._receive.close()
         member = self._member
+        member.buffer.clear()
         if member.state <= QUEUED:
             member.core.abandon_safely(member)
-            member.send.close()
+        member._wake_reader()  # a receive() of another task: ClosedResourceError
 
     async def aclose(self) -> None:
         """Stop reading: the item leaves before the next step."""
