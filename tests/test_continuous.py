@@ -540,3 +540,37 @@ def test_next_and_last_are_frozen() -> None:
     assert Last(2).value == 2
     with pytest.raises(AttributeError):
         Last(1).value = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("body_first", [True, False])
+async def test_exit_by_exception_as_a_step_returns(body_first: bool) -> None:
+    """The block raises at the instant a step returns (its outcomes not yet handed out):
+    the exception still propagates unchanged and the stream ends with BatcherClosed."""
+
+    async def step(states: list[Any]) -> list[Any]:
+        await anyio.sleep(1.0)
+        return [Next(0, state) for state in states]
+
+    c: Continuous[Any, Any] = Continuous(step)
+
+    async def body() -> None:
+        async with c:
+            if body_first:
+                stream = c.stream(1)
+                await anyio.sleep(1.0)
+            else:
+                await anyio.lowlevel.checkpoint()
+                stream = c.stream(1)
+                await settle()  # the step began: its timer is set before this one
+                await anyio.sleep(1.0)
+            streams.append(stream)
+            raise Boom("body")
+
+    streams: list[Any] = []
+    for _ in range(5):  # trio shuffles which runnable task goes first
+        with pytest.raises(Boom):
+            await body()
+        async with streams[-1] as stream:
+            with pytest.raises(BatcherClosed):
+                async for _ in stream:
+                    pass

@@ -218,7 +218,8 @@ class Stepper:
         active += joined
 
     async def _step_once(self, active: list[Member]) -> None:
-        states = [member.current for member in active]
+        members = list(active)  # closing may clear ``active`` while the step runs
+        states = [member.current for member in members]
         clock = self.backend.clock
         start = clock()
         outcomes, error = await self._step(states)
@@ -230,13 +231,13 @@ class Stepper:
         if outcomes is None:
             assert error is not None
             tb = error.__traceback__
-            for member in active:
+            for member in members:
                 if member.state == QUEUED:
                     member.put_error(0, error, tb)
                     self._sample(member, end)
             active.clear()
             return
-        self._hand_out(active, outcomes, end)
+        active[:] = self._hand_out(members, outcomes, end)
 
     async def _step(self, states: list[Any]) -> tuple[Sequence[Any] | None, Exception | None]:
         """Run ``step`` once: its outcomes, checked, or the error for every member."""
@@ -263,11 +264,11 @@ class Stepper:
                 return None, _bad_outcome(outcome, index)
         return outcomes, None
 
-    def _hand_out(self, active: list[Member], outcomes: Sequence[Any], now: float) -> None:
-        """Each member's value to its stream; those that ended leave the active set."""
+    def _hand_out(self, members: list[Member], outcomes: Sequence[Any], now: float) -> list[Member]:
+        """Each member's value to its stream; the members that go on."""
         length_fn = self.length_fn
         going_on: list[Member] = []
-        for member, outcome in zip(active, outcomes, strict=True):
+        for member, outcome in zip(members, outcomes, strict=True):
             if member.state != QUEUED:
                 continue  # its reader left while the step ran
             kind = type(outcome)
@@ -290,7 +291,7 @@ class Stepper:
                     self._sample(member, now)
                     continue
             going_on.append(member)
-        active[:] = going_on
+        return going_on
 
     def _sample(self, member: Member, now: float) -> None:
         # Wait: arrival to its first step; latency: the call to its stream's end.

@@ -335,12 +335,14 @@ class _Player:
         plan = self.schedule
         at = math.inf if plan.close_at_ms is None else self.t0 + plan.close_at_ms / 1000
         cancel_at, close_at = (at, math.inf) if plan.close_by == "cancel" else (math.inf, at)
+        started = False
         async with anyio.create_task_group() as tg:
             with anyio.CancelScope(deadline=cancel_at):
                 try:
                     async with c:
                         for index in range(len(self.readers)):
                             tg.start_soon(self.reader, c, index)
+                        started = True
                         with anyio.CancelScope(deadline=close_at):
                             await self.all_done.wait()
                         self.close_seq = next(self.seq)
@@ -356,6 +358,9 @@ class _Player:
                     self.escaped = exc
                 finally:
                     self.block_ended_seq = next(self.seq)
+            if not started:  # cancelled while entering: the readers find it closed
+                for index in range(len(self.readers)):
+                    tg.start_soon(self.reader, c, index)
 
     def play(self, backend: str) -> ContinuousResult:
         options = fresh_backend_options(backend)
