@@ -36,14 +36,14 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from ._continuous import ContinuousResult as ContinuousResult
-from ._continuous import ContinuousSchedule as ContinuousSchedule
-from ._continuous import ReaderOutcome as ReaderOutcome
-from ._continuous import ReaderPlan as ReaderPlan
-from ._continuous import StepRecord as StepRecord
-from ._continuous import StepState as StepState
 from ._continuous import run_continuous as run_continuous
 from ._continuous_checks import check_continuous as check_continuous
+from ._continuous_records import ContinuousResult as ContinuousResult
+from ._continuous_records import ContinuousSchedule as ContinuousSchedule
+from ._continuous_records import ReaderOutcome as ReaderOutcome
+from ._continuous_records import ReaderPlan as ReaderPlan
+from ._continuous_records import StepRecord as StepRecord
+from ._continuous_records import StepState as StepState
 from ._invariants import check_invariants as check_invariants
 from ._player import run_schedule as run_schedule
 from ._records import OUTCOME_KINDS as OUTCOME_KINDS

@@ -8,7 +8,7 @@ from .._errors import BatcherClosed, QueueFull
 from ._records import PlannedError
 
 if TYPE_CHECKING:
-    from ._continuous import ContinuousResult, ReaderOutcome
+    from ._continuous_records import ContinuousResult, ReaderOutcome
 
 __all__ = ["check_continuous"]
 

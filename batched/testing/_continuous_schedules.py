@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from .._front.continuous import Continuous
 from .._strategies import ByLength, ByPriority, Fifo
-from ._continuous import LEAVE_KINDS, ContinuousSchedule, ReaderPlan
+from ._continuous_records import LEAVE_KINDS, ContinuousSchedule, ReaderPlan
 from ._records import CLOSE_KINDS
 
 __all__ = ["continuous_schedules", "continuous_settings"]
