@@ -574,3 +574,43 @@ async def test_exit_by_exception_as_a_step_returns(body_first: bool) -> None:
             with pytest.raises(BatcherClosed):
                 async for _ in stream:
                     pass
+
+
+async def test_waiting_items_join_in_the_strategys_order() -> None:
+    """With ``ByPriority()``, a freed slot goes to the most urgent waiting item; equal
+    priorities keep their arrival order."""
+    steps = Steps()
+    got: dict[str, Any] = {}
+
+    async def call(name: str, priority: int) -> None:
+        got[name] = await c(job(name, 1), priority=priority)
+
+    async with (
+        Continuous(steps, batch_size=1, strategy=batched.ByPriority()) as c,
+        anyio.create_task_group() as tg,
+    ):
+        for name, priority in (("first", 5), ("low", 3), ("urgent", 0), ("low2", 3)):
+            tg.start_soon(call, name, priority)
+            await settle()
+    assert steps.seen == [["first"], ["urgent"], ["low"], ["low2"]]
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)
+async def test_reading_always_checkpoints() -> None:
+    """``receive()``, ``aclose()`` and ``await c(item)`` are checkpoints on every call,
+    also when a value waits already, and when the call is refused."""
+    import trio.testing
+
+    async def step(states: list[Any]) -> list[Any]:
+        return [Last(state) for state in states]
+
+    c: Continuous[Any, Any] = Continuous(step)
+    with trio.testing.assert_checkpoints(), pytest.raises(BatcherClosed):
+        await c(1)
+    async with c:
+        stream = c.stream(1)
+        await settle()  # its value waits in the buffer
+        with trio.testing.assert_checkpoints():
+            assert await stream.receive() == 1
+        with trio.testing.assert_checkpoints():
+            await stream.aclose()

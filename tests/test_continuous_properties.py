@@ -53,3 +53,28 @@ def test_the_checker_catches_a_reader_that_reads_another_items_values(backend: s
     )
     with pytest.raises(AssertionError, match="reader 0"):
         check_continuous(swapped)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_checker_catches_a_step_over_batch_size_and_a_broken_join_order(
+    backend: str,
+) -> None:
+    import attrs
+
+    schedule = ContinuousSchedule(
+        [ReaderPlan(at_ms=0, values=3), ReaderPlan(at_ms=0, values=3), ReaderPlan(at_ms=1)]
+    )
+    result = run_continuous(
+        lambda step: Continuous(step, batch_size=3, timeout_ms=5), schedule, backend=backend
+    )
+    check_continuous(result)
+    first = result.steps[0]
+    assert first.readers == (0, 1, 2)
+    small = attrs.evolve(result, settings={**result.settings, "batch_size": 2})
+    with pytest.raises(AssertionError, match="batch_size=2"):
+        check_continuous(small)
+    second = result.steps[1]
+    swapped = attrs.evolve(second, readers=second.readers[::-1])
+    reordered = attrs.evolve(result, steps=(first, swapped, *result.steps[2:]))
+    with pytest.raises(AssertionError, match="order"):
+        check_continuous(reordered)
