@@ -30,7 +30,7 @@ from .._core.queue import Core
 from .._core.results import check_results
 from .._errors import Failure
 from .._step import Last, Next
-from .execute import _not_ours
+from .execute import _boxed, _not_ours
 from .members import Member, Values
 
 if TYPE_CHECKING:
@@ -44,11 +44,6 @@ if TYPE_CHECKING:
 __all__ = ["Stepper"]
 
 _OUTCOMES = (Next, Last, Failure)
-
-
-def _boxed(step: Any, states: list[Any]) -> tuple[Any]:
-    # In a worker thread; boxed so that a coroutine handed back is awaited in the loop.
-    return (step(states),)
 
 
 def _bad_outcome(out: object, index: int) -> TypeError:
