@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import pytest
 from _helpers import BACKENDS
 from hypothesis import given, settings
@@ -35,6 +36,19 @@ def test_every_reader_reads_its_own_values_and_steps_keep_their_limits(
     check_continuous(result)
 
 
+# `-m slow`: 2,000 examples per backend (a few minutes).
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(deadline=None, max_examples=2_000)
+@given(options=continuous_settings(), schedule=continuous_schedules(closes=True))
+def test_every_reader_reads_its_own_values_slow(
+    backend: str, options: dict[str, Any], schedule: ContinuousSchedule
+) -> None:
+    result = run_continuous(lambda step: Continuous(step, **options), schedule, backend=backend)
+    check_continuous(result)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_the_checker_catches_a_reader_that_reads_another_items_values(backend: str) -> None:
     """check_continuous is not vacuous: a run whose record shows a reader with values
@@ -42,8 +56,6 @@ def test_the_checker_catches_a_reader_that_reads_another_items_values(backend: s
     schedule = ContinuousSchedule([ReaderPlan(at_ms=0, values=3), ReaderPlan(at_ms=0, values=2)])
     result = run_continuous(lambda step: Continuous(step, batch_size=2), schedule, backend=backend)
     check_continuous(result)
-    import attrs
-
     swapped = attrs.evolve(
         result,
         readers=(
@@ -59,8 +71,6 @@ def test_the_checker_catches_a_reader_that_reads_another_items_values(backend: s
 def test_the_checker_catches_a_step_over_batch_size_and_a_broken_join_order(
     backend: str,
 ) -> None:
-    import attrs
-
     schedule = ContinuousSchedule(
         [ReaderPlan(at_ms=0, values=3), ReaderPlan(at_ms=0, values=3), ReaderPlan(at_ms=1)]
     )
