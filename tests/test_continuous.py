@@ -113,6 +113,7 @@ async def test_each_reader_gets_its_own_values_in_order() -> None:
     assert_stats_add_up(c)
 
 
+@pytest.mark.virtual_time  # exact clock readings or long steps
 async def test_stream_yields_values_as_they_are_emitted() -> None:
     """``stream()`` gives each value when its step ends, not when the item ends."""
     steps = Steps(duration=1.0)
@@ -124,6 +125,7 @@ async def test_stream_yields_values_as_they_are_emitted() -> None:
     assert seen == [(("a", 0), 1.0), (("a", 1), 2.0), (("a", 2), 3.0)]
 
 
+@pytest.mark.virtual_time  # exact clock readings or long steps
 async def test_arrivals_join_at_the_next_step_without_waiting() -> None:
     """With nothing active the first item waits ``timeout_ms`` for others; while steps
     run, a new item joins the very next step, whatever ``timeout_ms``."""
@@ -141,6 +143,7 @@ async def test_arrivals_join_at_the_next_step_without_waiting() -> None:
     assert got == {"a": values("a", 4), "b": values("b", 2)}
 
 
+@pytest.mark.virtual_time  # exact clock readings or long steps
 async def test_timeout_zero_steps_at_once_and_a_full_set_does_not_wait() -> None:
     """``timeout_ms=0`` (the default) starts the first step at once; with a timeout, a
     full ``batch_size`` of waiting items starts it at once too."""
@@ -325,6 +328,7 @@ async def test_a_reader_that_leaves_is_not_stepped_again(how: str) -> None:
     assert_stats_add_up(c)
 
 
+@pytest.mark.virtual_time  # exact clock readings or long steps
 async def test_a_waiting_reader_that_leaves_never_reaches_step() -> None:
     """An item whose reader leaves before it joins is dropped from the queue."""
     steps = Steps(duration=1.0)
@@ -376,6 +380,7 @@ async def test_calls_before_enter_and_after_exit_are_closed() -> None:
     assert_stats_add_up(c)
 
 
+@pytest.mark.virtual_time  # exact clock readings or long steps
 async def test_normal_exit_runs_active_and_waiting_items_to_the_end() -> None:
     """Leaving the block normally stops intake and runs every accepted item to its end
     (waiting ones join without waiting out ``timeout_ms``); later calls are refused."""
@@ -393,6 +398,7 @@ async def test_normal_exit_runs_active_and_waiting_items_to_the_end() -> None:
         c.stream(job("d", 1))
 
 
+@pytest.mark.virtual_time  # exact clock readings or long steps
 async def test_exit_by_exception_ends_every_stream_with_batcher_closed_at_once() -> None:
     """An exception out of the block: active and waiting streams end with BatcherClosed
     (after the values already emitted), the running step is cancelled, and the
@@ -425,6 +431,7 @@ async def test_exit_by_exception_ends_every_stream_with_batcher_closed_at_once()
     assert_stats_add_up(c)
 
 
+@pytest.mark.virtual_time  # exact clock readings or long steps
 async def test_a_base_exception_from_step_closes_everything_and_propagates() -> None:
     """A BaseException from ``step`` (not a cancellation): every stream ends with
     BatcherClosed chained to it, and it propagates out of ``async with``."""
@@ -452,6 +459,7 @@ async def test_a_base_exception_from_step_closes_everything_and_propagates() -> 
             assert closed.value.__cause__ is fatal
 
 
+@pytest.mark.virtual_time  # exact clock readings or long steps
 async def test_max_queue_size_bounds_waiting_items() -> None:
     """``max_queue_size`` counts the items waiting to join (not the active ones):
     ``wait=False`` raises QueueFull when it is full; a waiting call gets room when an
@@ -542,6 +550,7 @@ def test_next_and_last_are_frozen() -> None:
         Last(1).value = 3  # type: ignore[misc]
 
 
+@pytest.mark.virtual_time  # exact clock readings or long steps
 @pytest.mark.parametrize("body_first", [True, False])
 async def test_exit_by_exception_as_a_step_returns(body_first: bool) -> None:
     """The block raises at the instant a step returns (its outcomes not yet handed out):
