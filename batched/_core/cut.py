@@ -73,7 +73,6 @@ def cut_summed(
     core.queued -= len(batch)
     return batch
 
-
 def cut_padded(core: Core, now: float) -> list[Any]:
     """The cut where the length budget counts the padded size: longest x items.
 

@@ -552,3 +552,4 @@ class Core:
         except BaseException as exc:  # nothing more can be taken from it
             faults.append(exc)
         return entries
+
