@@ -90,7 +90,7 @@ class Values(ObjectReceiveStream[R], Generic[R]):
     ``Last`` value, or raises the item's error (a ``Failure``'s exception, the step's
     exception, or :exc:`batched.BatcherClosed`) once the values before it are read.
     Closing it (``aclose``, leaving ``async with``, or dropping it) makes the item leave
-    before the next step.
+    before the next step. One task at a time may receive from it.
     """
 
     __slots__ = ("_closed", "_member")
