@@ -15,6 +15,7 @@ from ._errors import BatchSizeMismatch as BatchSizeMismatch
 from ._errors import Failure as Failure
 from ._errors import QueueFull as QueueFull
 from ._front.batcher import Batcher as Batcher
+from ._front.continuous import Continuous as Continuous
 from ._front.decorator import BatchedFunction as BatchedFunction
 from ._front.decorator import BatchedMethod as BatchedMethod
 from ._front.decorator import BatcherOptions as BatcherOptions
@@ -24,6 +25,8 @@ from ._front.sync import SyncBatchedFunction as SyncBatchedFunction
 from ._front.sync import SyncBatchedMethod as SyncBatchedMethod
 from ._stats import BatchStats as BatchProcessorStats
 from ._stats import BatchStats as BatchStats
+from ._step import Last as Last
+from ._step import Next as Next
 from ._strategies import ByLength as ByLength
 from ._strategies import ByPriority as ByPriority
 from ._strategies import Entry as Entry
@@ -52,9 +55,12 @@ __all__ = [
     "BatcherOptions",
     "ByLength",
     "ByPriority",
+    "Continuous",
     "Entry",
     "Failure",
     "Fifo",
+    "Last",
+    "Next",
     "Pool",
     "PriorityStrategy",
     "QueueFull",

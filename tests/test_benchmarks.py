@@ -27,6 +27,7 @@ SCENARIOS = {
     "open_loop",
     "peers",
     "scale",
+    "continuous",
 }
 # Settings that may rightly be zero; every other number must be positive.
 MAY_BE_ZERO = {"timeout_ms"}
@@ -77,6 +78,11 @@ def test_quick_benchmarks_write_every_scenario(tmp_path: Path) -> None:
         0.95,
     }
     assert {row["case"] for row in rows if row["scenario"] == "scale"} == {"cost", "memory"}
+    assert {(row["load"], row["scheme"]) for row in rows if row["scenario"] == "continuous"} == {
+        (load, scheme)
+        for load in ("saturation", 0.8)
+        for scheme in ("continuous", "fixed", "fixed, rows skipped")
+    }
     peer_rows = [row for row in rows if row["scenario"] == "peers"]
     assert {(row["system"], row["backend"]) for row in peer_rows} == {
         ("batched", "asyncio"),

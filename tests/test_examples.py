@@ -83,10 +83,17 @@ EXPECTED: dict[str, list[str]] = {
         "after `with model.predict:` the method is closed",
         "another instance: completed=1 (the first: 800)",
     ],
+    "token_streaming.py": [
+        "--- asyncio ---",
+        "--- trio ---",
+        "12 clients streamed their tokens; each matches decoding alone: yes",
+        "a client that hung up after 3 tokens: its request left (cancelled=1)",
+    ],
 }
 # Examples that need an optional dependency: skipped where it is not installed.
 NEEDS: dict[str, str] = {
     "torch_embeddings.py": "torch",
+    "token_streaming.py": "torch",
     "fastapi_app.py": "fastapi",  # and uvicorn, httpx: all three come with the test extra
     "trio_service.py": "trio",
     "sync_model.py": "numpy",

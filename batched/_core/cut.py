@@ -18,9 +18,24 @@ if TYPE_CHECKING:
 __all__ = ["cut_padded", "cut_summed"]
 
 
-def cut_summed(core: Core, now: float) -> list[Any]:
-    """The cut where the length budget counts summed lengths."""
-    room, budget = core.batch_size, core.max_len
+def cut_summed(
+    core: Core,
+    now: float,
+    room: int | None = None,
+    budget: float | None = None,
+    alone: bool = True,
+) -> list[Any]:
+    """The cut where the length budget counts summed lengths.
+
+    ``room`` and ``budget`` default to the batcher's ``batch_size`` and
+    ``max_batch_length``; a set of items that runs on (``Continuous``) passes what its
+    members leave free, and ``alone=False`` while it has members: an item over the budget
+    then waits for the set to empty instead of travelling alone.
+    """
+    if room is None:
+        room = core.batch_size
+    if budget is None:
+        budget = core.max_len
     batch: list[Any] = []
     limit = now - core.max_wait
     while room:
@@ -28,7 +43,7 @@ def cut_summed(core: Core, now: float) -> list[Any]:
         if entry is None or entry.arrival > limit:
             break
         if entry.length > budget:
-            if not batch:
+            if not batch and alone:
                 batch.append(entry)  # oversize: it travels alone
                 entry._pool.remove(entry)
             room = 0
@@ -47,7 +62,7 @@ def cut_summed(core: Core, now: float) -> list[Any]:
             budget -= sum(entry.length for entry in got)
         if room and len(pool):
             # The pool stopped on the budget; the whole cut stops with it.
-            if not batch:
+            if not batch and alone:
                 batch = pool.cut(1, math.inf)
             break
     for entry in batch:

@@ -451,6 +451,15 @@ class Core:
             self.grant_room()
         return batch
 
+    def join(self, now: float, room: int, budget: float, alone: bool) -> list[Any]:
+        """Cut the items that join a set which runs on (``Continuous``): at most ``room``
+        items within ``budget``, by the same rules as a batch; an item over the budget
+        joins only ``alone`` (the set is empty). Not counted as a running batch."""
+        entries = cut_summed(self, now, room, budget, alone)
+        if self.room:
+            self.grant_room()
+        return entries
+
     def forget_lengths(self, entries: Iterable[Entry]) -> None:
         """Cut or dropped entries no longer count in the padded lengths that wait."""
         lengths = self.lengths

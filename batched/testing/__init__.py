@@ -10,6 +10,9 @@ them is first used (so batched's pytest plugin loads without them).
   :func:`fn_outcomes`.
 - :func:`run_schedule` plays a schedule of callers against your batcher on virtual time
   and records what happened; :func:`check_invariants` checks what must hold of any run.
+- :func:`run_continuous` and :func:`check_continuous` do the same for a
+  :class:`batched.Continuous`, with :func:`continuous_settings` and
+  :func:`continuous_schedules`.
 - :func:`check_batch_invariant` checks that your batch function gives an item the same
   result whatever batch it travels in.
 
@@ -33,6 +36,14 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from ._continuous import run_continuous as run_continuous
+from ._continuous_checks import check_continuous as check_continuous
+from ._continuous_records import ContinuousResult as ContinuousResult
+from ._continuous_records import ContinuousSchedule as ContinuousSchedule
+from ._continuous_records import ReaderOutcome as ReaderOutcome
+from ._continuous_records import ReaderPlan as ReaderPlan
+from ._continuous_records import StepRecord as StepRecord
+from ._continuous_records import StepState as StepState
 from ._invariants import check_invariants as check_invariants
 from ._player import run_schedule as run_schedule
 from ._records import OUTCOME_KINDS as OUTCOME_KINDS
@@ -50,6 +61,8 @@ from ._virtual_time import settle as settle
 from ._virtual_time import virtual_time_backends as virtual_time_backends
 
 if TYPE_CHECKING:  # loaded on first use, below: they import pytest or hypothesis
+    from ._continuous_schedules import continuous_schedules as continuous_schedules
+    from ._continuous_schedules import continuous_settings as continuous_settings
     from ._fixture import anyio_backend as anyio_backend
     from ._invariance import check_batch_invariant as check_batch_invariant
     from ._schedules import arrival_schedules as arrival_schedules
@@ -62,18 +75,28 @@ __all__ = [
     "BatchOutcome",
     "BatchRecord",
     "CallerOutcome",
+    "ContinuousResult",
+    "ContinuousSchedule",
     "PlannedError",
+    "ReaderOutcome",
+    "ReaderPlan",
     "Schedule",
     "ScheduleResult",
+    "StepRecord",
+    "StepState",
     "VirtualTimeLoop",
     "anyio_backend",
     "arrival_schedules",
     "batcher_settings",
     "check_batch_invariant",
+    "check_continuous",
     "check_invariants",
+    "continuous_schedules",
+    "continuous_settings",
     "fn_outcomes",
     "fresh_backend_options",
     "real_time",
+    "run_continuous",
     "run_schedule",
     "settle",
     "virtual_time_backends",
@@ -85,6 +108,8 @@ _LAZY = {
     "batcher_settings": "._schedules",
     "fn_outcomes": "._schedules",
     "check_batch_invariant": "._invariance",
+    "continuous_schedules": "._continuous_schedules",
+    "continuous_settings": "._continuous_schedules",
 }
 
 

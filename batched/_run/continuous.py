@@ -1,0 +1,296 @@
+"""The step loop of an open ``Continuous``: iteration-level batching over the core.
+
+One task runs ``step`` over the active set again and again. Before every step the items
+that left are dropped and waiting items join, cut by the core's rules (rule order,
+``batch_size`` items in all, the summed lengths of the members' current states within
+``max_batch_length``); with nothing active it waits like a batcher's collector
+(``timeout_ms``, a full batch, or the intake closing). After the step each member's value
+goes to its stream, and members that returned ``Last`` or a ``Failure`` leave.
+
+Backpressure: none. Each stream's buffer is unbounded, so the loop never waits for a
+reader: one slow reader must not hold up every other item's next step. A buffer holds
+at most one item's output, which ``await c(item)`` keeps anyway, and is freed when its
+reader leaves.
+"""
+
+from __future__ import annotations
+
+import inspect
+from array import array
+from typing import TYPE_CHECKING, Any, final
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+
+from .._backends import current
+from .._core.calls import QUEUED
+from .._core.items import length_of
+from .._core.queue import Core
+from .._core.results import check_results
+from .._errors import Failure
+from .._step import Last, Next
+from .execute import _boxed, _not_ours
+from .members import Member, Values
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from anyio.abc import TaskGroup, TaskStatus
+
+    from .._core.counts import Counts
+    from .._settings import Settings
+
+__all__ = ["Stepper"]
+
+_OUTCOMES = (Next, Last, Failure)
+
+
+def _bad_outcome(out: object, index: int) -> TypeError:
+    msg = (
+        f"the step function must return batched.Next, batched.Last or batched.Failure "
+        f"for each state, not {type(out).__qualname__} (at index {index})"
+    )
+    return TypeError(msg)
+
+
+@final
+class Stepper:
+    """The task group and step loop of one open ``Continuous``."""
+
+    __slots__ = (
+        "active",
+        "backend",
+        "batch_size",
+        "core",
+        "fatal",
+        "is_async",
+        "length_fn",
+        "max_len",
+        "step",
+        "tg",
+    )
+
+    def __init__(self, settings: Settings, counts: Counts) -> None:
+        self.backend = current()
+        self.core = core = Core(settings, counts, self.backend.clock)
+        core.on_fault = self.crash
+        self.step = settings.fn
+        self.is_async = settings.is_async
+        self.batch_size = settings.batch_size
+        self.max_len = core.max_len
+        # Lengths of states are read only under a budget (the core's rule for items).
+        self.length_fn = settings.length_fn if core.budget else None
+        self.active: list[Member] = []  # in join order
+        self.fatal: BaseException | None = None
+        self.tg: TaskGroup | None = None
+
+    # -- calls -----------------------------------------------------------------------------
+
+    def stream(self, item: Any, priority: float, wait: bool) -> Values[Any]:
+        """Queue an item; its stream of values."""
+        member: Member = self.core.call_one(lambda: Member(item), item, priority, wait)  # type: ignore[assignment]
+        return Values(member)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self.tg = tg
+        try:
+            await tg.start(self._loop)
+        except BaseException as exc:
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+
+    async def close(self, exc: BaseException | None) -> bool | None:
+        """Run what was accepted to its end (``exc`` is None), or end every stream with
+        ``BatcherClosed`` now; then end the task group. What ``__aexit__`` returns."""
+        tg = self.tg
+        assert tg is not None
+        core = self.core
+        suppress: bool | None = None
+        try:
+            if exc is None:
+                core.close_intake()
+                await tg.__aexit__(None, None, None)
+            else:
+                self._fail_all(None)
+                tg.cancel_scope.cancel()
+                if isinstance(exc, anyio.get_cancelled_exc_class()):
+                    # The task group's scope may own this cancellation: it must see it.
+                    suppress = await tg.__aexit__(type(exc), exc, exc.__traceback__)
+                else:
+                    # Any other exception propagates unchanged, never in an ExceptionGroup.
+                    await tg.__aexit__(None, None, None)
+        except BaseException:
+            # step's BaseException wins over the block's own cancellation.
+            if self.fatal is None:
+                raise
+        finally:
+            core.accepting = False
+        if self.fatal is not None:
+            raise self.fatal
+        return suppress
+
+    def _fail_all(self, cause: BaseException | None) -> None:
+        for fault in self.core.fail_all(cause):
+            if not isinstance(fault, Exception) and self.fatal is None:
+                self.fatal = fault
+        for member in self.active:
+            if member.state == QUEUED:
+                member.fail_closed()
+        self.active.clear()
+
+    def crash(self, exc: BaseException) -> None:
+        """A BaseException from ``step`` (or a fault in a pool) ends the ``Continuous``:
+        every stream ends with ``BatcherClosed`` chained to it, and ``close`` raises it."""
+        if self.fatal is None:
+            self.fatal = exc
+        self._fail_all(exc)
+        assert self.tg is not None
+        self.tg.cancel_scope.cancel()
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def _loop(self, *, task_status: TaskStatus[None]) -> None:
+        task_status.started()
+        try:
+            await self._serve()
+        except anyio.get_cancelled_exc_class():
+            self._fail_all(None)
+            raise
+        except BaseException as exc:
+            self.crash(exc)
+
+    async def _wait(self, deadline: float | None) -> None:
+        """Sleep until an item is accepted (or the intake closes), or until ``deadline``."""
+        core = self.core
+        signal = self.backend.signal()
+        core.wakeup = signal.set
+        try:
+            if deadline is None:
+                await signal.wait()
+            else:
+                await self.backend.wait_until(signal, deadline)
+        finally:
+            core.wakeup = None
+
+    async def _serve(self) -> None:
+        core, clock, active = self.core, self.backend.clock, self.active
+        while True:
+            # Readers that left since the last step are dropped here, before the next.
+            active[:] = [member for member in active if member.state == QUEUED]
+            core.drain()
+            if not active:
+                if not core.waiting:
+                    if core.draining:
+                        return
+                    await self._wait(None)
+                    continue
+                deadline = core.due(clock())
+                if deadline is not None:
+                    await self._wait(deadline)
+                    continue
+            if core.waiting and len(active) < self.batch_size:
+                self._join(active)
+                if not active:  # a user's pool that cut nothing: let others run
+                    await anyio.lowlevel.checkpoint()
+                    continue
+            await self._step_once(active)
+            # Readers run (and may leave) before the next step; a step that never
+            # awaits must not hold the event loop either.
+            await anyio.lowlevel.checkpoint()
+
+    def _join(self, active: list[Member]) -> None:
+        used = sum(member.length for member in active) if self.length_fn is not None else 0
+        now = self.backend.clock()
+        joined = self.core.join(now, self.batch_size - len(active), self.max_len - used, not active)
+        for member in joined:
+            member.joined = now
+        active += joined
+
+    async def _step_once(self, active: list[Member]) -> None:
+        members = list(active)  # closing may clear ``active`` while the step runs
+        states = [member.current for member in members]
+        clock = self.backend.clock
+        start = clock()
+        outcomes, error = await self._step(states)
+        end = clock()
+        counts = self.core.counts
+        counts.batches += 1
+        counts.processed += len(states)
+        counts.busy_seconds += end - start
+        if outcomes is None:
+            assert error is not None
+            tb = error.__traceback__
+            for member in members:
+                if member.state == QUEUED:
+                    member.put_error(0, error, tb)
+                    self._sample(member, end)
+            active.clear()
+            return
+        active[:] = self._hand_out(members, outcomes, end)
+
+    async def _step(self, states: list[Any]) -> tuple[Sequence[Any] | None, Exception | None]:
+        """Run ``step`` once: its outcomes, checked, or the error for every member."""
+        try:
+            if self.is_async:
+                out = await self.step(states)
+            else:
+                (out,) = await anyio.to_thread.run_sync(_boxed, self.step, states)
+                if inspect.isawaitable(out):  # a plain function that hands back a coroutine
+                    out = await out
+        except Exception as exc:
+            return None, exc
+        except anyio.get_cancelled_exc_class() as exc:
+            if self.backend.cancelling():
+                raise  # closing: the loop's own cancellation
+            return None, _not_ours(exc)
+        try:
+            outcomes = check_results(out, len(states))
+        except Exception as exc:
+            exc.add_note(f"returned by the step function {self.step!r}: one outcome per state")
+            return None, exc
+        for index, outcome in enumerate(outcomes):
+            if type(outcome) not in _OUTCOMES:
+                return None, _bad_outcome(outcome, index)
+        return outcomes, None
+
+    def _hand_out(self, members: list[Member], outcomes: Sequence[Any], now: float) -> list[Member]:
+        """Each member's value to its stream; the members that go on."""
+        length_fn = self.length_fn
+        going_on: list[Member] = []
+        for member, outcome in zip(members, outcomes, strict=True):
+            if member.state != QUEUED:
+                continue  # its reader left while the step ran
+            kind = type(outcome)
+            if kind is Failure:
+                exc = outcome.exception
+                member.put_error(0, exc, exc.__traceback__)
+                self._sample(member, now)
+                continue
+            member.emit(outcome.value)
+            if kind is Last:
+                member.finish()
+                self._sample(member, now)
+                continue
+            member.current = outcome.state
+            if length_fn is not None:
+                try:
+                    member.length = length_of(length_fn, member.current)
+                except Exception as exc:
+                    member.put_error(0, exc, exc.__traceback__)
+                    self._sample(member, now)
+                    continue
+            going_on.append(member)
+        return going_on
+
+    def _sample(self, member: Member, now: float) -> None:
+        # Wait: arrival to its first step; latency: the call to its stream's end.
+        arrival = member.arrival
+        self.core.counts.samples.add(
+            member.joined, now, array("d", (arrival,)), array("d", (arrival - member.room_wait,))
+        )

@@ -1,0 +1,90 @@
+"""The property of ``Continuous``: any schedule of readers, through ``batched.testing``.
+
+Random settings, items with random output lengths and growing lengths, per-item
+failures and raising steps, readers that stop early (closing or dropping their stream)
+or are cancelled at random points, random step durations, early closes of the block,
+on virtual time and on both backends: ``check_continuous`` judges each run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import pytest
+from _helpers import BACKENDS
+from hypothesis import given, settings
+
+from batched import Continuous
+from batched.testing import (
+    ContinuousSchedule,
+    ReaderPlan,
+    check_continuous,
+    continuous_schedules,
+    continuous_settings,
+    run_continuous,
+)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(deadline=None)
+@given(options=continuous_settings(), schedule=continuous_schedules(closes=True))
+def test_every_reader_reads_its_own_values_and_steps_keep_their_limits(
+    backend: str, options: dict[str, Any], schedule: ContinuousSchedule
+) -> None:
+    result = run_continuous(lambda step: Continuous(step, **options), schedule, backend=backend)
+    check_continuous(result)
+
+
+# `-m slow`: 2,000 examples per backend (a few minutes).
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(deadline=None, max_examples=2_000)
+@given(options=continuous_settings(), schedule=continuous_schedules(closes=True))
+def test_every_reader_reads_its_own_values_slow(
+    backend: str, options: dict[str, Any], schedule: ContinuousSchedule
+) -> None:
+    result = run_continuous(lambda step: Continuous(step, **options), schedule, backend=backend)
+    check_continuous(result)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_checker_catches_a_reader_that_reads_another_items_values(backend: str) -> None:
+    """check_continuous is not vacuous: a run whose record shows a reader with values
+    that were not emitted for it fails."""
+    schedule = ContinuousSchedule([ReaderPlan(at_ms=0, values=3), ReaderPlan(at_ms=0, values=2)])
+    result = run_continuous(lambda step: Continuous(step, batch_size=2), schedule, backend=backend)
+    check_continuous(result)
+    swapped = attrs.evolve(
+        result,
+        readers=(
+            attrs.evolve(result.readers[0], got=result.readers[1].got),
+            result.readers[1],
+        ),
+    )
+    with pytest.raises(AssertionError, match="reader 0"):
+        check_continuous(swapped)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_checker_catches_a_step_over_batch_size_and_a_broken_join_order(
+    backend: str,
+) -> None:
+    schedule = ContinuousSchedule(
+        [ReaderPlan(at_ms=0, values=3), ReaderPlan(at_ms=0, values=3), ReaderPlan(at_ms=1)]
+    )
+    result = run_continuous(
+        lambda step: Continuous(step, batch_size=3, timeout_ms=5), schedule, backend=backend
+    )
+    check_continuous(result)
+    first = result.steps[0]
+    assert first.readers == (0, 1, 2)
+    small = attrs.evolve(result, settings={**result.settings, "batch_size": 2})
+    with pytest.raises(AssertionError, match="batch_size=2"):
+        check_continuous(small)
+    second = result.steps[1]
+    swapped = attrs.evolve(second, readers=second.readers[::-1])
+    reordered = attrs.evolve(result, steps=(first, swapped, *result.steps[2:]))
+    with pytest.raises(AssertionError, match="order"):
+        check_continuous(reordered)
