@@ -180,10 +180,17 @@ class Continuous(Generic[S, R]):
         :raises QueueFull: with ``wait=False``, when there is no room
         :raises Exception: the item's error (its ``Failure``, or the step's exception)
         """
+        # A checkpoint on every call, refusals too; but once the call is counted (refused
+        # or queued), its caller must get what was counted, not a cancellation.
+        try:
+            await anyio.lowlevel.checkpoint_if_cancelled()
+        except BaseException:
+            self._counts.left_early(1)  # counted like a call whose caller left at once
+            raise
         try:
             values = self.stream(item, priority=priority, wait=wait)
         except Exception:
-            await anyio.lowlevel.checkpoint()  # a checkpoint on every call, refusals too
+            await anyio.lowlevel.cancel_shielded_checkpoint()
             raise
         async with values:
             return [value async for value in values]
