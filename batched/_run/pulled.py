@@ -15,6 +15,7 @@ every caller at once, and ends the streams too.
 
 from __future__ import annotations
 
+import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any, final
 
@@ -112,7 +113,8 @@ class Batches(MemoryObjectReceiveStream["Batch[Any]"]):
         return self._own(given)
 
     def _own(self, batch: Batch[Any]) -> Batch[Any]:
-        batch.consumer = self
+        # Weakly: a stream dropped with a batch out is collected at once, and releases it.
+        batch.consumer = weakref.ref(self)
         self._out.add(batch)
         return batch
 
@@ -148,12 +150,11 @@ class Batches(MemoryObjectReceiveStream["Batch[Any]"]):
         self.close()
 
     def __del__(self) -> None:
-        # Dropped unclosed: its batches must not keep their callers waiting. anyio's
-        # ResourceWarning still says the stream was never closed.
-        try:
+        # Dropped unclosed: its batches must not keep their callers waiting. Their
+        # BatcherClosed says so; anyio's ResourceWarning would only repeat it.
+        if not self._closed:
             self._leave(None)
-        finally:
-            super().__del__()
+            self._closed = True
 
     def _leave(self, cause: BaseException | None) -> None:
         """The consumer is gone: its unanswered batches fail, and a task still waiting
@@ -371,7 +372,7 @@ class Pulled:
     ) -> None:
         core = self.core
         cut = batch.cut
-        consumer = batch.consumer
+        consumer = None if batch.consumer is None else batch.consumer()
         if consumer is not None:
             consumer._out.discard(batch)
         entries = cut.entries
