@@ -63,6 +63,8 @@ __all__ = [
     "BatchRecord",
     "CallerOutcome",
     "PlannedError",
+    "PulledRecord",
+    "PulledScript",
     "Schedule",
     "ScheduleResult",
     "VirtualTimeLoop",
@@ -71,9 +73,12 @@ __all__ = [
     "batcher_settings",
     "check_batch_invariant",
     "check_invariants",
+    "check_pulled",
     "fn_outcomes",
     "fresh_backend_options",
+    "pulled_scripts",
     "real_time",
+    "run_pulled",
     "run_schedule",
     "settle",
     "virtual_time_backends",
@@ -85,6 +90,11 @@ _LAZY = {
     "batcher_settings": "._schedules",
     "fn_outcomes": "._schedules",
     "check_batch_invariant": "._invariance",
+    "PulledRecord": "._pulled",
+    "PulledScript": "._pulled",
+    "check_pulled": "._pulled",
+    "pulled_scripts": "._pulled",
+    "run_pulled": "._pulled",
 }
 
 
