@@ -11,7 +11,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import burst, cache, closed_loop, inference, latency, open_loop, peers, plot, scale, threads
+from . import (
+    burst,
+    cache,
+    closed_loop,
+    inference,
+    latency,
+    open_loop,
+    peers,
+    plot,
+    pulled,
+    scale,
+    threads,
+)
 
 
 def cpu_model() -> str:
@@ -96,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             {"n": 2_000, "rounds": 100, "full_rounds": 40, "repeats": 3} if quick else {},
         ),
         (open_loop, {"seconds": 0.4, "repeats": 2} if quick else {"seconds": 2.0, "repeats": 5}),
+        (pulled, {"seconds": 0.3, "repeats": 1} if quick else {}),
         (
             scale,
             {

@@ -26,6 +26,7 @@ SCENARIOS = {
     "latency",
     "open_loop",
     "peers",
+    "pulled",
     "scale",
 }
 # Settings that may rightly be zero; every other number must be positive.
