@@ -32,23 +32,23 @@ async def _device(batches: Any) -> None:
 
 async def _throughput(consumers: int, callers: int, seconds: float) -> float:
     done = 0
-    async with anyio.create_task_group() as devices:
-        async with batched.Batcher[int, int](batch_size=BATCH_SIZE, timeout_ms=2.0) as b:
-            for _ in range(consumers):
-                devices.start_soon(_device, b.batches())
-            stop = time.perf_counter() + seconds
+    b = batched.Batcher[int, int](batch_size=BATCH_SIZE, timeout_ms=2.0)
+    async with anyio.create_task_group() as devices, b:
+        for _ in range(consumers):
+            devices.start_soon(_device, b.batches())
+        stop = time.perf_counter() + seconds
 
-            async def caller() -> None:
-                nonlocal done
-                while time.perf_counter() < stop:
-                    await b(1)
-                    done += 1
+        async def caller() -> None:
+            nonlocal done
+            while time.perf_counter() < stop:
+                await b(1)
+                done += 1
 
-            start = time.perf_counter()
-            async with anyio.create_task_group() as tg:
-                for _ in range(callers):
-                    tg.start_soon(caller)
-            elapsed = time.perf_counter() - start
+        start = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for _ in range(callers):
+                tg.start_soon(caller)
+        elapsed = time.perf_counter() - start
     return done / elapsed
 
 
