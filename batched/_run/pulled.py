@@ -89,8 +89,10 @@ class Batches(MemoryObjectReceiveStream["Batch[Any]"]):
         if self._closed:
             raise anyio.ClosedResourceError
         hub = self._hub
-        if hub.ended and not hub.ready:
+        if hub.ended:  # the dispatcher is gone: take what was handed back, or end
             await anyio.lowlevel.checkpoint()
+            if hub.ready:
+                return self._own(hub.ready.popleft())
             raise anyio.EndOfStream
         self._signal = signal = hub.backend.signal()
         hub.waiting.append(self)
