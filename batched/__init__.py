@@ -9,6 +9,8 @@ from __future__ import annotations
 import typing as _typing
 
 from . import aio as aio
+from ._batch import Batch as Batch
+from ._batch import current_batch as current_batch
 from ._errors import BatchedError as BatchedError
 from ._errors import BatcherClosed as BatcherClosed
 from ._errors import BatchSizeMismatch as BatchSizeMismatch
@@ -43,6 +45,7 @@ if _typing.TYPE_CHECKING:
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "Batch",
     "BatchProcessor",
     "BatchProcessorStats",
     "BatchSizeMismatch",
@@ -68,6 +71,7 @@ __all__ = [
     "SyncBatchedFunction",
     "SyncBatchedMethod",
     "aio",
+    "current_batch",
     "dynamically",
     "inference",
     "types",

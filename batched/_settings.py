@@ -147,11 +147,24 @@ def check_length(length: object, item: object, length_fn: Callable[[Any], Any]) 
 _FIFO = Fifo()
 
 
+def _check_pulled(cache: object, isolate_errors: object) -> None:
+    """Settings that need a batch function of the batcher's own."""
+    if cache is not None:
+        msg = (
+            "'cache' needs fn: a Batcher without fn hands its batches to consumers, and "
+            "does not store their results"
+        )
+        raise ValueError(msg)
+    if isolate_errors is True:
+        msg = "'isolate_errors' needs fn: a consumer of batches() answers each batch itself"
+        raise ValueError(msg)
+
+
 @attrs.frozen
 class Settings:
     """A batcher's validated settings (see ``Batcher`` for their meaning)."""
 
-    fn: Callable[..., Any]
+    fn: Callable[..., Any] | None  # None: consumers pull the batches (Batcher.batches)
     is_async: bool
     batch_size: int
     timeout_ms: float
@@ -187,7 +200,10 @@ def make_settings(
     cache_key: object = None,
     dedupe: object = None,
 ) -> Settings:
-    check_fn(fn)
+    if fn is None:
+        _check_pulled(cache, isolate_errors)
+    else:
+        check_fn(fn)
     check_optional_callable("length_fn", length_fn)
     check_optional_callable("cache_key", cache_key)
     if cache is not None:
@@ -214,7 +230,7 @@ def make_settings(
         length_fn = default_length
     return Settings(
         fn=fn,  # type: ignore[arg-type]
-        is_async=is_async_callable(fn),
+        is_async=fn is not None and is_async_callable(fn),
         batch_size=positive_int("batch_size", batch_size),
         timeout_ms=non_negative_float("timeout_ms", timeout_ms),
         max_batch_length=max_length,

@@ -21,6 +21,7 @@ from . import (
     open_loop,
     peers,
     plot,
+    pulled,
     scale,
     threads,
 )
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         (open_loop, {"seconds": 0.4, "repeats": 2} if quick else {"seconds": 2.0, "repeats": 5}),
         (continuous, {"n": 300} if quick else {}),
+        (pulled, {"seconds": 0.3, "repeats": 1} if quick else {}),
         (
             scale,
             {

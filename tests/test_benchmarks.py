@@ -26,6 +26,7 @@ SCENARIOS = {
     "latency",
     "open_loop",
     "peers",
+    "pulled",
     "scale",
     "continuous",
 }

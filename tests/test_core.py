@@ -47,7 +47,7 @@ from batched._core.calls import (
 )
 from batched._core.counts import Counts
 from batched._core.items import length_of
-from batched._core.queue import Batch, Core
+from batched._core.queue import Core, Cut
 from batched._core.results import check_results
 from batched._errors import BatcherClosed, BatchSizeMismatch, Failure, QueueFull
 from batched._settings import settings_from
@@ -340,7 +340,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.all_slots: list[Slot] = []
         self.by_entry: dict[int, Slot] = {}  # id(entry) -> its slot
         self.room: list[Caller] = []  # waiting for queue room, FIFO
-        self.running: dict[Batch, list[Slot]] = {}
+        self.running: dict[Cut, list[Slot]] = {}
         self.cut_ids: set[int] = set()  # entries ever cut
         self.processed: set[int] = set()  # entries ever handed to the batch function
         self.counts = dict.fromkeys(
@@ -1751,7 +1751,7 @@ def plant_greedy_cut(monkeypatch: pytest.MonkeyPatch) -> None:
     """The cut takes one item more than batch_size."""
     cut = Core.cut
 
-    def greedy(self: Core, now: float) -> Batch:
+    def greedy(self: Core, now: float) -> Cut:
         self.batch_size += 1
         try:
             return cut(self, now)
@@ -1840,7 +1840,7 @@ PLANTS = [
     (plant_misdelivery, "caller of .* got"),
     (plant_budget_skip, "equal key|strategy's order|the rules make"),
     (plant_leave_keeps_the_count, "counts"),
-    (plant_no_overdue, "overdue"),
+    (plant_no_overdue, "overdue|the rules make"),
     (plant_room_never_granted, "not let in from the room"),
     (plant_unstable_keys, "equal key|the rules make"),
 ]

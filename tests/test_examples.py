@@ -26,6 +26,14 @@ EXPECTED: dict[str, list[str]] = {
         "many(): [[5.0, 33.0], [4.0, 24.0], [5.0, 30.0]]",
         "stats: completed=43 ",
     ],
+    "two_workers.py": [
+        "--- asyncio ---",
+        "--- trio ---",
+        "results: 200, e.g. 'REQUEST 7'",
+        "both workers served: yes",
+        "every caller's request id reached a worker: True",
+        "stats: completed=200 ",
+    ],
     "decorator.py": [
         "--- trio ---",
         "caller-driven: 40 results, batch sizes [16, 16, 8]",

@@ -13,6 +13,9 @@ What a backend gives:
   caller-driven decorator, where a caller also leads the batching).
 - ``signal()``: a one-shot wake-up for a driver's own task.
 - ``clock``, ``wait_until(waiter, deadline)``, ``key`` (the loop's identity).
+- ``deadline_of(call)``: the deadline of the task awaiting a call, found from the call
+  when something asks for it (reading it per call costs ~0.4-1.3 us through anyio, and
+  keeping the calling task ~13 % of the per-item path on asyncio).
 - ``cancelling()``: whether the current task's own cancellation is under way (to tell it
   from a cancellation exception that a batch function raised for some other reason).
 - Thread hand-off: ``wait_for_thread`` (park until another thread says so) and
@@ -75,6 +78,10 @@ class Backend(Protocol):
 
     def cancelling(self) -> bool:
         """Whether the current task is being cancelled (by a cancel scope around it)."""
+
+    def deadline_of(self, call: CallCore) -> float:
+        """The effective deadline of the task awaiting ``call`` (``math.inf`` when none,
+        or none awaits it): what ``anyio.current_effective_deadline()`` says there."""
 
     def poster(self) -> Callable[..., bool]: ...
 

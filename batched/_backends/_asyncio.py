@@ -13,6 +13,7 @@ import asyncio
 import collections.abc
 import contextlib
 import functools
+import math
 import time
 import warnings
 from typing import TYPE_CHECKING, Any, final
@@ -40,7 +41,7 @@ def _raisable(error: BaseException) -> BaseException:
 class AsyncioCall(CallCore, asyncio.Future):  # type: ignore[type-arg]
     """A call that its caller awaits as a future."""
 
-    __slots__ = ("_pool", "arrival", "core", "item", "seq", "state")
+    __slots__ = ("_pool", "arrival", "core", "ctx", "item", "seq", "state")
 
     # The core's hot path settles a call of one item with the future's own method.
     deliver = asyncio.Future.set_result  # type: ignore[assignment]
@@ -171,6 +172,33 @@ class AsyncioBackend:
             self.clock = loop.time
         # A call, made in C (the submit path sets its fields).
         self.new_call: Callable[[], AsyncioCall] = functools.partial(AsyncioCall, loop=loop)
+
+    def deadline_of(self, call: CallCore) -> float:
+        """anyio's own walk over a task's cancel scopes (its
+        ``current_effective_deadline``), for the task awaiting ``call``: the one whose
+        wake-up is the future's done callback. anyio keeps asyncio tasks' scopes in a
+        private table: tests compare this with ``anyio.current_effective_deadline()``
+        so that a change there is caught."""
+        from anyio._backends._asyncio import _task_states
+
+        future = call if isinstance(call, asyncio.Future) else getattr(call, "waiter", None)
+        task = None
+        if isinstance(future, asyncio.Future):
+            for callback, _ in future._callbacks or ():
+                task = getattr(callback, "__self__", None)
+                if isinstance(task, asyncio.Task):
+                    break
+        state = _task_states.get(task) if isinstance(task, asyncio.Task) else None
+        scope = None if state is None else state.cancel_scope
+        deadline = math.inf
+        while scope is not None:
+            deadline = min(deadline, scope.deadline)
+            if scope._cancel_called:
+                return -math.inf
+            if scope.shield:
+                break
+            scope = scope._parent_scope
+        return deadline
 
     def new_parked_call(self) -> AsyncioParkedCall:
         return AsyncioParkedCall(self.loop)

@@ -40,7 +40,17 @@ async def _settled(call: CallCore) -> Any:
 class TrioCall(CallCore):
     """A call that its caller awaits: it parks its task until the core reschedules it."""
 
-    __slots__ = ("__dict__", "_pool", "arrival", "core", "item", "seq", "state", "task")
+    __slots__ = (
+        "__dict__",
+        "_pool",
+        "arrival",
+        "core",
+        "ctx",
+        "item",
+        "seq",
+        "state",
+        "task",
+    )
 
     def __init__(self) -> None:
         self.task: trio.lowlevel.Task | None = None
@@ -163,6 +173,13 @@ class TrioBackend:
         self.key = trio_token()
         self.clock: Callable[[], float] = trio.lowlevel.current_clock().current_time
         self.new_call: Callable[[], TrioCall] = TrioCall  # the submit path sets its fields
+
+    def deadline_of(self, call: CallCore) -> float:
+        """What ``trio.current_effective_deadline()`` says in the task parked on
+        ``call``: its cancel status (trio's, private; tests compare the two)."""
+        task = getattr(call, "task", None) or getattr(call, "waiter", None)
+        status = getattr(task, "_cancel_status", None)
+        return math.inf if status is None else float(status.effective_deadline())
 
     def new_parked_call(self) -> TrioParkedCall:
         return TrioParkedCall()

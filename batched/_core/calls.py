@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, final
 from .._errors import BatcherClosed
 
 if TYPE_CHECKING:
+    from contextvars import Context
     from types import TracebackType
 
     from .._strategies import Entry
@@ -119,6 +120,9 @@ class CallCore:
     err_index: int = 0
     err_tb: TracebackType | None = None
     shared: SharedCall | None = None  # a keyed caller: the item it waits for
+    # Its caller's contextvars.Context at call time, for batched.Batch. (A caller's
+    # deadline is read from the task awaiting the call, when asked for: see _backends.)
+    ctx: Context | None = None
     room_wait: float = 0.0  # how long it waited for queue room before it was accepted
 
     def init_many(self, entries: list[Entry]) -> None:
@@ -218,6 +222,7 @@ class SharedCall(CallCore):
         "_pool",
         "arrival",
         "core",
+        "ctx",
         "err",
         "err_index",
         "err_tb",
@@ -255,6 +260,7 @@ class SharedCall(CallCore):
         self.err_index = 0
         self.remaining = 1
         self.room_wait = 0.0
+        self.ctx = None  # its first caller's (see _subscribe)
         self.subscribers: dict[CallCore, None] = {}
 
     def forget(self) -> None:

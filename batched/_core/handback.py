@@ -14,12 +14,12 @@ from .calls import DONE, QUEUED, owner
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from .queue import Batch, Core
+    from .queue import Core, Cut
 
 __all__ = ["close_batch", "deliver", "fail", "live"]
 
 
-def live(core: Core, batch: Batch) -> list[Any]:
+def live(core: Core, batch: Cut) -> list[Any]:
     """The batch's entries whose callers are still there."""
     entries = batch.entries
     if batch.abandons != core.abandons:  # a caller left since the cut
@@ -69,7 +69,7 @@ def fail(core: Core, entries: list[Any], error: BaseException) -> None:
         if call.state == QUEUED:
             call.put_error(entry._index, error, tb)
 
-def close_batch(core: Core, batch: Batch) -> None:
+def close_batch(core: Core, batch: Cut) -> None:
     """A batch that cannot finish (its slot was cancelled): ``BatcherClosed``. A call
     of many items is settled whole: its items elsewhere are dropped (those waiting
     leave the pools, those in other running batches are skipped)."""

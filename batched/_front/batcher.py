@@ -9,8 +9,10 @@ import anyio.lowlevel
 
 from .._core.counts import Counts
 from .._core.items import check_priority
+from .._errors import BatcherClosed
 from .._keyed import cache_stats
 from .._run.owned import Owned
+from .._run.pulled import Pulled
 from .._settings import make_settings
 from .._strategies import Fifo, PriorityStrategy, Strategy
 from .submit import closed, keyed_many, keyed_one, raise_later, submit_many
@@ -20,6 +22,9 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import Self
 
+    from anyio.streams.memory import MemoryObjectReceiveStream
+
+    from .._batch import Batch
     from .._settings import Settings
     from .._stats import BatchStats
     from ..cache import AsyncCache
@@ -87,13 +92,17 @@ class Batcher(Generic[T, R]):
         when a cache is set)
     :param isolate_errors: when ``fn`` raises, split the batch in halves and retry until
         the failing items stand alone; ``fn`` must accept being called again on subsets
+
+    Without ``fn``, consumer tasks pull the batches with :meth:`batches` and answer
+    each; ``max_concurrent_batches`` does not apply then (each waiting consumer is a
+    slot), and ``cache`` and ``isolate_errors`` need ``fn``.
     """
 
     __slots__ = ("_counts", "_keyed", "_run", "_settings")
 
     def __init__(
         self,
-        fn: BatchFunction[T, R],
+        fn: BatchFunction[T, R] | None = None,
         *,
         batch_size: int = 32,
         timeout_ms: float = 5.0,
@@ -126,7 +135,7 @@ class Batcher(Generic[T, R]):
             dedupe=dedupe,
         )
         self._keyed = cache is not None or self._settings.dedupe
-        self._run: Owned | None = None
+        self._run: Owned | Pulled | None = None
         self._counts = Counts()
 
     @classmethod
@@ -166,7 +175,11 @@ class Batcher(Generic[T, R]):
         if self._run is not None:
             msg = "this Batcher is already open: enter it in one `async with` at a time"
             raise RuntimeError(msg)
-        run = Owned(self._settings, self._counts)
+        run: Owned | Pulled
+        if self._settings.fn is None:
+            run = Pulled(self._settings, self._counts)
+        else:
+            run = Owned(self._settings, self._counts)
         await run.open()
         self._run = run
         return self
@@ -196,7 +209,32 @@ class Batcher(Generic[T, R]):
 
     # -- calls -------------------------------------------------------------------------
 
-    def _open_run(self) -> Owned:
+    def batches(self) -> MemoryObjectReceiveStream[Batch[T]]:
+        """A new consumer of this batcher's batches (made without ``fn``).
+
+        Each batch goes to exactly one consumer, and is cut only while a consumer waits
+        for one, by the usual rules. Answer each with :meth:`Batch.set_results` or
+        :meth:`Batch.fail`. Use it in ``async with``: a batch still unanswered when
+        the stream closes fails its callers with :exc:`BatcherClosed`, chained to the
+        exception that closed it. The stream ends once the batcher's block has ended
+        and everything accepted was handed out.
+
+        :raises RuntimeError: the batcher has a batch function of its own
+        :raises BatcherClosed: the batcher is not open
+        """
+        if self._settings.fn is not None:
+            msg = (
+                "batches() hands batches to consumers of a Batcher made without fn; this "
+                f"one calls its fn {self._settings.fn!r} itself"
+            )
+            raise RuntimeError(msg)
+        run = self._run
+        if not isinstance(run, Pulled) or not run.core.accepting:
+            msg = "the batcher is not open: call batches() inside its `async with`"
+            raise BatcherClosed(msg)
+        return run.consumer()
+
+    def _open_run(self) -> Owned | Pulled:
         run = self._run
         if run is None or not run.core.accepting:
             raise closed(run)

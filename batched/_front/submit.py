@@ -11,6 +11,7 @@ a new key is queued (as a ``SharedCall`` whose callers each wait on a call of th
 
 from __future__ import annotations
 
+from contextvars import copy_context
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import anyio
@@ -90,6 +91,7 @@ def submit_many(run: Run, items: list[Any], priority: float, wait: bool) -> Call
     call.item = None
     call.state = QUEUED
     call._pool = INTAKE
+    call.ctx = copy_context()
     call.init_many(entries)
     core.submit(call, wait)
     return call
@@ -119,10 +121,12 @@ def _subscribe(
     call.item = item
     call.state = QUEUED
     call._pool = INTAKE
+    call.ctx = copy_context()
     if not counted:
         call.n = 0
     if shared is None or shared.state > QUEUED:  # waiting for room or queued: join it
         shared = SharedCall(core, item, length, priority, key, inflight)
+        shared.ctx = call.ctx  # a batch sees its first caller's
         core.submit(shared, wait)
         if inflight is not None:
             inflight[key] = shared

@@ -12,6 +12,7 @@ import contextlib
 import os
 import threading
 import weakref
+from contextvars import copy_context
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, final, overload
 
 import anyio
@@ -252,6 +253,7 @@ class SyncFront(Binding, Generic[T, R]):
             raise
         if priority:
             call.priority = priority
+        call.ctx = copy_context()  # the calling thread's; no task: no deadline
         return call
 
     def _send(self, server: Server, call: ThreadCall, wait: bool) -> None:

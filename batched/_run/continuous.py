@@ -34,7 +34,7 @@ from .execute import _boxed, _not_ours
 from .members import Member, Values
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from anyio.abc import TaskGroup, TaskStatus
 
@@ -75,7 +75,11 @@ class Stepper:
         self.backend = current()
         self.core = core = Core(settings, counts, self.backend.clock)
         core.on_fault = self.crash
-        self.step = settings.fn
+        step = settings.fn
+        if step is None:  # Continuous checks its step: unreachable, but typed
+            msg = "a Continuous needs a step function"
+            raise TypeError(msg)
+        self.step: Callable[[list[Any]], Any] = step
         self.is_async = settings.is_async
         self.batch_size = settings.batch_size
         self.max_len = core.max_len

@@ -18,7 +18,7 @@ import anyio.lowlevel
 
 from .._backends import current
 from .._core.calls import DONE
-from .._core.queue import Batch, Core
+from .._core.queue import Core, Cut
 from .execute import Executor
 
 if TYPE_CHECKING:
@@ -183,7 +183,7 @@ class Driven:
             if self.leader is None and me.state != DONE:
                 self.leader = me
 
-    async def _run(self, batch: Batch) -> None:
+    async def _run(self, batch: Cut) -> None:
         core = self.core
         released = False
 
@@ -195,7 +195,7 @@ class Driven:
         try:
             live = core.live(batch)
             if live:  # else every caller left before the batch started
-                await self.executor.run(live, free)
+                await self.executor.run(live, free, batch.reason)
         except anyio.get_cancelled_exc_class():
             core.close_batch(batch)
             raise

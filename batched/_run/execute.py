@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, final
 import anyio
 import anyio.to_thread
 
+from .._batch import Batch, running
 from .._core.calls import QUEUED, SharedCall, owner
 from .._core.results import check_results
 from .._errors import BatchSizeMismatch, Failure
@@ -61,6 +62,7 @@ class Executor:
         "cancelling",
         "clock",
         "core",
+        "deadline_of",
         "fn",
         "is_async",
         "isolate",
@@ -75,6 +77,7 @@ class Executor:
         spawn: Callable[..., object] | None,
         backend: Backend,
     ) -> None:
+        assert settings.fn is not None  # a Batcher without fn is driven by Pulled
         self.fn = settings.fn
         self.cancelling = backend.cancelling
         self.is_async = settings.is_async
@@ -86,6 +89,7 @@ class Executor:
         # the batch, for the caller-driven decorator.
         self.spawn = spawn
         self.thread_limiter = anyio.CapacityLimiter(settings.max_concurrent_batches)
+        self.deadline_of = backend.deadline_of
 
     async def invoke(self, items: list[Any]) -> object:
         if self.is_async:
@@ -97,17 +101,25 @@ class Executor:
             out = await out
         return out
 
-    async def compute(self, entries: list[Any]) -> tuple[Sequence[Any] | None, Exception | None]:
+    async def compute(
+        self, entries: list[Any], reason: str
+    ) -> tuple[Sequence[Any] | None, Exception | None]:
         """Run ``fn`` once; its results, or the error for all of ``entries``. With
         ``isolate_errors``, a failing batch is split and settled here (None, None)."""
         clock = self.clock
         start = clock()
+        items = [entry.item for entry in entries]
+        # batched.current_batch() in fn; a worker thread runs in a copy of this context.
+        token = running.set(Batch(entries, items, reason, self.deadline_of))
         try:
-            out = await self.invoke([entry.item for entry in entries])
+            try:
+                out = await self.invoke(items)
+            finally:
+                running.reset(token)
         except Exception as exc:
             self.core.counts.ran(len(entries), clock() - start)
             if self.isolate and len(entries) > 1:
-                await self._isolate(entries)
+                await self._isolate(entries, reason)
                 return None, None
             return None, exc
         except anyio.get_cancelled_exc_class() as exc:
@@ -123,7 +135,7 @@ class Executor:
         except Exception as exc:  # len() or indexing of the results raised
             return None, exc
 
-    async def _isolate(self, entries: list[Any]) -> None:
+    async def _isolate(self, entries: list[Any], reason: str) -> None:
         """Split a failed batch in halves until the failing items stand alone."""
         half = len(entries) // 2
         for part in (entries[:half], entries[half:]):
@@ -131,7 +143,7 @@ class Executor:
             part = [entry for entry in part if owner(entry).state == QUEUED]
             if not part:
                 continue
-            results, error = await self.compute(part)
+            results, error = await self.compute(part, reason)
             await self.settle(part, results, error)
 
     async def settle(
@@ -168,13 +180,18 @@ class Executor:
             # get their results now, and equal keys read the cache from here on.
             self.core.deliver(entries, results)
 
-    async def run(self, entries: list[Any], between: Callable[[], object] | None = None) -> None:
+    async def run(
+        self,
+        entries: list[Any],
+        between: Callable[[], object] | None = None,
+        reason: str = "timeout",
+    ) -> None:
         """Compute a batch, then (after ``between()``: a driver's slot bookkeeping, done
         before the hand-back) hand its outcomes back; count its items' waits and
         latencies (``compute`` counts each run of ``fn``)."""
         clock = self.clock
         start = clock()
-        results, error = await self.compute(entries)
+        results, error = await self.compute(entries, reason)
         if between is not None:
             between()
         await self.settle(entries, results, error)

@@ -36,6 +36,7 @@ class Member(CallCore):
         "arrival",
         "buffer",
         "core",
+        "ctx",
         "current",
         "err",
         "err_index",

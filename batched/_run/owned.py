@@ -17,7 +17,7 @@ import anyio
 import anyio.lowlevel
 
 from .._backends import current
-from .._core.queue import Batch, Core
+from .._core.queue import Core, Cut
 from .execute import Executor
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ class _Worker:
     __slots__ = ("batch", "signal", "streak")
 
     def __init__(self, signal: Signal) -> None:
-        self.batch: Batch | None = None
+        self.batch: Cut | None = None
         self.signal = signal
         self.streak = 0  # batches it has cut itself in a row, without yielding
 
@@ -260,11 +260,11 @@ class Owned:
             finally:
                 core.done(batch)
 
-    async def _run_batch(self, batch: Batch) -> None:
+    async def _run_batch(self, batch: Cut) -> None:
         """Compute a batch and hand back its outcomes, in this task."""
         live = self.core.live(batch)
         if live:  # else every caller left before the batch started
-            await self.executor.run(live)
+            await self.executor.run(live, None, batch.reason)
 
     # -- slots -----------------------------------------------------------------------------
 
@@ -290,7 +290,7 @@ class Owned:
             self.slot_freed = None
             signal.set()
 
-    def _next_batch(self, worker: _Worker) -> Batch | None:
+    def _next_batch(self, worker: _Worker) -> Cut | None:
         # A slot whose fn just returned takes the next batch itself when one is due, so
         # that it starts before the collector's and the callers' wake-ups run. Every so
         # often it yields instead (see _STREAK).
@@ -307,7 +307,7 @@ class Owned:
         worker.streak += 1
         return core.cut(self.backend.clock())
 
-    async def _worker(self, batch: Batch) -> None:
+    async def _worker(self, batch: Cut) -> None:
         worker = _Worker(self.backend.signal())
         try:
             while True:
@@ -322,11 +322,11 @@ class Owned:
         finally:
             self.workers -= 1
 
-    async def _run(self, batch: Batch, worker: _Worker) -> Batch | None:
+    async def _run(self, batch: Cut, worker: _Worker) -> Cut | None:
         """Run one batch and hand back its outcomes; the batch this slot runs next, if
         one was due when ``fn`` returned."""
         core = self.core
-        following: Batch | None = None
+        following: Cut | None = None
         released = False
 
         def next_or_free() -> None:
@@ -341,7 +341,7 @@ class Owned:
         try:
             live = core.live(batch)
             if live:  # else every caller left before the batch started
-                await self.executor.run(live, next_or_free)
+                await self.executor.run(live, next_or_free, batch.reason)
         except anyio.get_cancelled_exc_class():
             core.close_batch(batch)
             if following is not None:

@@ -100,6 +100,7 @@ class Server:
         # Calls sent from other threads, until the loop takes them in (flush).
         self.pending: deque[tuple[ThreadCall, bool]] = deque()
         fn = settings.fn
+        assert fn is not None  # a sync front always has its function
         if settings.max_concurrent_batches == 1:
             fn = _run_here(fn, self.pending)
         else:
