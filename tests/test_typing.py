@@ -35,6 +35,7 @@ import anyio
 
 import batched
 import batched.aio
+import batched.aio.inference
 import batched.inference
 
 
@@ -87,6 +88,11 @@ async def amodel(features: dict[str, Any]) -> Output:
     return Output()
 
 
+@batched.aio.inference.dynamically(batch_size=4)
+def threaded(input_ids: Any) -> Output:
+    return Output()
+
+
 class Encoder:
     @batched.inference.dynamically(batch_size=4, pad_tokens={"input_ids": 0})
     def encode(self, input_ids: Any) -> Output:
@@ -122,6 +128,8 @@ async def main() -> None:
     reveal_type(await model.acall(input_ids=[[1, 2]]))  # expect: Output
     reveal_type(await amodel({"input_ids": [[1, 2]]}))  # expect: Output
     reveal_type(Encoder().encode(input_ids=[[1]]))  # expect: Output
+    reveal_type(threaded)  # expect: AsyncInferenceFunction[Output]
+    reveal_type(await threaded(input_ids=[[1]]))  # expect: Output
     async with batched.Batcher(double, batch_size=4) as b:
         reveal_type(b)  # expect: Batcher[int, float]
         reveal_type(await b(1))  # expect: float
@@ -193,7 +201,7 @@ def _check(revealed: dict[int, str], errors: dict[int, str], output: str) -> Non
 def test_expectations_are_read() -> None:
     # The checks below compare against these; a broken regex would make them compare nothing.
     expected = _expected()
-    assert len(expected) == 28
+    assert len(expected) == 30
     assert expected[min(expected)] == "BatchedFunction[str,int]"
     assert _normal("builtins.list[builtins.int]") == "list[int]"
     assert _normal("batched.cache.CacheStats | None") == "CacheStats|None"
