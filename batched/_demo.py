@@ -627,7 +627,7 @@ def _make_display(choice: str) -> _Display | str:
     except ImportError:
         if choice == "auto":
             return PlainDisplay()
-        return "--display rich needs rich: pip install 'batched[demo]' (or pip install rich)"
+        return "--display rich needs rich: pip install 'batched-anyio[demo]' (or pip install rich)"
     return RichDisplay()
 
 
@@ -669,7 +669,7 @@ def run(args: argparse.Namespace) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             return _fail(
-                "--plot needs matplotlib: pip install 'batched[bench]' (or pip install "
+                "--plot needs matplotlib: pip install 'batched-anyio[bench]' (or pip install "
                 "matplotlib)",
                 2,
             )
@@ -684,7 +684,7 @@ def run(args: argparse.Namespace) -> int:
         import numpy  # noqa: F401
     except ImportError:
         return _fail(
-            "the demo needs numpy: pip install numpy (or pip install 'batched[demo]' "
+            "the demo needs numpy: pip install numpy (or pip install 'batched-anyio[demo]' "
             "for the live display too)"
         )
 

@@ -24,7 +24,7 @@ def _np() -> Any:
     try:
         import numpy
     except ImportError:
-        msg = "batched.inference needs numpy: pip install 'batched[inference]'"
+        msg = "batched.inference needs numpy: pip install 'batched-anyio[inference]'"
         raise ImportError(msg) from None
     return numpy
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, final
+from typing import TYPE_CHECKING, final
 
 import attrs
+
+if TYPE_CHECKING:
+    from .cache import CacheStats
 
 __all__ = ["BatchStats"]
 
@@ -21,6 +24,8 @@ class BatchStats:
     milliseconds over the most recent 8,192 items that went through the batch function
     (``wait``: arrival in the queue to batch start; ``latency``: the call to its result,
     a wait for queue room included), and read 0.0 before the first sample.
+    ``cache_stats`` is the cache's :class:`batched.cache.CacheStats`, or None without a
+    cache.
     """
 
     submitted: int = 0
@@ -33,7 +38,7 @@ class BatchStats:
     total_batches: int = 0
     avg_batch_size: float = 0.0
     avg_processing_time: float = 0.0
-    cache_stats: Any = None
+    cache_stats: CacheStats | None = None
     wait_p50_ms: float = 0.0
     wait_p90_ms: float = 0.0
     wait_p99_ms: float = 0.0

@@ -248,7 +248,8 @@ _ABSENT = object()  # diskcache's default for a missing key; a stored None is a 
 
 @final
 class DiskCache(Generic[K, V]):
-    """A persistent cache in a directory, on ``diskcache.Cache`` (``pip install 'batched[disk]'``).
+    """A persistent cache in a directory, on ``diskcache.Cache``
+    (``pip install 'batched-anyio[disk]'``).
 
     Values are pickled; keys are stored as is when they are str, bytes, int or float, and
     pickled otherwise, so use keys whose pickles are stable. Every disk operation runs in
@@ -275,7 +276,7 @@ class DiskCache(Generic[K, V]):
         try:
             import diskcache
         except ImportError as exc:
-            msg = "DiskCache needs the diskcache package: pip install 'batched[disk]'"
+            msg = "DiskCache needs the diskcache package: pip install 'batched-anyio[disk]'"
             raise ImportError(msg) from exc
         self._cache: Any = diskcache.Cache(os.fspath(directory), **settings)
         self._size: int = len(self._cache)

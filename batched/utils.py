@@ -134,7 +134,7 @@ def bucket_batch_iter(
 
 class AsyncDiskCache(Generic[T, U]):
     """The seed's disk cache: ``diskcache.Cache`` in ``cache_dir``, each operation in a
-    worker thread (``pip install 'batched[disk]'``).
+    worker thread (``pip install 'batched-anyio[disk]'``).
 
     ``get`` returns ``None`` for a key it does not hold (so a stored ``None`` reads as a
     miss). Counters are kept only with ``collect_stats=True``. Subclasses may override

@@ -44,7 +44,7 @@ COLORS = {"asyncio": "#1f77b4", "asyncio+uvloop": "#ff7f0e", "trio": "#2ca02c"}
 SPARE_COLORS = ("#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 TARGET_COLOR = "#d62728"
 DPI = 110
-INSTALL_HINT = "pip install 'batched[bench]'"
+INSTALL_HINT = "pip install 'batched-anyio[bench]'"
 # Value labels stay readable where a target line or another line crosses them.
 LABEL_BOX = {"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.85}
 

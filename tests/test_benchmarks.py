@@ -148,7 +148,7 @@ def test_plot_without_matplotlib_names_the_extra(tmp_path: Path) -> None:
         check=False,
     )
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "pip install 'batched[bench]'" in proc.stderr, proc.stderr
+    assert "pip install 'batched-anyio[bench]'" in proc.stderr, proc.stderr
     assert not list(tmp_path.iterdir())
 
 

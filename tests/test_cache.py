@@ -501,7 +501,7 @@ def test_disk_cache_without_diskcache_says_what_to_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "diskcache", None)  # makes `import diskcache` fail
-    with pytest.raises(ImportError, match=r"pip install 'batched\[disk\]'"):
+    with pytest.raises(ImportError, match=r"pip install 'batched-anyio\[disk\]'"):
         DiskCache(tmp_path)
 
 

@@ -1137,6 +1137,7 @@ async def test_base_exception_waiting_callers_of_other_batches_are_closed() -> N
         assert await f("again") == "again"
 
 
+@pytest.mark.virtual_time  # its two calls must reach one batch within timeout_ms
 async def test_batch_size_mismatch_reaches_every_caller() -> None:
     baseline = running_tasks()
 

@@ -147,7 +147,7 @@ def test_plot_without_matplotlib_fails_before_measuring(tmp_path: Path) -> None:
     path = tmp_path / "out.png"
     proc = _run("demo", "--quick", "--plot", str(path), block="matplotlib")
     assert proc.returncode == 2, proc.stderr
-    assert "--plot needs matplotlib: pip install 'batched[bench]'" in proc.stderr
+    assert "--plot needs matplotlib: pip install 'batched-anyio[bench]'" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stdout == ""
     assert not path.exists()
@@ -260,7 +260,7 @@ def test_auto_display_is_rich_on_a_terminal_only(monkeypatch: pytest.MonkeyPatch
 def test_display_rich_without_rich_says_how_to_get_it() -> None:
     proc = _run("demo", "--quick", "--display", "rich", block="rich")
     assert proc.returncode == 1, proc.stderr
-    assert "--display rich needs rich: pip install 'batched[demo]'" in proc.stderr
+    assert "--display rich needs rich: pip install 'batched-anyio[demo]'" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

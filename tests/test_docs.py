@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import tomllib
 import unicodedata
 from typing import TYPE_CHECKING
 
@@ -306,3 +307,33 @@ def test_the_link_and_anchor_finders_work() -> None:
         "async-with-embed",
         "title_1",
     }
+
+
+def test_the_readme_links_work_on_pypi() -> None:
+    # PyPI shows README.md away from the repository: a relative link or image breaks there.
+    # So every link is absolute, and those into the repository name files that exist.
+    repo = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"][
+        "urls"
+    ]["Repository"]
+    blob = f"{repo}/blob/main/"
+    raw = repo.replace("https://github.com/", "https://raw.githubusercontent.com/") + "/main/"
+    text = README.read_text(encoding="utf-8")
+    broken = []
+    for target in links(text):
+        if not re.match(r"^https?://", target):
+            broken.append(f"{target} (relative)")
+            continue
+        for prefix in (blob, raw):
+            if target.startswith(prefix):
+                path_part, _, anchor = target[len(prefix) :].partition("#")
+                path = ROOT / path_part
+                if not path.exists():
+                    broken.append(f"{target} (no file {path_part})")
+                elif anchor and anchor not in anchors(path.read_text(encoding="utf-8")):
+                    broken.append(f"{target} (no anchor #{anchor} in {path_part})")
+    prose, _ = split_fences(text)
+    images = re.findall(r"!\[[^\]]*\]\(\s*(\S+?)\s*\)", "\n".join(prose))
+    assert images, "README.md shows no image: the image check below checks nothing"
+    broken += [f"{image} (not served raw: {raw}...)" for image in images if raw not in image]
+    assert not broken, f"README.md: links that break on PyPI: {broken}"
+    assert any(target.startswith(blob) for target in links(text))  # the check checked some

@@ -251,6 +251,7 @@ async def test_sequence_outputs_true_cuts_a_lone_array_on_the_padding_side(
     assert_same(got["long"], out(long))
 
 
+@pytest.mark.virtual_time  # its calls must reach one batch within timeout_ms
 @pytest.mark.parametrize(
     "dtype", [np.int32, np.int64, np.float16, np.bool_], ids=["int32", "int64", "float16", "bool"]
 )

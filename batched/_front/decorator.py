@@ -21,6 +21,7 @@ from .._backends import loop_key
 from .._keyed import cache_stats
 from .._run.driven import Driven
 from .._settings import is_async_callable, settings_from
+from .._typing import deprecated
 from .batcher import Batcher, nothing
 from .submit import keyed_many, keyed_one, submit_many
 
@@ -297,6 +298,12 @@ class AsyncFront(Binding, Generic[T, R]):
     ) -> Coroutine[Any, Any, list[R]]: ...
 
     @overload
+    @deprecated("its items are lists, so a list is many items: call .one(item) for one item")
+    def __call__(
+        self: AsyncFront[list[Any], R], item: list[Any], *, priority: float = 0, wait: bool = True
+    ) -> Coroutine[Any, Any, list[R]]: ...
+
+    @overload
     def __call__(
         self, item: T, *, priority: float = 0, wait: bool = True
     ) -> Coroutine[Any, Any, R]: ...
@@ -314,6 +321,12 @@ class AsyncFront(Binding, Generic[T, R]):
     @overload
     def acall(
         self, item: list[T], *, priority: float = 0, wait: bool = True
+    ) -> Coroutine[Any, Any, list[R]]: ...
+
+    @overload
+    @deprecated("its items are lists, so a list is many items: call .one(item) for one item")
+    def acall(
+        self: AsyncFront[list[Any], R], item: list[Any], *, priority: float = 0, wait: bool = True
     ) -> Coroutine[Any, Any, list[R]]: ...
 
     @overload

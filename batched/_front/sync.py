@@ -27,6 +27,7 @@ from .._keyed import cache_stats
 from .._run.thread import Server, ThreadCall
 from .._settings import settings_from
 from .._strategies import Entry
+from .._typing import deprecated
 from .decorator import Binding, weak_method
 from .submit import closed, keyed_many, keyed_one
 
@@ -289,6 +290,12 @@ class SyncFront(Binding, Generic[T, R]):
     def __call__(self, item: list[T], *, priority: float = 0, wait: bool = True) -> list[R]: ...
 
     @overload
+    @deprecated("its items are lists, so a list is many items: call .one(item) for one item")
+    def __call__(
+        self: SyncFront[list[Any], R], item: list[Any], *, priority: float = 0, wait: bool = True
+    ) -> list[R]: ...
+
+    @overload
     def __call__(self, item: T, *, priority: float = 0, wait: bool = True) -> R: ...
 
     def __call__(self, item: Any, *, priority: float = 0, wait: bool = True) -> Any:
@@ -316,6 +323,12 @@ class SyncFront(Binding, Generic[T, R]):
 
     @overload
     async def acall(self, item: list[T], *, priority: float = 0, wait: bool = True) -> list[R]: ...
+
+    @overload
+    @deprecated("its items are lists, so a list is many items: call .one(item) for one item")
+    async def acall(
+        self: SyncFront[list[Any], R], item: list[Any], *, priority: float = 0, wait: bool = True
+    ) -> list[R]: ...
 
     @overload
     async def acall(self, item: T, *, priority: float = 0, wait: bool = True) -> R: ...

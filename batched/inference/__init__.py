@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, final
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, final, overload
 
 import attrs
 
@@ -39,9 +39,9 @@ from .._padding import Row, collate, partition, split_call, split_output, stack_
 from .._settings import is_async_callable
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Coroutine
     from types import TracebackType
-    from typing import Self
+    from typing import Self, Unpack
 
     from .._front.decorator import BatcherOptions
     from .._stats import BatchStats
@@ -273,6 +273,10 @@ class AsyncInferenceFunction(_AsyncInference[O]):
 
     __slots__ = ()
 
+    if TYPE_CHECKING:
+        # On a method: each instance's own function (Binding.__get__), of the same type.
+        def __get__(self, instance: object, owner: type | None = None, /) -> Self: ...
+
 
 class _SyncInference(_InferenceBase, Generic[O]):
     """A model called from threads: :class:`InferenceFunction` and the seed's processor."""
@@ -345,6 +349,10 @@ class InferenceFunction(_SyncInference[O]):
     """
 
     __slots__ = ()
+
+    if TYPE_CHECKING:
+
+        def __get__(self, instance: object, owner: type | None = None, /) -> Self: ...
 
 
 # -- the seed's processors (mixedbread's batched) ----------------------------------------
@@ -419,6 +427,67 @@ class ModelBatchProcessor(_SyncInference[Any], _SeedAttributes):
         super().__init__(_func, options, padding)
 
 
+class InferenceDecorator(Protocol):
+    """What ``batched.inference.dynamically(**settings)`` returns (typing only)."""
+
+    @overload
+    def __call__(  # type: ignore[overload-overlap]
+        self, fn: Callable[..., Coroutine[Any, Any, O]], /
+    ) -> AsyncInferenceFunction[O]: ...
+    @overload
+    def __call__(self, fn: Callable[..., O], /) -> InferenceFunction[O]: ...
+
+
+class AsyncInferenceDecorator(Protocol):
+    """What ``batched.aio.inference.dynamically(**settings)`` returns (typing only)."""
+
+    @overload
+    def __call__(
+        self, fn: Callable[..., Coroutine[Any, Any, O]], /
+    ) -> AsyncInferenceFunction[O]: ...
+    @overload
+    def __call__(self, fn: Callable[..., O], /) -> AsyncInferenceFunction[O]: ...
+
+
+# An async model first: its output is what it returns once awaited. Coroutine, not
+# Awaitable: against Awaitable, the Any inside every coroutine type makes mypy call the
+# match ambiguous and infer Any. (A plain function returning a coroutine matches both
+# overloads; at runtime it is no async model either.)
+@overload
+def dynamically(  # type: ignore[overload-overlap]
+    fn: Callable[..., Coroutine[Any, Any, O]],
+    /,
+    *,
+    pad_tokens: Mapping[str, Any] | None = ...,
+    padding_side: str = ...,
+    spread_kwargs: bool = ...,
+    sequence_outputs: bool | Iterable[str | int] = ...,
+    **settings: Unpack[BatcherOptions],
+) -> AsyncInferenceFunction[O]: ...
+@overload
+def dynamically(
+    fn: Callable[..., O],
+    /,
+    *,
+    pad_tokens: Mapping[str, Any] | None = ...,
+    padding_side: str = ...,
+    spread_kwargs: bool = ...,
+    sequence_outputs: bool | Iterable[str | int] = ...,
+    **settings: Unpack[BatcherOptions],
+) -> InferenceFunction[O]: ...
+@overload
+def dynamically(
+    fn: None = None,
+    /,
+    *,
+    pad_tokens: Mapping[str, Any] | None = ...,
+    padding_side: str = ...,
+    spread_kwargs: bool = ...,
+    sequence_outputs: bool | Iterable[str | int] = ...,
+    **settings: Unpack[BatcherOptions],
+) -> InferenceDecorator: ...
+
+
 def dynamically(
     fn: Any = None,
     /,
@@ -448,6 +517,41 @@ def dynamically(
         return kind(fn, options, padding)
 
     return decorate if fn is None else decorate(fn)
+
+
+@overload
+def aio_dynamically(
+    fn: Callable[..., Coroutine[Any, Any, O]],
+    /,
+    *,
+    pad_tokens: Mapping[str, Any] | None = ...,
+    padding_side: str = ...,
+    spread_kwargs: bool = ...,
+    sequence_outputs: bool | Iterable[str | int] = ...,
+    **settings: Unpack[BatcherOptions],
+) -> AsyncInferenceFunction[O]: ...
+@overload
+def aio_dynamically(
+    fn: Callable[..., O],
+    /,
+    *,
+    pad_tokens: Mapping[str, Any] | None = ...,
+    padding_side: str = ...,
+    spread_kwargs: bool = ...,
+    sequence_outputs: bool | Iterable[str | int] = ...,
+    **settings: Unpack[BatcherOptions],
+) -> AsyncInferenceFunction[O]: ...
+@overload
+def aio_dynamically(
+    fn: None = None,
+    /,
+    *,
+    pad_tokens: Mapping[str, Any] | None = ...,
+    padding_side: str = ...,
+    spread_kwargs: bool = ...,
+    sequence_outputs: bool | Iterable[str | int] = ...,
+    **settings: Unpack[BatcherOptions],
+) -> AsyncInferenceDecorator: ...
 
 
 def aio_dynamically(

@@ -1,6 +1,6 @@
 """Test code that uses batching: virtual time, hypothesis strategies and invariants.
 
-Needs the ``test`` extra (pytest, hypothesis, trio); ``import batched`` never imports it,
+Needs the ``testing`` extra (pytest, hypothesis, trio); ``import batched`` never imports it,
 and ``import batched.testing`` imports pytest and hypothesis only when a name that needs
 them is first used (so batched's pytest plugin loads without them).
 

@@ -2,7 +2,7 @@
 
 Registered by the ``pytest11`` entry point ``batched``; ``-p no:batched`` turns it off.
 It imports neither hypothesis nor trio (trio only when a test runs on it), so it never
-gets in the way of a project that has batched installed but not its ``test`` extra.
+gets in the way of a project that has batched installed but not its ``testing`` extra.
 
 The ``anyio_backend`` fixture reaches a project in one of two ways, and in neither does it
 replace a fixture of the project's own:
