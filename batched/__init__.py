@@ -25,6 +25,7 @@ from ._front.dynamically import dynamically as dynamically
 from ._front.seed import BatchProcessor as BatchProcessor
 from ._front.sync import SyncBatchedFunction as SyncBatchedFunction
 from ._front.sync import SyncBatchedMethod as SyncBatchedMethod
+from ._settings import BatcherSettings as BatcherSettings
 from ._stats import BatchStats as BatchProcessorStats
 from ._stats import BatchStats as BatchStats
 from ._step import Last as Last
@@ -56,6 +57,7 @@ __all__ = [
     "Batcher",
     "BatcherClosed",
     "BatcherOptions",
+    "BatcherSettings",
     "ByLength",
     "ByPriority",
     "Continuous",

@@ -14,6 +14,7 @@ import attrs
 from ._strategies import ByPriority, Fifo, PriorityStrategy, Strategy
 
 __all__ = [
+    "BatcherSettings",
     "Settings",
     "check_fn",
     "check_length",
@@ -23,6 +24,8 @@ __all__ = [
     "non_negative_float",
     "optional_positive_int",
     "positive_int",
+    "public_settings",
+    "reconfigure",
     "settings_from",
     "to_strategy",
 ]
@@ -254,3 +257,98 @@ def settings_from(fn: object, options: Mapping[str, Any]) -> Settings:
     padded = options.pop("padded", False)
     settings = make_settings(fn, **options)
     return attrs.evolve(settings, padded=True) if padded else settings
+
+
+# What ``configure`` may change on a running batcher, each checked as the constructor
+# checks it. The others shape what the batcher is (its function, pools, cache) and
+# are fixed for its life.
+_TUNABLE: dict[str, Callable[[str, object], Any]] = {
+    "batch_size": positive_int,
+    "timeout_ms": non_negative_float,
+    "max_batch_length": optional_positive_int,
+    "max_queue_size": optional_positive_int,
+    "max_concurrent_batches": positive_int,
+    "small_batch_threshold": non_negative_int,
+    "max_wait_ms": non_negative_float,
+}
+
+_FIXED = (
+    "fn",
+    "length_fn",
+    "strategy",
+    "cache",
+    "cache_key",
+    "dedupe",
+    "isolate_errors",
+)
+
+
+def reconfigure(settings: Settings, changes: Mapping[str, object]) -> Settings:
+    """``settings`` with ``changes`` (``configure``'s keywords), checked like the
+    constructor's.
+
+    :raises TypeError: a name ``configure`` does not change, or a value of a wrong type
+    :raises ValueError: a value out of range
+    """
+    unknown = [name for name in changes if name not in _TUNABLE]
+    if unknown:
+        fixed = [name for name in unknown if name in _FIXED]
+        names = ", ".join(repr(name) for name in unknown)
+        msg = (
+            f"configure() cannot change {names}: it changes "
+            f"{', '.join(_TUNABLE)}"
+            + (" (the others are fixed when the batcher is made)" if fixed else "")
+        )
+        raise TypeError(msg)
+    values = {name: _TUNABLE[name](name, value) for name, value in changes.items()}
+    if values.get("max_batch_length") is not None and settings.length_fn is None:
+        values["length_fn"] = default_length  # as make_settings does: a budget reads lengths
+    return attrs.evolve(settings, **values)
+
+
+@attrs.frozen
+class BatcherSettings:
+    """The settings of a batcher or batched function, as they are now (a snapshot).
+
+    Read from ``b.settings``; ``b.configure(...)`` changes the tunable ones
+    (``batch_size``, ``timeout_ms``, ``max_batch_length``, ``max_queue_size``,
+    ``max_concurrent_batches``, ``small_batch_threshold``, ``max_wait_ms``). Values are
+    as checked by the constructor: ``strategy`` is a strategy instance, ``dedupe`` a
+    bool, ``length_fn`` the function in force (batched's default where a length budget
+    or strategy reads lengths and none was given).
+    """
+
+    fn: Callable[..., Any] | None
+    batch_size: int
+    timeout_ms: float
+    max_batch_length: int | None
+    length_fn: Callable[[Any], Any] | None
+    strategy: Strategy
+    small_batch_threshold: int
+    max_wait_ms: float
+    max_queue_size: int | None
+    max_concurrent_batches: int
+    cache: Any
+    cache_key: Callable[[Any], Any] | None
+    dedupe: bool
+    isolate_errors: bool
+
+
+def public_settings(settings: Settings) -> BatcherSettings:
+    """The public snapshot of ``settings``."""
+    return BatcherSettings(
+        fn=settings.fn,
+        batch_size=settings.batch_size,
+        timeout_ms=settings.timeout_ms,
+        max_batch_length=settings.max_batch_length,
+        length_fn=settings.length_fn,
+        strategy=settings.strategy,
+        small_batch_threshold=settings.small_batch_threshold,
+        max_wait_ms=settings.max_wait_ms,
+        max_queue_size=settings.max_queue_size,
+        max_concurrent_batches=settings.max_concurrent_batches,
+        cache=settings.cache,
+        cache_key=settings.cache_key,
+        dedupe=settings.dedupe,
+        isolate_errors=settings.isolate_errors,
+    )

@@ -31,12 +31,14 @@ if TYPE_CHECKING:
     from .._strategies import Entry, Pool
     from .counts import Counts
 
-__all__ = ["REASONS", "Core", "Cut"]
+__all__ = ["REASONS", "STOPPED", "Core", "Cut"]
 
 # Why a batch was cut, as ``batched.Batch.reason`` gives it. "deadline" is issue 16's
 # (a partial batch sent early so that a caller meets its deadline): ``Core.reason``
 # is where it plugs in.
 REASONS = ("full", "budget", "overdue", "timeout", "closing", "deadline")
+
+STOPPED = "the batcher has stopped accepting calls (stop_accepting() was called)"
 
 
 def _refusal(core: Core) -> Exception:
@@ -49,7 +51,7 @@ def _refusal(core: Core) -> Exception:
             "asyncio.run_coroutine_threadsafe() from this thread"
         )
         return RuntimeError(msg)
-    return BatcherClosed("the batcher is closed")
+    return BatcherClosed(STOPPED if core.stopped else "the batcher is closed")
 
 
 @final
@@ -97,6 +99,7 @@ class Core:
         "running",
         "seq",
         "small",
+        "stopped",
         "thread",
         "threshold",
         "timeout",
@@ -142,6 +145,7 @@ class Core:
         self.wakeup: Callable[[], None] | None = None
         self.wake_at = 1
         self.accepting = True  # new calls are taken
+        self.stopped = False  # stop_accepting(): refused, while what was accepted is served
         self.draining = False  # no new calls: what waits leaves without waiting
         self.closing = False  # the front is closing: what waits leaves without waiting
         self.queued = 0  # items accepted and not yet cut: intake and pools
@@ -295,14 +299,14 @@ class Core:
 
     def grant_room(self) -> None:
         room, max_queue = self.room, self.max_queue
-        assert max_queue is not None
         now = self.clock()
         while room:
             call, since = room[0]
             if call.state != ROOM:
                 room.popleft()
                 continue
-            if self.queued and self.queued + call.n > max_queue:
+            # None: configure() lifted the bound, and everyone waiting gets in.
+            if max_queue is not None and self.queued and self.queued + call.n > max_queue:
                 return
             room.popleft()
             self.room_waiting -= 1
@@ -512,6 +516,60 @@ class Core:
     def done(self, batch: Cut) -> None:
         self.running.discard(batch)
 
+    # -- steering (configure, stop_accepting) ----------------------------------------------
+
+    def check(self, settings: Settings) -> None:
+        """Refuse new settings this core cannot keep: a length budget where lengths are
+        not counted (items that wait have none; counting them would cost every call).
+
+        :raises ValueError: ``max_batch_length`` set on a core opened without one
+        """
+        if settings.max_batch_length is not None and not self.budget:
+            msg = (
+                f"'max_batch_length' cannot be set while the batcher is open without one "
+                f"(the lengths of waiting items are not counted): "
+                f"{settings.max_batch_length!r}; set it before the batcher opens, or give "
+                f"a max_batch_length at construction and change it later"
+            )
+            raise ValueError(msg)
+
+    def apply(self, settings: Settings) -> None:
+        """Take the tunable settings (checked by ``check``); effective from the next cut.
+
+        What waits stays where it is; calls waiting for room get in if it grew. The
+        driver is woken to ask ``due`` afresh (a shorter timeout may make a batch due).
+        """
+        self.batch_size = settings.batch_size
+        if not self.closing:  # closing sends what waits at once: keep it so
+            self.timeout = settings.timeout_ms / 1000.0
+        self.max_wait = settings.max_wait_ms / 1000.0
+        if self.budget:  # lengths stay counted: the budget may be set again later
+            limit = settings.max_batch_length
+            self.max_len = math.inf if limit is None else limit
+        self.threshold = settings.small_batch_threshold
+        self.first = self.small if self.threshold else self.bulk
+        self.max_queue = settings.max_queue_size
+        self.fast = self.direct and self.length_fn is None and self.max_queue is None
+        if self.room and self.accepting:
+            self.grant_room()
+        self._wake()
+
+    def stop_accepting(self) -> None:
+        """Refuse new calls (``BatcherClosed``) while what was accepted is served as
+        usual; calls waiting for queue room were not accepted: they get
+        ``BatcherClosed`` now."""
+        if not self.accepting:
+            return
+        self.accepting = False
+        self.stopped = True
+        room = self.room
+        while room:
+            call, _ = room.popleft()
+            if call.state == ROOM:
+                call.err = BatcherClosed(STOPPED + " before this call found queue room")
+                call.finish()
+        self.room_waiting = 0
+
     # -- closing ---------------------------------------------------------------------------
 
     def close_intake(self) -> None:
@@ -542,6 +600,7 @@ class Core:
         not keep its callers waiting): the driver reports a ``BaseException`` there.
         """
         self.accepting = False
+        self.stopped = False  # closed, not just stopped: refusals say so
         self.abandons += 1
         if cause is not None and self.cause is None:
             self.cause = cause

@@ -20,7 +20,13 @@ import anyio.lowlevel
 from .._backends import loop_key
 from .._keyed import cache_stats
 from .._run.driven import Driven
-from .._settings import is_async_callable, settings_from
+from .._settings import (
+    BatcherSettings,
+    is_async_callable,
+    public_settings,
+    reconfigure,
+    settings_from,
+)
 from .._typing import deprecated
 from .batcher import Batcher, nothing
 from .submit import keyed_many, keyed_one, submit_many
@@ -229,7 +235,15 @@ def weak_method(func: Callable[..., Any], instance: object) -> Callable[[list[An
 class AsyncFront(Binding, Generic[T, R]):
     """The async front: ``BatchedFunction`` and the seed's ``AsyncBatchProcessor``."""
 
-    __slots__ = ("__dict__", "__weakref__", "_batcher", "_drivers", "_owner", "_settings")
+    __slots__ = (
+        "__dict__",
+        "__weakref__",
+        "_batcher",
+        "_drivers",
+        "_owner",
+        "_settings",
+        "_stopped",
+    )
 
     def __init__(self, fn: Any, options: BatcherOptions) -> None:
         fn = self._init_binding(fn, options)
@@ -239,6 +253,7 @@ class AsyncFront(Binding, Generic[T, R]):
         self._batcher: Batcher[T, R] = Batcher._from_settings(self._settings)
         self._drivers: dict[object, Driven] = {}  # caller-driven, one per event loop
         self._owner: object = None  # the event loop of the open `async with` block
+        self._stopped = False  # stop_accepting(), until the next `async with f:`
 
     def _rebind(self, fn: Callable[..., Any]) -> Any:
         return BatchedFunction(fn, self._options)
@@ -260,6 +275,44 @@ class AsyncFront(Binding, Generic[T, R]):
         submitted, so the counters keep adding up."""
         self._batcher._counts.clear()
 
+    # -- steering ----------------------------------------------------------------------
+
+    @property
+    def settings(self) -> BatcherSettings:
+        """The settings now in force (a frozen snapshot; see :meth:`configure`)."""
+        return public_settings(self._settings)
+
+    def configure(self, **settings: Any) -> None:
+        """Change settings (see :meth:`Batcher.configure`): for the batcher of
+        ``async with f:`` and for the batching its callers run outside it, now and
+        from then on. Call it from a task; nothing changes if a setting is refused.
+
+        :raises TypeError: a setting this does not change, or a value of a wrong type
+        :raises ValueError: a value out of range, or ``max_batch_length`` set while
+            calls made without one are being batched
+        """
+        new = reconfigure(self._settings, settings)
+        drivers = [driver for driver in self._drivers.values() if driver.core.accepting]
+        for driver in drivers:
+            driver.core.check(new)  # all or nothing: check each before changing any
+        self._batcher.configure(**settings)
+        for driver in drivers:
+            driver.configure(new)
+        self._settings = new
+
+    def stop_accepting(self) -> None:
+        """Refuse new calls with :exc:`BatcherClosed` while calls already accepted are
+        served (see :meth:`Batcher.stop_accepting`), until the next ``async with f:``."""
+        self._stopped = True
+        self._batcher.stop_accepting()
+        for driver in list(self._drivers.values()):
+            driver.core.stop_accepting()
+
+    @property
+    def accepting(self) -> bool:
+        """Whether a call made now would be accepted (False after :meth:`stop_accepting`)."""
+        return not self._stopped
+
     # -- the seed's lifecycle: nothing to start or stop ----------------------------------
 
     async def start(self) -> None:
@@ -278,6 +331,7 @@ class AsyncFront(Binding, Generic[T, R]):
         """Serve the calls of this event loop from a batcher owned by this block."""
         await self._batcher.__aenter__()
         self._owner = loop_key()
+        self._stopped = False
         return self
 
     async def __aexit__(
@@ -371,8 +425,14 @@ class AsyncFront(Binding, Generic[T, R]):
         """This event loop's caller-driven driver, made afresh if there is none."""
         drivers = self._drivers
         driver = drivers.get(key)
-        if driver is None or not driver.core.accepting:
+        # A stopped driver still serves what it accepted: it stays, and refuses calls,
+        # until the function accepts again (then a fresh one takes the new calls).
+        if driver is None or not (
+            driver.core.accepting or (self._stopped and driver.core.stopped)
+        ):
             driver = drivers[key] = Driven(self._settings, self._batcher._counts, drivers)
+            if self._stopped:  # its core refuses the call, counted, with the reason
+                driver.core.stop_accepting()
         return driver
 
     async def _driven_one(self, key: object, item: Any, priority: float, wait: bool) -> Any:

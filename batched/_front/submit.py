@@ -19,6 +19,7 @@ import anyio.lowlevel
 
 from .._core.calls import DONE, INTAKE, QUEUED, SharedCall
 from .._core.items import check_priority, length_of
+from .._core.queue import STOPPED
 from .._errors import BatcherClosed
 from .._keyed import cache_get, key_of
 from .._strategies import Entry
@@ -65,7 +66,7 @@ async def raise_later(exc: BaseException) -> NoReturn:
 def closed(run: Run | None) -> BatcherClosed:
     if run is None:
         return BatcherClosed("the batcher is not open: call it inside `async with`")
-    return BatcherClosed("the batcher is closed")
+    return BatcherClosed(STOPPED if run.core.stopped else "the batcher is closed")
 
 
 def submit_many(run: Run, items: list[Any], priority: float, wait: bool) -> CallCore:

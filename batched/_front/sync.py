@@ -22,10 +22,11 @@ import anyio.to_thread
 from .._backends import current, in_event_loop
 from .._core.counts import Counts
 from .._core.items import check_priority, length_of
+from .._core.queue import STOPPED
 from .._errors import BatcherClosed
 from .._keyed import cache_stats
 from .._run.thread import Server, ThreadCall
-from .._settings import settings_from
+from .._settings import BatcherSettings, public_settings, reconfigure, settings_from
 from .._strategies import Entry
 from .._typing import deprecated
 from .decorator import Binding, weak_method
@@ -87,6 +88,7 @@ class SyncFront(Binding, Generic[T, R]):
         "_lock",
         "_server",
         "_settings",
+        "_stopped",
     )
 
     def __init__(self, fn: Any, options: BatcherOptions) -> None:
@@ -96,6 +98,7 @@ class SyncFront(Binding, Generic[T, R]):
         self._lock = threading.Lock()
         self._server: Server | None = None
         self._closed = False
+        self._stopped = False  # stop_accepting(), until reopened (start(), `with f:`)
         # One finalizer for every server this function will have: collecting the
         # function (a method's, with its instance) stops the current one.
         self._box: list[Server | None] = [None]
@@ -126,6 +129,50 @@ class SyncFront(Binding, Generic[T, R]):
             run.core.queued if run is not None else 0,
             cache_stats(self._settings.cache, self._counts),
         )
+
+    # -- steering (safe from any thread) -----------------------------------------------
+
+    @property
+    def settings(self) -> BatcherSettings:
+        """The settings now in force (a frozen snapshot; see :meth:`configure`)."""
+        return public_settings(self._settings)
+
+    def configure(self, **settings: Any) -> None:
+        """Change settings (see :meth:`Batcher.configure`), from any thread: the
+        change is handed to the serving thread and in force when this returns (from
+        inside ``fn`` too); with no serving thread, from its next start.
+
+        :raises TypeError: a setting this does not change, or a value of a wrong type
+        :raises ValueError: a value out of range, or ``max_batch_length`` set while a
+            serving thread started without one runs
+        """
+        with self._lock:
+            new = reconfigure(self._settings, settings)
+            server = self._server
+            run = server.run if server is not None else None
+            if run is not None:
+                run.core.check(new)  # reads what is fixed while the core lives
+            self._settings = new
+            # Handed over under the lock, so that changes apply in the order they
+            # were made; waited for outside it.
+            done = server.configure(new) if server is not None else None
+        if done is not None:
+            done.wait()
+
+    def stop_accepting(self) -> None:
+        """Refuse new calls with :exc:`BatcherClosed` while calls already accepted are
+        served (see :meth:`Batcher.stop_accepting`); safe from any thread.
+        :meth:`start` or ``with f:`` accepts calls again."""
+        with self._lock:
+            self._stopped = True
+            server = self._server
+            if server is not None:
+                server.stop_accepting()
+
+    @property
+    def accepting(self) -> bool:
+        """Whether a call made now would be accepted: not closed, not stopped."""
+        return not (self._closed or self._stopped)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -162,6 +209,10 @@ class SyncFront(Binding, Generic[T, R]):
 
     def _server_or_refuse(self, n: int) -> Server:
         server = self._server
+        if self._stopped:
+            with self._lock:  # counted here: the serving loop never sees the call
+                self._counts.refused(n)
+            raise BatcherClosed(STOPPED)
         if server is not None and not server.ended:
             return server
         try:
@@ -175,7 +226,7 @@ class SyncFront(Binding, Generic[T, R]):
         """Start the serving thread now, if it is not running (it also starts on first
         use); reopens a function that :meth:`shutdown` or :meth:`close` closed."""
         with self._lock:
-            self._closed = False
+            self._closed = self._stopped = False
         self._serve()
 
     def shutdown(self) -> None:
@@ -214,7 +265,7 @@ class SyncFront(Binding, Generic[T, R]):
     def __enter__(self) -> Self:
         """Open (or reopen) the function; the block's end closes it."""
         with self._lock:
-            self._closed = False
+            self._closed = self._stopped = False
         return self
 
     def __exit__(

@@ -70,6 +70,21 @@ class Driven:
         self.parked: set[CallCore] = set()  # followers: callers waiting for their outcome
         self.callers = 0  # calls being served (or keyed calls waiting)
 
+    def configure(self, settings: Settings) -> None:
+        """New tunable settings (checked by the front, see ``Core.check``), effective
+        from the next cut."""
+        core = self.core
+        core.apply(settings)
+        n = settings.max_concurrent_batches
+        self.executor.thread_limiter.total_tokens = n
+        self.max_workers = n
+        # The leader waits for a deadline or a slot that the new settings may have
+        # moved: it asks afresh. Running batches go on (lower limits bind the next cut).
+        leader = self.leader
+        if leader is not None:
+            self.slot_wanted = False
+            leader.wake()
+
     def release(self) -> None:
         """Drop the driver once its last caller has left: nothing of it stays behind."""
         if not self.callers and self.registry.get(self.key) is self:

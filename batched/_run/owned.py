@@ -41,12 +41,13 @@ _STREAK = 16
 class _Worker:
     """An execution slot: a task that runs one batch at a time, handed over by a signal."""
 
-    __slots__ = ("batch", "signal", "streak")
+    __slots__ = ("batch", "retired", "signal", "streak")
 
     def __init__(self, signal: Signal) -> None:
         self.batch: Cut | None = None
         self.signal = signal
         self.streak = 0  # batches it has cut itself in a row, without yielding
+        self.retired = False  # ended by a lower max_concurrent_batches (see _retire)
 
 
 @final
@@ -88,6 +89,32 @@ class Owned:
 
     def release(self) -> None:
         """Nothing to let go of: the owning block ends the driver."""
+
+    def configure(self, settings: Settings) -> None:
+        """New tunable settings (checked by the front), effective from the next cut."""
+        core = self.core
+        core.check(settings)
+        core.apply(settings)
+        n = settings.max_concurrent_batches
+        self.executor.thread_limiter.total_tokens = n
+        self.max_workers = n
+        # Fewer slots: idle workers beyond them end now, busy ones when their batch has
+        # run (_free_slot); no running batch is cancelled. More: a collector waiting for
+        # a slot may start a worker now (with one slot it runs batches itself, and on
+        # waking goes over to workers: see _collect_alone).
+        while self.idle and self.workers > n:
+            self._retire(self.idle.pop())
+        signal = self.slot_freed
+        if signal is not None and (self.idle or self.workers < n):
+            self.slot_freed = None
+            signal.set()
+
+    def _retire(self, worker: _Worker) -> None:
+        """End an idle worker: there are more than ``max_concurrent_batches`` slots."""
+        worker.retired = True
+        self.workers -= 1  # now, not when its task ends: the slot is gone at once
+        worker.batch = None
+        worker.signal.set()
 
     def _spawn(self, fn: Any, *args: Any) -> None:
         assert self.tg is not None
@@ -186,8 +213,7 @@ class Owned:
             core.wakeup = None
 
     async def _collect(self) -> None:
-        if self.max_workers == 1:
-            await self._collect_alone()
+        if self.max_workers == 1 and await self._collect_alone():
             return
         core = self.core
         clock = self.backend.clock
@@ -201,7 +227,9 @@ class Owned:
                     continue
             worker = await self._slot()
             cut = False
-            while True:
+            # The slot is held while the batch becomes due: configure() may lower
+            # max_concurrent_batches meanwhile, and then the slot is given back.
+            while self.workers <= self.max_workers:
                 core.drain()
                 if not core.waiting:
                     break
@@ -213,6 +241,8 @@ class Owned:
             if not cut:
                 if worker is None:
                     self.workers -= 1
+                elif self.workers > self.max_workers:
+                    self._retire(worker)
                 else:
                     self.idle.append(worker)
                 continue
@@ -224,18 +254,23 @@ class Owned:
                 worker.batch = batch
                 worker.signal.set()
 
-    async def _collect_alone(self) -> None:
+    async def _collect_alone(self) -> bool:
         """With one slot, the collector is the slot: it runs each batch itself, one task
         wake-up per batch instead of two. When ``fn`` returns, the next due batch is cut
-        and its ``fn`` started before the woken callers run (they are only scheduled)."""
+        and its ``fn`` started before the woken callers run (they are only scheduled).
+
+        True once drained; False when ``configure`` raised ``max_concurrent_batches``:
+        no batch runs then, and the collector goes on with workers."""
         core = self.core
         clock = self.backend.clock
         streak = 0
         while True:
+            if self.max_workers != 1:
+                return False
             core.drain()
             if not core.waiting:
                 if core.draining:
-                    return
+                    return True
                 await self._wait(None)
                 streak = 0
                 continue
@@ -284,6 +319,9 @@ class Owned:
         if not self.collecting:
             worker.signal.set()  # no batch will come: let the worker end
             return
+        if self.workers > self.max_workers:
+            self._retire(worker)
+            return
         self.idle.append(worker)
         signal = self.slot_freed
         if signal is not None:
@@ -295,8 +333,10 @@ class Owned:
         # that it starts before the collector's and the callers' wake-ups run. Every so
         # often it yields instead (see _STREAK).
         core = self.core
-        if not self.collecting or (not core.accepting and not core.draining):
+        if not self.collecting or (not core.accepting and not (core.draining or core.stopped)):
             return None
+        if self.workers > self.max_workers:
+            return None  # configure() lowered max_concurrent_batches: this slot ends
         if worker.streak >= _STREAK:
             worker.streak = 0
             return None
@@ -320,7 +360,8 @@ class Owned:
                     return  # the collector has ended
                 batch, worker.batch = worker.batch, None
         finally:
-            self.workers -= 1
+            if not worker.retired:
+                self.workers -= 1
 
     async def _run(self, batch: Cut, worker: _Worker) -> Cut | None:
         """Run one batch and hand back its outcomes; the batch this slot runs next, if

@@ -218,6 +218,13 @@ class Pulled:
     def consumer(self) -> Batches:
         return Batches(self)
 
+    def configure(self, settings: Settings) -> None:
+        """New tunable settings (checked by the front), effective from the next cut;
+        ``max_concurrent_batches`` does not apply (each waiting consumer is a slot)."""
+        self.core.check(settings)
+        self.core.apply(settings)
+        self.kick()  # the dispatcher asks `due` afresh
+
     def kick(self) -> None:
         signal = self.signal
         if signal is not None:

@@ -17,11 +17,14 @@ from typing import TYPE_CHECKING, Any, final
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 import attrs
 
 from .._backends import call_outside_loop, current, run_in_new_loop
 from .._core.calls import CANCELLED, CLOSED, DONE, INTAKE, QUEUED, ROOM, CallCore, closed_error
-from .._settings import is_async_callable
+from .._core.queue import STOPPED
+from .._errors import BatcherClosed
+from .execute import _boxed
 from .owned import Owned
 
 if TYPE_CHECKING:
@@ -101,22 +104,32 @@ class Server:
         self.pending: deque[tuple[ThreadCall, bool]] = deque()
         fn = settings.fn
         assert fn is not None  # a sync front always has its function
-        if settings.max_concurrent_batches == 1:
-            fn = _run_here(fn, self.pending)
-        else:
-            threaded_fn = fn
+        here = _run_here(fn, self.pending)
 
-            def in_worker(items: list[Any]) -> Any:
-                # Marks the worker thread, so that close() called from inside fn does not
-                # wait for the serving thread, which waits for this very batch.
-                _inside.server = self
-                try:
-                    return threaded_fn(items)
-                finally:
-                    _inside.server = None
+        def in_worker(items: list[Any]) -> Any:
+            # Marks the worker thread, so that close() called from inside fn does not
+            # wait for the serving thread, which waits for this very batch.
+            _inside.server = self
+            try:
+                return fn(items)
+            finally:
+                _inside.server = None
 
-            fn = in_worker
-        self.settings = attrs.evolve(settings, fn=fn, is_async=is_async_callable(fn))
+        async def run_batch(items: list[Any]) -> Any:
+            # One slot: fn runs in the serving thread itself; more: in worker threads.
+            # Chosen per batch, since configure() may change max_concurrent_batches.
+            run = self.run
+            if run is None or run.max_workers == 1:
+                return await here(items)
+            (out,) = await anyio.to_thread.run_sync(_boxed, in_worker, items)
+            if inspect.isawaitable(out):  # a plain function that hands back a coroutine
+                out = await out
+            return out
+
+        self.settings = attrs.evolve(settings, fn=run_batch, is_async=True)
+        # Events of configure() calls waiting for the loop to apply them: set when
+        # serving ends, should the loop end before it runs them.
+        self.applying: set[threading.Event] = set()
         # Under a cache or dedupe a call needs a task (the cache read is awaited): a
         # bridge per call, cancelled if its async caller leaves.
         self.keyed = keyed  # the front's keyed path: (run, call, wait) -> outcome
@@ -182,6 +195,9 @@ class Server:
             with self.lock:
                 self.ended = True  # later sends are closed by their senders
                 self.flush()  # whatever is left gets BatcherClosed
+                for done in self.applying:
+                    done.set()  # nothing is served: nothing to apply
+                self.applying.clear()
 
     # -- any thread --------------------------------------------------------------------
 
@@ -198,6 +214,46 @@ class Server:
                 if not self.post(self.flush):
                     self.run = None  # the loop has closed: the call is closed here
                     self.flush()
+
+    def configure(self, settings: Settings) -> threading.Event | None:
+        """Hand new settings (checked by the front) to the loop, in the order of calls:
+        an event set once they apply (None: applied here, or nothing is served)."""
+        if threading.current_thread() is self.thread:  # inside fn, or the loop itself
+            self._apply(settings)
+            return None
+        done = threading.Event()
+
+        def apply() -> None:
+            try:
+                self._apply(settings)
+            finally:
+                with self.lock:
+                    self.applying.discard(done)
+                done.set()
+
+        with self.lock:
+            if self.ended or self.post is None or not self.post(apply):
+                return None
+            self.applying.add(done)
+        return done
+
+    def _apply(self, settings: Settings) -> None:
+        run = self.run
+        if run is not None:
+            run.configure(settings)
+
+    def stop_accepting(self) -> None:
+        """Refuse new calls from now on (the front refuses them already); calls posted
+        before are taken in first."""
+
+        def stop() -> None:
+            run = self.run
+            if run is not None:
+                run.core.stop_accepting()
+
+        with self.lock:
+            if not self.ended and self.post is not None:
+                self.post(stop)
 
     def stop_soon(self) -> None:
         if self.stop_event is not None and self.post is not None:
@@ -230,7 +286,8 @@ class Server:
             call, wait = pending.popleft()
             if run is None or not run.core.accepting:
                 counts.refused(call.n)
-                call.err = CLOSED
+                stopped = run is not None and run.core.stopped
+                call.err = BatcherClosed(STOPPED) if stopped else CLOSED
                 call.state = DONE
                 call.wake()
                 continue
