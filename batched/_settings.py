@@ -7,7 +7,7 @@ import inspect
 import math
 import operator
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, final
 
 import attrs
 
@@ -306,6 +306,7 @@ def reconfigure(settings: Settings, changes: Mapping[str, object]) -> Settings:
     return attrs.evolve(settings, **values)
 
 
+@final
 @attrs.frozen
 class BatcherSettings:
     """The settings of a batcher or batched function, as they are now (a snapshot).
