@@ -184,6 +184,9 @@ class Settings:
     dedupe: bool
     # batched.inference: max_batch_length counts the padded size (longest item x items)
     padded: bool = False
+    # Lengths are counted without a budget: one was set, then lifted by configure(),
+    # and may come back while open (see Core.check).
+    counted: bool = False
 
 
 def make_settings(
@@ -300,7 +303,11 @@ def reconfigure(settings: Settings, changes: Mapping[str, object]) -> Settings:
             + (" (the others are fixed when the batcher is made)" if fixed else "")
         )
         raise TypeError(msg)
-    values = {name: _TUNABLE[name](name, value) for name, value in changes.items()}
+    values: dict[str, Any] = {
+        name: _TUNABLE[name](name, value) for name, value in changes.items()
+    }
+    if settings.max_batch_length is not None:
+        values["counted"] = True
     if values.get("max_batch_length") is not None and settings.length_fn is None:
         values["length_fn"] = default_length  # as make_settings does: a budget reads lengths
     return attrs.evolve(settings, **values)

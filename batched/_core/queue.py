@@ -121,7 +121,8 @@ class Core:
         self.max_queue = settings.max_queue_size
         self.threshold = settings.small_batch_threshold
         self.length_fn = settings.length_fn  # None where nothing reads lengths
-        self.budget = self.max_len != math.inf  # waiting lengths are counted
+        # Waiting lengths are counted: under a budget, or one that configure() lifted.
+        self.budget = self.max_len != math.inf or settings.counted
         self.padded = settings.padded and self.budget
         # Padded with a budget: how many waiting items have each length, so the padded
         # size of what waits (longest x items) is known without a scan.

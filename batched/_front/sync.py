@@ -225,9 +225,20 @@ class SyncFront(Binding, Generic[T, R]):
     def start(self) -> None:
         """Start the serving thread now, if it is not running (it also starts on first
         use); reopens a function that :meth:`shutdown` or :meth:`close` closed."""
+        self._reopen()
+        self._serve()
+
+    def _reopen(self) -> None:
+        """Accept calls again; a serving thread that stopped accepting drains and ends
+        first (the next call starts a fresh one)."""
+        with self._lock:
+            server = self._server if self._stopped else None
+            if server is not None:
+                self._server = None
+        if server is not None:
+            server.stop(None)
         with self._lock:
             self._closed = self._stopped = False
-        self._serve()
 
     def shutdown(self) -> None:
         """:meth:`close`, by the name mixedbread's ``batched`` gives it."""
@@ -264,8 +275,7 @@ class SyncFront(Binding, Generic[T, R]):
 
     def __enter__(self) -> Self:
         """Open (or reopen) the function; the block's end closes it."""
-        with self._lock:
-            self._closed = self._stopped = False
+        self._reopen()
         return self
 
     def __exit__(

@@ -55,12 +55,14 @@ class Owned:
     """The task group, collector and slots of one open batcher."""
 
     __slots__ = (
+        "alone",
         "backend",
         "collecting",
         "core",
         "executor",
         "fatal",
         "idle",
+        "inline",
         "max_workers",
         "new_call",
         "slot_freed",
@@ -76,6 +78,10 @@ class Owned:
         # Callers await their calls directly: no frame of ours between them and fn.
         self.new_call = self.backend.new_call
         self.max_workers = settings.max_concurrent_batches
+        # One slot: the collector runs each batch itself (see _collect_alone) until
+        # configure() gives it more; `inline` is the batch it runs.
+        self.alone = self.max_workers == 1
+        self.inline: Cut | None = None
         self.workers = 0  # worker tasks alive
         self.idle: list[_Worker] = []  # workers waiting for a batch
         self.slot_freed: Signal | None = None  # set when a worker goes idle
@@ -98,10 +104,18 @@ class Owned:
         n = settings.max_concurrent_batches
         self.executor.thread_limiter.total_tokens = n
         self.max_workers = n
+        if self.alone and n > 1 and self.collecting:
+            # The collector that runs batches itself goes on with workers: woken, at
+            # once; while it runs a batch, a new collector takes over (call this from a
+            # task), and that batch holds a slot until it ends.
+            self.alone = False
+            if self.inline is not None:
+                self.workers = 1
+                assert self.tg is not None
+                self.tg.start_soon(self._collector)
         # Fewer slots: idle workers beyond them end now, busy ones when their batch has
         # run (_free_slot); no running batch is cancelled. More: a collector waiting for
-        # a slot may start a worker now (with one slot it runs batches itself, and on
-        # waking goes over to workers: see _collect_alone).
+        # a slot may start a worker now.
         while self.idle and self.workers > n:
             self._retire(self.idle.pop())
         signal = self.slot_freed
@@ -183,21 +197,34 @@ class Owned:
 
     # -- the collector ---------------------------------------------------------------------
 
-    async def _collector(self, *, task_status: TaskStatus[None]) -> None:
+    async def _collector(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         task_status.started()
+        handed_over = False
         try:
-            await self._collect()
+            if self.alone:
+                how = await self._collect_alone()
+                handed_over = how == "handed"
+                if how == "switch":
+                    await self._collect()
+            else:
+                await self._collect()
         except anyio.get_cancelled_exc_class():
             self._fail_all(None)
             raise
         except BaseException as exc:
             self.crash(exc)
         finally:
-            # Idle workers wait for a batch that will not come: let them end.
-            self.collecting = False
-            for worker in self.idle:
-                worker.signal.set()
-            self.idle.clear()
+            if not handed_over:
+                self._end_collecting()
+
+    def _end_collecting(self) -> None:
+        # Idle workers wait for a batch that will not come: let them end.
+        self.collecting = False
+        for worker in self.idle:
+            worker.signal.set()
+        self.idle.clear()
 
     async def _wait(self, deadline: float | None) -> None:
         """Sleep until a call is accepted (or the intake closes), or until ``deadline``."""
@@ -210,11 +237,10 @@ class Owned:
             else:
                 await self.backend.wait_until(signal, deadline)
         finally:
-            core.wakeup = None
+            if core.wakeup == signal.set:  # else it woke, or another collector waits now
+                core.wakeup = None
 
     async def _collect(self) -> None:
-        if self.max_workers == 1 and await self._collect_alone():
-            return
         core = self.core
         clock = self.backend.clock
         while True:
@@ -254,23 +280,24 @@ class Owned:
                 worker.batch = batch
                 worker.signal.set()
 
-    async def _collect_alone(self) -> bool:
+    async def _collect_alone(self) -> str:
         """With one slot, the collector is the slot: it runs each batch itself, one task
         wake-up per batch instead of two. When ``fn`` returns, the next due batch is cut
         and its ``fn`` started before the woken callers run (they are only scheduled).
 
-        True once drained; False when ``configure`` raised ``max_concurrent_batches``:
-        no batch runs then, and the collector goes on with workers."""
+        Returns "drained"; "switch" when ``configure`` gave more slots while it waited
+        (it goes on with workers); "handed" when that happened while it ran a batch (a
+        new collector has taken over)."""
         core = self.core
         clock = self.backend.clock
         streak = 0
         while True:
-            if self.max_workers != 1:
-                return False
+            if not self.alone:
+                return "switch"
             core.drain()
             if not core.waiting:
                 if core.draining:
-                    return True
+                    return "drained"
                 await self._wait(None)
                 streak = 0
                 continue
@@ -284,7 +311,7 @@ class Owned:
                 streak = 0
                 continue
             streak += 1
-            batch = core.cut(clock())
+            batch = self.inline = core.cut(clock())
             try:
                 await self._run_batch(batch)
             except anyio.get_cancelled_exc_class():
@@ -294,6 +321,21 @@ class Owned:
                 self.crash(exc)
             finally:
                 core.done(batch)
+                self.inline = None
+            if self._inline_done():
+                return "handed"
+
+    def _inline_done(self) -> bool:
+        """The collector's own batch ended: True if it handed collecting over meanwhile
+        (the batch held a slot of the collector with workers, free now)."""
+        if self.alone:
+            return False
+        self.workers -= 1
+        signal = self.slot_freed
+        if signal is not None:
+            self.slot_freed = None
+            signal.set()
+        return True
 
     async def _run_batch(self, batch: Cut) -> None:
         """Compute a batch and hand back its outcomes, in this task."""

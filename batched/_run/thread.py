@@ -130,6 +130,8 @@ class Server:
         # Events of configure() calls waiting for the loop to apply them: set when
         # serving ends, should the loop end before it runs them.
         self.applying: set[threading.Event] = set()
+        self.steering: deque[tuple[Settings, threading.Event]] = deque()
+        self.steer_event: anyio.Event | None = None
         # Under a cache or dedupe a call needs a task (the cache read is awaited): a
         # bridge per call, cancelled if its async caller leaves.
         self.keyed = keyed  # the front's keyed path: (run, call, wait) -> outcome
@@ -170,6 +172,7 @@ class Server:
     async def _serve(self) -> None:
         self.post = current().poster()
         self.stop_event = stop = anyio.Event()
+        self.steer_event = anyio.Event()
         self.bridge_event = anyio.Event()
         run = Owned(self.settings, self.counts)
         await run.open()
@@ -180,7 +183,17 @@ class Server:
                 if self.keyed is not None:
                     tg.start_soon(self._spawn_bridges, tg)
                 self.ready.set()
-                await stop.wait()
+                # This task applies configure() (a loop callback cannot start tasks,
+                # which the owned driver may need) until the stop.
+                while not stop.is_set():
+                    await self.steer_event.wait()
+                    self.steer_event = anyio.Event()
+                    while self.steering:
+                        settings, done = self.steering.popleft()
+                        run.configure(settings)
+                        with self.lock:
+                            self.applying.discard(done)
+                        done.set()
                 self.flush()  # take in what was sent before the stop; the exit drains it
                 self.bridge_event.set()  # the last bridges start, then the spawner ends
                 # Bridges finish before the batcher drains: what waits leaves now.
@@ -224,12 +237,9 @@ class Server:
         done = threading.Event()
 
         def apply() -> None:
-            try:
-                self._apply(settings)
-            finally:
-                with self.lock:
-                    self.applying.discard(done)
-                done.set()
+            assert self.steer_event is not None
+            self.steering.append((settings, done))
+            self.steer_event.set()
 
         with self.lock:
             if self.ended or self.post is None or not self.post(apply):
@@ -257,7 +267,13 @@ class Server:
 
     def stop_soon(self) -> None:
         if self.stop_event is not None and self.post is not None:
-            self.post(self.stop_event.set)
+            self.post(self._stop)
+
+    def _stop(self) -> None:
+        assert self.stop_event is not None
+        assert self.steer_event is not None
+        self.stop_event.set()
+        self.steer_event.set()
 
     def stop(self, timeout: float | None) -> None:
         """Drain and end the serving thread; wait for that, unless called from inside a
