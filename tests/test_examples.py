@@ -91,6 +91,15 @@ EXPECTED: dict[str, list[str]] = {
         "after `with model.predict:` the method is closed",
         "another instance: completed=1 (the first: 800)",
     ],
+    "steering.py": [
+        "--- asyncio ---",
+        "--- trio ---",
+        "batch_size=4: batch sizes [4, 4]",
+        "batch_size=16: batch sizes [16]",
+        "ready: False",
+        "drain: 10 accepted calls served, refused ['too late']",
+        "stats: completed=34 failed=1",
+    ],
     "token_streaming.py": [
         "--- asyncio ---",
         "--- trio ---",
