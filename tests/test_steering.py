@@ -2,9 +2,9 @@
 ``stop_accepting()`` and ``accepting``, on every front, on asyncio and trio.
 
 The property test plays arrivals and reconfigurations on virtual time: arrivals, batch
-durations and timeouts are whole milliseconds, reconfigurations happen half a millisecond
-off them, so every batch is cut strictly after or strictly before each one, and the
-settings in force at its cut are known.
+durations and timeouts are whole milliseconds, each reconfiguration is made at its own
+fraction of a millisecond off them, so no batch is cut at the instant of a change it did
+not cause, and the settings in force at each cut are known.
 """
 
 from __future__ import annotations
@@ -95,6 +95,15 @@ def _scripts(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
+def _offset(i: int) -> float:
+    """When change ``i`` is made, in ms past a whole millisecond. Arrivals, timeouts and
+    durations are whole milliseconds, so a batch is cut on a whole millisecond, or a
+    whole number of them after the change that let it start (more slots, a shorter
+    timeout...): distinct offsets mean no batch is ever cut at the instant of another
+    change, where the order of the two would be unknown."""
+    return (i + 1) / 8
+
+
 def _play(backend: str, front: str, script: dict[str, Any]) -> None:
     arrivals, lengths, durations = script["arrivals"], script["lengths"], script["durations"]
     # (when it took effect, in ms from the start; the settings from then on)
@@ -128,10 +137,11 @@ def _play(backend: str, front: str, script: dict[str, Any]) -> None:
             results[i] = await target((i, lengths[i]))
 
         async def steer() -> None:
-            for at, change in script["changes"]:
-                await anyio.sleep_until(t0 + (at + 0.5) / 1000)
+            for i, (at, change) in enumerate(script["changes"]):
+                when = at + _offset(i)
+                await anyio.sleep_until(t0 + when / 1000)
                 target.configure(**change)
-                history.append((at + 0.5, target.settings))
+                history.append((when, target.settings))
 
         async def play() -> None:
             with anyio.fail_after(3600):
@@ -152,9 +162,9 @@ def _play(backend: str, front: str, script: dict[str, Any]) -> None:
 
     assert results == {i: ("r", (i, lengths[i])) for i in range(len(arrivals))}
     for start, items, running in batches:
-        # The settings in force when the batch was cut. Cuts fall on whole milliseconds,
-        # changes half-way between: a batch starting at a change was cut by it.
-        s = [s for at, s in history if at <= start + 0.25][-1]
+        # The settings in force when the batch was cut. A batch starting when a change
+        # was made was cut by it (see _offset).
+        s = [s for at, s in history if at <= start + 0.05][-1]
         assert 1 <= len(items) <= s.batch_size, (start, items, s)
         summed = sum(length for _, length in items)
         budget = math.inf if s.max_batch_length is None else s.max_batch_length
