@@ -27,6 +27,7 @@ from .._backends import current
 from .._batch import Batch
 from .._core.calls import closed_error
 from .._core.queue import Core
+from .group import close_group, open_group
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Sequence
@@ -227,37 +228,21 @@ class Pulled:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def open(self) -> None:
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
-        self.tg = tg
-        try:
-            await tg.start(self._dispatcher)
-        except BaseException as exc:
-            tg.cancel_scope.cancel()
-            await tg.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
+        self.tg = await open_group(self._dispatcher)
 
     async def close(self, exc: BaseException | None) -> bool | None:
         tg = self.tg
         assert tg is not None
         core = self.core
-        suppress: bool | None = None
+        def drain() -> None:
+            core.close_intake()
+            self.kick()
+
         try:
-            if exc is None:
-                core.close_intake()
-                self.kick()
-                await tg.__aexit__(None, None, None)
-            else:
-                self._release_all(None)
-                tg.cancel_scope.cancel()
-                if isinstance(exc, anyio.get_cancelled_exc_class()):
-                    suppress = await tg.__aexit__(type(exc), exc, exc.__traceback__)
-                else:
-                    await tg.__aexit__(None, None, None)
+            return await close_group(tg, exc, drain, lambda: self._release_all(None))
         finally:
             core.accepting = False
             self._end()
-        return suppress
 
     def _end(self) -> None:
         """No batch will come: waiting consumers' ``receive`` ends."""
