@@ -26,7 +26,7 @@ from ._front.seed import BatchProcessor as BatchProcessor
 from ._front.sync import SyncBatchedFunction as SyncBatchedFunction
 from ._front.sync import SyncBatchedMethod as SyncBatchedMethod
 from ._observe import BatchInfo as BatchInfo
-from ._observe import BatchOutcome as BatchOutcome
+from ._observe import OutcomeCounts as OutcomeCounts
 from ._stats import BatchStats as BatchProcessorStats
 from ._stats import BatchStats as BatchStats
 from ._step import Last as Last
@@ -49,7 +49,6 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "Batch",
     "BatchInfo",
-    "BatchOutcome",
     "BatchProcessor",
     "BatchProcessorStats",
     "BatchSizeMismatch",
@@ -68,6 +67,7 @@ __all__ = [
     "Fifo",
     "Last",
     "Next",
+    "OutcomeCounts",
     "Pool",
     "PriorityStrategy",
     "QueueFull",

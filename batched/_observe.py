@@ -21,14 +21,14 @@ from ._errors import Failure
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-__all__ = ["BatchInfo", "BatchOutcome", "report", "tally"]
+__all__ = ["BatchInfo", "OutcomeCounts", "report", "tally"]
 
 logger = logging.getLogger("batched")
 
 
 @final
 @attrs.frozen
-class BatchOutcome:
+class OutcomeCounts:
     """How a batch's items came out, counted by item.
 
     :ivar completed: items that got a result from the batch
@@ -55,7 +55,7 @@ class BatchInfo:
         (for a pulled batch: when it was cut)
     :ivar duration_s: seconds from ``started`` until its outcomes were handed back
     :ivar waits_s: each item's wait from its arrival until ``started``, in item order
-    :ivar outcome: a :class:`BatchOutcome`: completed, failed and cancelled items
+    :ivar outcome: a :class:`OutcomeCounts`: completed, failed and cancelled items
     :ivar padded_size: ``batched.inference``: the padded size (longest row x rows);
         None for other batchers
     :ivar waiting: items accepted and still waiting when the batch was cut
@@ -68,7 +68,7 @@ class BatchInfo:
     started: float
     duration_s: float
     waits_s: tuple[float, ...]
-    outcome: BatchOutcome
+    outcome: OutcomeCounts
     padded_size: int | None = None
     waiting: int = 0
     contexts: tuple[Context, ...] = attrs.field(default=(), repr=False, eq=False)
@@ -108,7 +108,7 @@ def report(
             started=started,
             duration_s=ended - started,
             waits_s=tuple([started - entry.arrival for entry in entries]),
-            outcome=BatchOutcome(completed, failed, size - completed - failed),
+            outcome=OutcomeCounts(completed, failed, size - completed - failed),
             padded_size=max([entry.length for entry in entries]) * size if padded else None,
             waiting=waiting,
             contexts=tuple([owner(entry).ctx or Context() for entry in entries]),
