@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, final
 
 import attrs
 
-from ._core.calls import CANCELLED, owner
+from ._core.calls import CANCELLED
 from ._errors import Failure
 
 if TYPE_CHECKING:
@@ -76,16 +76,18 @@ class BatchInfo:
 
 def tally(entries: Sequence[Any], results: Sequence[Any] | None, error: object) -> list[int]:
     """``[completed, failed]`` among ``entries`` whose caller is still there, as handed
-    back ``results`` (a ``Failure`` slot fails its item) or ``error``."""
-    completed = failed = 0
-    for index, entry in enumerate(entries):
-        if owner(entry).state == CANCELLED:
-            continue
-        if results is not None and type(results[index]) is not Failure:
-            completed += 1
-        elif results is not None or error is not None:
-            failed += 1
-    return [completed, failed]
+    back: ``results`` (checked: a list or tuple; a ``Failure`` slot fails its item) or
+    ``error`` for all."""
+    # Comprehensions, and no owner() call per entry: this runs once per batch, for every
+    # item, whenever on_batch is set.
+    present = [(entry._call or entry).state != CANCELLED for entry in entries]
+    if results is None:
+        return [0, sum(present) if error is not None else 0]
+    failures = [type(result) is Failure for result in results]
+    if not any(failures):
+        return [sum(present), 0]
+    failed = sum([here and failure for here, failure in zip(present, failures, strict=True)])
+    return [sum(present) - failed, failed]
 
 
 def report(
@@ -111,7 +113,7 @@ def report(
             outcome=OutcomeCounts(completed, failed, size - completed - failed),
             padded_size=max([entry.length for entry in entries]) * size if padded else None,
             waiting=waiting,
-            contexts=tuple([owner(entry).ctx or Context() for entry in entries]),
+            contexts=tuple([(entry._call or entry).ctx or Context() for entry in entries]),
         )
         out = on_batch(info)
         if inspect.isawaitable(out):
