@@ -116,6 +116,21 @@ def check_optional_callable(name: str, value: object) -> None:
         raise TypeError(msg)
 
 
+def check_on_batch(value: object) -> None:
+    """``on_batch`` is a plain callable or None: it is called, never awaited."""
+    if value is None:
+        return
+    if not callable(value):
+        msg = f"'on_batch' must be callable or None: {value!r}"
+        raise TypeError(msg)
+    if is_async_callable(value):
+        msg = (
+            f"'on_batch' must be a plain (sync) callable: it is called in the batcher's "
+            f"task after each batch, never awaited: {value!r}"
+        )
+        raise TypeError(msg)
+
+
 def default_length(item: object) -> int:
     """``len`` of the item; for a mapping, ``len`` of its first value; else 1."""
     if isinstance(item, Mapping):
@@ -181,6 +196,7 @@ class Settings:
     dedupe: bool
     # batched.inference: max_batch_length counts the padded size (longest item x items)
     padded: bool = False
+    on_batch: Callable[[Any], object] | None = None  # called with a batched.BatchInfo
 
 
 def make_settings(
@@ -199,6 +215,7 @@ def make_settings(
     cache: object = None,
     cache_key: object = None,
     dedupe: object = None,
+    on_batch: object = None,
 ) -> Settings:
     if fn is None:
         _check_pulled(cache, isolate_errors)
@@ -206,6 +223,7 @@ def make_settings(
         check_fn(fn)
     check_optional_callable("length_fn", length_fn)
     check_optional_callable("cache_key", cache_key)
+    check_on_batch(on_batch)
     if cache is not None:
         from .cache import AsyncCache
 
@@ -244,6 +262,7 @@ def make_settings(
         cache=cache,
         cache_key=cache_key,  # type: ignore[arg-type]
         dedupe=dedupe,
+        on_batch=on_batch,  # type: ignore[arg-type]
     )
 
 

@@ -48,6 +48,16 @@ EXPECTED: dict[str, list[str]] = {
         "cache: hits=1 size=3",
         "with a failing cache: 60, errors counted=2",
     ],
+    "metrics.py": [
+        "--- asyncio ---",
+        "--- trio ---",
+        'batched_batch_size_sum{batcher="embed"} 40.0',
+        'batched_items_total{batcher="embed",outcome="completed"} 39.0',
+        'batched_items_total{batcher="embed",outcome="failed"} 1.0',
+        'batched_batches_total{batcher="embed",reason="full"} 2.0',
+        'batched_batches_total{batcher="embed",reason="timeout"} 1.0',
+        'batched_waiting_items{batcher="embed"} 0.0',
+    ],
     "threads.py": [
         "every caller got its own result",
         "from asyncio: [9, 16, 25]",

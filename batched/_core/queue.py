@@ -56,12 +56,13 @@ def _refusal(core: Core) -> Exception:
 class Cut:
     """A cut batch, from the cut until its callers have their outcomes."""
 
-    __slots__ = ("abandons", "entries", "reason")
+    __slots__ = ("abandons", "entries", "reason", "waiting")
 
     def __init__(self, entries: list[Any], abandons: int, reason: str) -> None:
         self.entries = entries
         self.abandons = abandons  # the core's count of departures at the cut
         self.reason = reason  # one of REASONS
+        self.waiting = 0  # items accepted and left waiting by the cut (for on_batch)
 
 @final
 class Core:
@@ -479,6 +480,7 @@ class Core:
         self.running.add(batch)
         if self.room:
             self.grant_room()
+        batch.waiting = self.queued
         return batch
 
     def join(self, now: float, room: int, budget: float, alone: bool) -> list[Any]:

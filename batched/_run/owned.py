@@ -246,7 +246,7 @@ class Owned:
         """Compute a batch and hand back its outcomes, in this task."""
         live = self.core.live(batch)
         if live:  # else every caller left before the batch started
-            await self.executor.run(live, None, batch.reason)
+            await self.executor.run(live, None, batch.reason, batch.waiting)
 
     # -- slots -----------------------------------------------------------------------------
 
@@ -323,7 +323,7 @@ class Owned:
         try:
             live = core.live(batch)
             if live:  # else every caller left before the batch started
-                await self.executor.run(live, next_or_free, batch.reason)
+                await self.executor.run(live, next_or_free, batch.reason, batch.waiting)
         except anyio.get_cancelled_exc_class():
             core.close_batch(batch)
             if following is not None:

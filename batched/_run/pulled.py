@@ -27,6 +27,7 @@ from .._backends import current
 from .._batch import Batch
 from .._core.calls import closed_error
 from .._core.queue import Core
+from .._observe import report, tally
 from .group import close_group, open_group
 
 if TYPE_CHECKING:
@@ -193,6 +194,7 @@ class Pulled:
         "core",
         "ended",
         "new_call",
+        "on_batch",
         "ready",
         "signal",
         "tg",
@@ -203,6 +205,7 @@ class Pulled:
         self.backend: Backend = current()
         self.core = Core(settings, counts, self.backend.clock)
         self.new_call = self.backend.new_call
+        self.on_batch = settings.on_batch
         self.waiting: deque[Batches] = deque()  # consumers waiting in receive(), FIFO
         self.ready: deque[Batch[Any]] = deque()  # cut, handed back by a cancelled consumer
         self.consumers = 0  # consumers whose stream is open
@@ -383,9 +386,20 @@ class Pulled:
                 else [e.arrival - _owner_room_wait(e) for e in entries]
             )
             core.counts.ran(len(entries), computed - batch.started)
-            core.counts.waited(
-                batch.started, core.clock(), [e.arrival for e in entries], called
-            )
+            ended = core.clock()
+            core.counts.waited(batch.started, ended, [e.arrival for e in entries], called)
+            on_batch = self.on_batch
+            if on_batch is not None:
+                report(
+                    on_batch,
+                    entries,
+                    cut.reason,
+                    batch.started,
+                    ended,
+                    cut.waiting,
+                    False,
+                    tally(entries, results, error),
+                )
 
 
 def _owner_room_wait(entry: Any) -> float:
