@@ -26,6 +26,7 @@ def live(core: Core, batch: Cut) -> list[Any]:
         return [entry for entry in entries if owner(entry).state == QUEUED]
     return entries
 
+
 def deliver(core: Core, entries: list[Any], results: Sequence[Any]) -> None:
     """Hand each entry's caller its result (a ``Failure`` fails that caller alone).
 
@@ -61,6 +62,7 @@ def deliver(core: Core, entries: list[Any], results: Sequence[Any]) -> None:
     if other and counts is not None:
         counts.completed -= other
 
+
 def fail(core: Core, entries: list[Any], error: BaseException) -> None:
     """Every caller of ``entries`` gets ``error``."""
     tb = error.__traceback__
@@ -68,6 +70,7 @@ def fail(core: Core, entries: list[Any], error: BaseException) -> None:
         call = entry._call or entry
         if call.state == QUEUED:
             call.put_error(entry._index, error, tb)
+
 
 def close_batch(core: Core, batch: Cut) -> None:
     """A batch that cannot finish (its slot was cancelled): ``BatcherClosed``. A call
