@@ -219,7 +219,8 @@ class TorchEncoder:
         generator = torch.Generator().manual_seed(1)
         lengths = torch.randint(self.MIN_LEN, self.MAX_LEN + 1, (count,), generator=generator)
         return [
-            torch.randint(1, self.VOCAB, (int(length),), generator=generator) for length in lengths
+            torch.randint(1, self.VOCAB, (int(length),), generator=generator)
+            for length in lengths
         ]
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -452,7 +453,9 @@ class RichDisplay:
 
         self.console.print(header, markup=False, highlight=False)
         self.runs = runs
-        self.live = Live(console=self.console, get_renderable=self._progress, refresh_per_second=8)
+        self.live = Live(
+            console=self.console, get_renderable=self._progress, refresh_per_second=8
+        )
         self.live.start()
 
     def _progress(self) -> RenderableType:

@@ -15,3 +15,4 @@ else:
         """At runtime a no-op: the mark is for type checkers, on overloads only. Type
         checkers show ``message`` only when it is a string literal at the call."""
         return lambda fn: fn
+

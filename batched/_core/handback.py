@@ -26,7 +26,6 @@ def live(core: Core, batch: Cut) -> list[Any]:
         return [entry for entry in entries if owner(entry).state == QUEUED]
     return entries
 
-
 def deliver(core: Core, entries: list[Any], results: Sequence[Any]) -> None:
     """Hand each entry's caller its result (a ``Failure`` fails that caller alone).
 
@@ -62,7 +61,6 @@ def deliver(core: Core, entries: list[Any], results: Sequence[Any]) -> None:
     if other and counts is not None:
         counts.completed -= other
 
-
 def fail(core: Core, entries: list[Any], error: BaseException) -> None:
     """Every caller of ``entries`` gets ``error``."""
     tb = error.__traceback__
@@ -70,7 +68,6 @@ def fail(core: Core, entries: list[Any], error: BaseException) -> None:
         call = entry._call or entry
         if call.state == QUEUED:
             call.put_error(entry._index, error, tb)
-
 
 def close_batch(core: Core, batch: Cut) -> None:
     """A batch that cannot finish (its slot was cancelled): ``BatcherClosed``. A call

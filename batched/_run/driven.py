@@ -53,7 +53,9 @@ class Driven:
         "slot_wanted",
     )
 
-    def __init__(self, settings: Settings, counts: Counts, registry: dict[object, Driven]) -> None:
+    def __init__(
+        self, settings: Settings, counts: Counts, registry: dict[object, Driven]
+    ) -> None:
         self.backend: Backend = current()
         self.core = Core(settings, counts, self.backend.clock)
         self.executor = Executor(settings, self.core, None, self.backend)

@@ -94,7 +94,9 @@ class Executor:
     async def invoke(self, items: list[Any]) -> object:
         if self.is_async:
             return await self.fn(items)
-        (out,) = await anyio.to_thread.run_sync(_boxed, self.fn, items, limiter=self.thread_limiter)
+        (out,) = await anyio.to_thread.run_sync(
+            _boxed, self.fn, items, limiter=self.thread_limiter
+        )
         if inspect.isawaitable(out):  # a plain function that hands back a coroutine
             out = await out
         return out

@@ -398,7 +398,9 @@ class Pulled:
                 else [e.arrival - _owner_room_wait(e) for e in entries]
             )
             core.counts.ran(len(entries), computed - batch.started)
-            core.counts.waited(batch.started, core.clock(), [e.arrival for e in entries], called)
+            core.counts.waited(
+                batch.started, core.clock(), [e.arrival for e in entries], called
+            )
 
 
 def _owner_room_wait(entry: Any) -> float:
