@@ -197,6 +197,8 @@ class Settings:
     # batched.inference: max_batch_length counts the padded size (longest item x items)
     padded: bool = False
     on_batch: Callable[[Any], object] | None = None  # called with a batched.BatchInfo
+    # batched.inference's allowed_batch_sizes: the cut prefers these sizes (cut.py)
+    batch_sizes: tuple[int, ...] = ()
 
 
 def make_settings(
@@ -267,9 +269,13 @@ def make_settings(
 
 
 def settings_from(fn: object, options: Mapping[str, Any]) -> Settings:
-    """Settings from a front's options (the decorators' keywords); ``padded`` is
-    batched.inference's, private: the length budget then counts the padded size."""
+    """Settings from a front's options (the decorators' keywords); ``padded`` and
+    ``batch_sizes`` are batched.inference's, private: the length budget then counts the
+    padded size, and the cut prefers the model's allowed batch sizes."""
     options = dict(options)
     padded = options.pop("padded", False)
+    batch_sizes = options.pop("batch_sizes", ())
     settings = make_settings(fn, **options)
-    return attrs.evolve(settings, padded=True) if padded else settings
+    if padded or batch_sizes:
+        settings = attrs.evolve(settings, padded=bool(padded), batch_sizes=batch_sizes)
+    return settings

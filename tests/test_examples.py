@@ -101,6 +101,12 @@ EXPECTED: dict[str, list[str]] = {
         "after `with model.predict:` the method is closed",
         "another instance: completed=1 (the first: 800)",
     ],
+    "fixed_shapes.py": [
+        "50 callers: each got its own row back: yes",
+        "all allowed: yes",
+        "a 100-token text: ValueError: a row of 100 positions is longer than the largest of "
+        "'allowed_lengths'",
+    ],
     "token_streaming.py": [
         "--- asyncio ---",
         "--- trio ---",
@@ -115,6 +121,7 @@ NEEDS: dict[str, str] = {
     "fastapi_app.py": "fastapi",  # and uvicorn, httpx: all three come with the test extra
     "trio_service.py": "trio",
     "sync_model.py": "numpy",
+    "fixed_shapes.py": "numpy",
 }
 
 

@@ -21,7 +21,7 @@ from .._errors import BatcherClosed, QueueFull
 from .._strategies import BUILTIN_POOLS
 from . import handback
 from .calls import CANCELLED, INTAKE, QUEUED, ROOM, CallCore, SharedCall, owner
-from .cut import cut_padded, cut_summed
+from .cut import cut_padded, cut_summed, preferred_size
 from .items import check_priority, length_of
 
 if TYPE_CHECKING:
@@ -64,6 +64,7 @@ class Cut:
         self.reason = reason  # one of REASONS
         self.waiting = 0  # items accepted and left waiting by the cut (for on_batch)
 
+
 @final
 class Core:
     """Admission, intake, pools, due, cut and outcomes of one open batcher."""
@@ -97,6 +98,7 @@ class Core:
         "room_waiting",
         "running",
         "seq",
+        "sizes",
         "small",
         "thread",
         "threshold",
@@ -121,6 +123,8 @@ class Core:
         self.length_fn = settings.length_fn  # None where nothing reads lengths
         self.budget = self.max_len != math.inf  # waiting lengths are counted
         self.padded = settings.padded and self.budget
+        # Sizes the function runs best at (a compiled model's): the cut rounds to them.
+        self.sizes = settings.batch_sizes
         # Padded with a budget: how many waiting items have each length, so the padded
         # size of what waits (longest x items) is known without a scan.
         self.lengths: dict[int, int] | None = {} if self.padded else None
@@ -475,7 +479,11 @@ class Core:
     def cut(self, now: float) -> Cut:
         """Cut the next batch (a slot is free); it counts as running from now."""
         reason = self.reason(now)
-        entries = cut_padded(self, now) if self.padded else cut_summed(self, now)
+        room = self.batch_size
+        if self.sizes:
+            # Once per batch, never per item: the hot path does not see it.
+            room = preferred_size(self.sizes, min(self.waiting, room))
+        entries = cut_padded(self, now, room) if self.padded else cut_summed(self, now, room)
         batch = Cut(entries, self.abandons, reason)
         self.running.add(batch)
         if self.room:
@@ -585,4 +593,3 @@ class Core:
         except BaseException as exc:  # nothing more can be taken from it
             faults.append(exc)
         return entries
-
