@@ -25,6 +25,8 @@ from ._front.dynamically import dynamically as dynamically
 from ._front.seed import BatchProcessor as BatchProcessor
 from ._front.sync import SyncBatchedFunction as SyncBatchedFunction
 from ._front.sync import SyncBatchedMethod as SyncBatchedMethod
+from ._observe import BatchInfo as BatchInfo
+from ._observe import OutcomeCounts as OutcomeCounts
 from ._settings import BatcherSettings as BatcherSettings
 from ._stats import BatchStats as BatchProcessorStats
 from ._stats import BatchStats as BatchStats
@@ -47,6 +49,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "Batch",
+    "BatchInfo",
     "BatchProcessor",
     "BatchProcessorStats",
     "BatchSizeMismatch",
@@ -66,6 +69,7 @@ __all__ = [
     "Fifo",
     "Last",
     "Next",
+    "OutcomeCounts",
     "Pool",
     "PriorityStrategy",
     "QueueFull",
@@ -91,8 +95,9 @@ del _name, _obj
 def __getattr__(name: str) -> object:
     # Submodules load on first use: `batched.testing` needs hypothesis and trio, which
     # `import batched` must not import; `batched.inference` (numpy on first call) and the
-    # seed's `batched.types` and `batched.utils` need not cost every import.
-    if name in ("inference", "testing", "types", "utils"):
+    # seed's `batched.types` and `batched.utils` need not cost every import; nor
+    # `batched.metrics` (prometheus_client, opentelemetry: an extra).
+    if name in ("inference", "metrics", "testing", "types", "utils"):
         import importlib
 
         return importlib.import_module(f"batched.{name}")

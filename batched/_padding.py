@@ -47,11 +47,13 @@ def _kind(value: object) -> str:
 class Row:
     """One item: one row of every feature of a call, and its sequence length."""
 
-    __slots__ = ("features", "length", "padded", "signature")
+    __slots__ = ("features", "length", "padded", "signature", "size")
 
     def __init__(self, features: dict[str, Any], length: int, padded: frozenset[str]) -> None:
         self.features = features
         self.length = length
+        # The length the row costs in a batch: its own, or its bucket of allowed_lengths.
+        self.size = length
         self.padded = padded  # the names of the features padded on their first axis
         # Rows batch together only when these agree: names, array kinds, devices, dtypes,
         # and the shapes beyond the padded axis.
@@ -129,11 +131,14 @@ def split_call(features: object, pad_tokens: Mapping[str, Any]) -> list[Row]:
     ]
 
 
-def _pad_stack(name: str, values: list[Any], pad: Any, left: bool) -> tuple[Any, int]:
-    """Stack rows of one feature, padding its first axis to the longest; (batch, length)."""
+def _pad_stack(
+    name: str, values: list[Any], pad: Any, left: bool, length: int, total: int
+) -> tuple[Any, int]:
+    """Stack rows of one feature, padding its first axis to the longest (at least
+    ``length``) and adding filler rows of ``pad`` up to ``total``; (batch, length)."""
     first = values[0]
-    longest = max(int(value.shape[0]) for value in values)
-    shape = (len(values), longest, *tuple(first.shape[1:]))
+    longest = max(length, *(int(value.shape[0]) for value in values))
+    shape = (total, longest, *tuple(first.shape[1:]))
     if is_tensor(first):
         import torch
 
@@ -155,7 +160,7 @@ def _pad_stack(name: str, values: list[Any], pad: Any, left: bool) -> tuple[Any,
     return out, longest
 
 
-def _stack(name: str, values: list[Any]) -> Any:
+def _stack(name: str, values: list[Any], pad: Any, total: int) -> Any:
     first = values[0]
     shape = tuple(first.shape)
     for value in values:
@@ -165,6 +170,17 @@ def _stack(name: str, values: list[Any]) -> Any:
                 f"and {tuple(value.shape)} (only 2-D features and those in pad_tokens are padded)"
             )
             raise ValueError(msg)
+    if total > len(values):
+        # Filler rows (allowed_batch_sizes) hold the feature's pad value.
+        if is_tensor(first):
+            import torch
+
+            out = torch.full((total, *shape), pad, dtype=first.dtype, device=first.device)
+        else:
+            out = _np().full((total, *shape), pad, dtype=first.dtype)
+        for i, value in enumerate(values):
+            out[i] = value
+        return out
     if is_tensor(first):
         import torch
 
@@ -173,19 +189,27 @@ def _stack(name: str, values: list[Any]) -> Any:
 
 
 def collate(
-    rows: list[Row], pad_tokens: Mapping[str, Any], left: bool
+    rows: list[Row], pad_tokens: Mapping[str, Any], left: bool, total: int = 0
 ) -> tuple[dict[str, Any], int]:
-    """One batch of features from rows of the same signature; and the padded length."""
+    """One batch of features from rows of the same signature; and the padded length.
+
+    Sequence features are padded to the longest row's ``size`` (its bucket of allowed
+    lengths, if any); with ``total`` above the rows' count, filler rows of pad values
+    follow the real ones (allowed batch sizes).
+    """
     longest = 0
+    total = max(total, len(rows))
+    size = max(row.size for row in rows)
     features: dict[str, Any] = {}
     padded = rows[0].padded
     for name in rows[0].features:
         values = [row.features[name] for row in rows]
+        pad = pad_tokens.get(name, 0)
         if name in padded:
-            features[name], length = _pad_stack(name, values, pad_tokens.get(name, 0), left)
+            features[name], length = _pad_stack(name, values, pad, left, size, total)
             longest = max(longest, length)
         else:
-            features[name] = _stack(name, values)
+            features[name] = _stack(name, values, pad, total)
     return features, longest
 
 
@@ -199,15 +223,20 @@ def split_output(
     trimmed: Callable[[object], bool],
     longest: int,
     left: bool,
+    total: int = 0,
 ) -> list[Any]:
     """The model's output for a batch, as one output per row.
+
+    With ``total`` above the rows' count the batch carried filler rows after the real
+    ones: the output has ``total`` rows, and the fillers' are dropped here.
 
     An array or tensor with a leading batch axis, a mapping of them, or a tuple/list of
     them; else (no array in it) a sequence of one result per row. The outputs for which
     ``trimmed(key)`` holds (key: None for a lone array, the dict key, the tuple index)
     have the sequence on axis 1: each row's is cut back to the row's own length.
     """
-    n = len(rows)
+    n = max(total, len(rows))
+    real = range(len(rows))
 
     def part(value: Any, i: int, key: object) -> Any:
         piece = value[i]
@@ -224,7 +253,7 @@ def split_output(
         return piece
 
     if _is_batched_array(out, n):
-        return [part(out, i, None) for i in range(n)]
+        return [part(out, i, None) for i in real]
     if isinstance(out, Mapping):
         for key, value in out.items():
             if not _is_batched_array(value, n):
@@ -233,12 +262,12 @@ def split_output(
                     f"{n}, got {type(value).__qualname__} {tuple(getattr(value, 'shape', ()))}"
                 )
                 raise ValueError(msg)
-        return [{key: part(value, i, key) for key, value in out.items()} for i in range(n)]
+        return [{key: part(value, i, key) for key, value in out.items()} for i in real]
     if isinstance(out, tuple | list) and out:
         batched = [_is_batched_array(value, n) for value in out]
         if all(batched):
             kind: Callable[[Any], Any] = type(out) if type(out) in (tuple, list) else tuple
-            return [kind(part(value, i, k) for k, value in enumerate(out)) for i in range(n)]
+            return [kind(part(value, i, k) for k, value in enumerate(out)) for i in real]
         if any(batched) or any(_kind(value) for value in out):
             # Arrays that are not all per row (a loss next to logits, say): no guessing.
             index = batched.index(False)
@@ -249,7 +278,7 @@ def split_output(
             )
             raise ValueError(msg)
         if len(out) == n:
-            return [PerRow(value) for value in out]  # one result per row
+            return [PerRow(out[i]) for i in real]  # one result per row
     msg = (
         f"the model must return an array or tensor with a leading batch axis of {n}, a "
         f"dict or a tuple of them, or one result per row; got {type(out).__qualname__}"

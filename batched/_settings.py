@@ -119,6 +119,21 @@ def check_optional_callable(name: str, value: object) -> None:
         raise TypeError(msg)
 
 
+def check_on_batch(value: object) -> None:
+    """``on_batch`` is a plain callable or None: it is called, never awaited."""
+    if value is None:
+        return
+    if not callable(value):
+        msg = f"'on_batch' must be callable or None: {value!r}"
+        raise TypeError(msg)
+    if is_async_callable(value):
+        msg = (
+            f"'on_batch' must be a plain (sync) callable: it is called in the batcher's "
+            f"task after each batch, never awaited: {value!r}"
+        )
+        raise TypeError(msg)
+
+
 def default_length(item: object) -> int:
     """``len`` of the item; for a mapping, ``len`` of its first value; else 1."""
     if isinstance(item, Mapping):
@@ -187,6 +202,9 @@ class Settings:
     # Lengths are counted without a budget: one was set, then lifted by configure(),
     # and may come back while open (see Core.check).
     counted: bool = False
+    on_batch: Callable[[Any], object] | None = None  # called with a batched.BatchInfo
+    # batched.inference's allowed_batch_sizes: the cut prefers these sizes (cut.py)
+    batch_sizes: tuple[int, ...] = ()
 
 
 def make_settings(
@@ -205,6 +223,7 @@ def make_settings(
     cache: object = None,
     cache_key: object = None,
     dedupe: object = None,
+    on_batch: object = None,
 ) -> Settings:
     if fn is None:
         _check_pulled(cache, isolate_errors)
@@ -212,6 +231,7 @@ def make_settings(
         check_fn(fn)
     check_optional_callable("length_fn", length_fn)
     check_optional_callable("cache_key", cache_key)
+    check_on_batch(on_batch)
     if cache is not None:
         from .cache import AsyncCache
 
@@ -250,16 +270,21 @@ def make_settings(
         cache=cache,
         cache_key=cache_key,  # type: ignore[arg-type]
         dedupe=dedupe,
+        on_batch=on_batch,  # type: ignore[arg-type]
     )
 
 
 def settings_from(fn: object, options: Mapping[str, Any]) -> Settings:
-    """Settings from a front's options (the decorators' keywords); ``padded`` is
-    batched.inference's, private: the length budget then counts the padded size."""
+    """Settings from a front's options (the decorators' keywords); ``padded`` and
+    ``batch_sizes`` are batched.inference's, private: the length budget then counts the
+    padded size, and the cut prefers the model's allowed batch sizes."""
     options = dict(options)
     padded = options.pop("padded", False)
+    batch_sizes = options.pop("batch_sizes", ())
     settings = make_settings(fn, **options)
-    return attrs.evolve(settings, padded=True) if padded else settings
+    if padded or batch_sizes:
+        settings = attrs.evolve(settings, padded=bool(padded), batch_sizes=batch_sizes)
+    return settings
 
 
 # What ``configure`` may change on a running batcher, each checked as the constructor
@@ -283,6 +308,7 @@ _FIXED = (
     "cache_key",
     "dedupe",
     "isolate_errors",
+    "on_batch",
 )
 
 
@@ -340,6 +366,7 @@ class BatcherSettings:
     cache_key: Callable[[Any], Any] | None
     dedupe: bool
     isolate_errors: bool
+    on_batch: Callable[[Any], object] | None
 
 
 def public_settings(settings: Settings) -> BatcherSettings:
@@ -359,4 +386,5 @@ def public_settings(settings: Settings) -> BatcherSettings:
         cache_key=settings.cache_key,
         dedupe=settings.dedupe,
         isolate_errors=settings.isolate_errors,
+        on_batch=settings.on_batch,
     )

@@ -9,6 +9,13 @@
     default settings but ``max_batch_length=4096``), with ``Fifo()`` and ``ByLength()``;
     waste = 1 - real tokens / padded tokens (rows x padded length), over every batch the
     model saw. Target: ``ByLength()`` wastes at most 2 %.
+(c) fixed shapes: (b) again with ``allowed_batch_sizes=(1, 2, 4, 8, 16, 32)`` and
+    ``allowed_lengths=(64, 128, 256, 512)``; the extra waste of filler rows and length
+    buckets against the shapes a compiled model must be compiled for: the distinct
+    (rows, length) shapes the model saw, free and fixed. Outside ``--quick``, the cost of
+    compiling one new shape is measured with ``torch.compile`` (inductor, CPU) on a small
+    embedding + MLP model (median over a few fresh shapes, after a first compile that
+    warms inductor up), and the compile time of each run's shapes is that x its shapes.
 """
 
 from __future__ import annotations
@@ -31,13 +38,18 @@ WASTE_ITEMS = 2_000
 MAX_LENGTH = 512
 MAX_BATCH_LENGTH = 4_096
 WASTE_TARGET = 0.02
+ALLOWED_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
+ALLOWED_LENGTHS = (64, 128, 256, 512)
 
 
 # -- (b) padding waste -------------------------------------------------------------------
 
 
-def padding_waste(strategy: Any, items: int = WASTE_ITEMS, seed: int = 0) -> dict[str, Any]:
-    """Send ``items`` calls at once; the padded and real tokens of every batch."""
+def padding_waste(
+    strategy: Any, items: int = WASTE_ITEMS, seed: int = 0, fixed: bool = False
+) -> dict[str, Any]:
+    """Send ``items`` calls at once; the padded and real tokens of every batch (with
+    ``fixed``, padded to the allowed batch sizes and lengths)."""
     import numpy as np
 
     rng = random.Random(seed)
@@ -45,7 +57,13 @@ def padding_waste(strategy: Any, items: int = WASTE_ITEMS, seed: int = 0) -> dic
     calls = [{"input_ids": np.ones((1, n), dtype=np.int32)} for n in lengths]
     seen: list[tuple[int, int, int]] = []  # rows, padded length, real tokens
 
-    @batched.aio.inference.dynamically(max_batch_length=MAX_BATCH_LENGTH, strategy=strategy)
+    shapes: dict[str, Any] = {}
+    if fixed:
+        shapes = {"allowed_batch_sizes": ALLOWED_BATCH_SIZES, "allowed_lengths": ALLOWED_LENGTHS}
+
+    @batched.aio.inference.dynamically(
+        max_batch_length=MAX_BATCH_LENGTH, strategy=strategy, **shapes
+    )
     async def model(features: dict[str, Any]) -> Any:
         ids = features["input_ids"]  # padded with 0: the real tokens are the ones
         seen.append((int(ids.shape[0]), int(ids.shape[1]), int(ids.sum())))
@@ -75,6 +93,8 @@ def padding_waste(strategy: Any, items: int = WASTE_ITEMS, seed: int = 0) -> dic
         "scenario": "inference",
         "case": "padding waste",
         "strategy": type(strategy).__name__,
+        "fixed_shapes": fixed,
+        "distinct_shapes": len({(rows, length) for rows, length, _ in seen}),
         "items": items,
         "max_batch_length": MAX_BATCH_LENGTH,
         "batches": len(seen),
@@ -82,7 +102,7 @@ def padding_waste(strategy: Any, items: int = WASTE_ITEMS, seed: int = 0) -> dic
         "real_tokens": real,
         "padded_tokens": padded,
         "waste": round(1 - real / padded, 4),
-        "target_waste": WASTE_TARGET if type(strategy) is batched.ByLength else None,
+        "target_waste": WASTE_TARGET if type(strategy) is batched.ByLength and not fixed else None,
         "seconds": round(seconds, 3),
     }
 
@@ -139,13 +159,49 @@ def throughput(texts: int, repeats: int) -> dict[str, Any] | None:
     }
 
 
+# -- (c) what fixed shapes buy: compiling fewer shapes ------------------------------------
+
+
+def compile_seconds_per_shape(fresh: int = 3) -> float | None:
+    """Median seconds ``torch.compile`` (inductor, CPU, ``dynamic=False``) takes for the
+    first call at a new (rows, length) shape, after one compile that warms inductor up;
+    None without torch or when it cannot compile here (no C compiler)."""
+    if importlib.util.find_spec("torch") is None:
+        return None
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(1)
+    model = nn.Sequential(
+        nn.Embedding(257, 32), nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 32)
+    ).eval()
+    compiled = torch.compile(model, dynamic=False)
+    times = []
+    try:
+        with torch.inference_mode():
+            for rows, length in [(1, 8), *((2 + i, 16 * (i + 1)) for i in range(fresh))]:
+                start = time.perf_counter()
+                compiled(torch.ones((rows, length), dtype=torch.long))
+                times.append(time.perf_counter() - start)
+    except Exception:  # inductor's failures vary: the figure is then absent
+        return None
+    return statistics.median(times[1:])
+
+
 def run(quick: bool = False) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     row = throughput(texts=256 if quick else 1_024, repeats=3 if quick else 5)
     if row is not None:
         rows.append(row)
     rows += [padding_waste(batched.Fifo()), padding_waste(batched.ByLength())]
-    return rows
+    fixed = [padding_waste(s, fixed=True) for s in (batched.Fifo(), batched.ByLength())]
+    per_shape = None if quick else compile_seconds_per_shape()
+    for row in rows[-2:] + fixed:
+        row["compile_s_per_shape"] = None if per_shape is None else round(per_shape, 3)
+        row["compile_s"] = (
+            None if per_shape is None else round(per_shape * row["distinct_shapes"], 1)
+        )
+    return rows + fixed
 
 
 def describe(row: dict[str, Any]) -> str:
@@ -157,10 +213,17 @@ def describe(row: dict[str, Any]) -> str:
             f" {row['single_texts_per_s']:8,.0f} texts/s  ratio {row['ratio']:.2f}"
         )
     target = f" (target <= {row['target_waste']:.0%})" if row["target_waste"] is not None else ""
+    shapes = "fixed shapes" if row["fixed_shapes"] else "free shapes "
+    compiled = (
+        f", ~{row['compile_s']:,.0f} s to compile them ({row['compile_s_per_shape']:.2f} s each)"
+        if row.get("compile_s") is not None
+        else ""
+    )
     return (
-        f"{row['scenario']:9s} padding waste {row['strategy']:8s} {row['items']} items"
+        f"{row['scenario']:9s} padding waste {row['strategy']:8s} {shapes} {row['items']} items"
         f" max_batch_length={row['max_batch_length']}: {row['batches']} batches,"
-        f" mean {row['mean_batch_size']:.1f} rows, waste {row['waste']:.2%}{target}"
+        f" mean {row['mean_batch_size']:.1f} rows, waste {row['waste']:.2%}{target};"
+        f" {row['distinct_shapes']} distinct shapes{compiled}"
     )
 
 

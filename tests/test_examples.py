@@ -48,6 +48,16 @@ EXPECTED: dict[str, list[str]] = {
         "cache: hits=1 size=3",
         "with a failing cache: 60, errors counted=2",
     ],
+    "metrics.py": [
+        "--- asyncio ---",
+        "--- trio ---",
+        'batched_batch_size_sum{batcher="embed"} 40.0',
+        'batched_items_total{batcher="embed",outcome="completed"} 39.0',
+        'batched_items_total{batcher="embed",outcome="failed"} 1.0',
+        'batched_batches_total{batcher="embed",reason="full"} 2.0',
+        'batched_batches_total{batcher="embed",reason="timeout"} 1.0',
+        'batched_waiting_items{batcher="embed"} 0.0',
+    ],
     "threads.py": [
         "every caller got its own result",
         "from asyncio: [9, 16, 25]",
@@ -100,6 +110,12 @@ EXPECTED: dict[str, list[str]] = {
         "drain: 10 accepted calls served, refused ['too late']",
         "stats: completed=34 failed=1",
     ],
+    "fixed_shapes.py": [
+        "50 callers: each got its own row back: yes",
+        "all allowed: yes",
+        "a 100-token text: ValueError: a row of 100 positions is longer than the largest of "
+        "'allowed_lengths'",
+    ],
     "token_streaming.py": [
         "--- asyncio ---",
         "--- trio ---",
@@ -114,6 +130,7 @@ NEEDS: dict[str, str] = {
     "fastapi_app.py": "fastapi",  # and uvicorn, httpx: all three come with the test extra
     "trio_service.py": "trio",
     "sync_model.py": "numpy",
+    "fixed_shapes.py": "numpy",
 }
 
 

@@ -26,7 +26,7 @@ EXTRAS: dict[str, list[str]] = PROJECT["optional-dependencies"]
 RUNTIME = {Requirement(text).name for text in PROJECT["dependencies"]}  # anyio, attrs
 
 # Import names that a distribution of another name provides.
-PROVIDED_BY = {"pydantic": "fastapi", "yaml": "pyyaml"}
+PROVIDED_BY = {"pydantic": "fastapi", "yaml": "pyyaml", "opentelemetry": "opentelemetry-api"}
 # Imports that are optional where they appear: behind a parameter the user picks.
 OPTIONAL = {
     "uvloop",  # batched.testing's "asyncio+uvloop" backend only
@@ -121,6 +121,15 @@ def test_the_testing_extra_is_what_batched_testing_imports() -> None:
     assert not missing, f"add to the `testing` extra in pyproject.toml: {missing}"
     needed = {PROVIDED_BY.get(module, module) for module in imports} - OPTIONAL - RUNTIME
     assert expanded("testing") - RUNTIME == needed  # slim: nothing it does not import
+
+
+def test_the_metrics_extra_gives_what_batched_metrics_imports() -> None:
+    imports = third_party_imports(sorted((ROOT / "batched" / "metrics").glob("*.py")))
+    assert {"prometheus_client", "opentelemetry"} <= set(imports)
+    missing = _missing(imports, expanded("metrics"))
+    assert not missing, f"add to the `metrics` extra in pyproject.toml: {missing}"
+    # The suite tests the observers with the real libraries: CI installs `.[test]` alone.
+    assert expanded("metrics") <= expanded("test")
 
 
 def test_the_test_extra_covers_the_testing_extra() -> None:

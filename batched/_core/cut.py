@@ -5,17 +5,50 @@ item that arrived after them; (2) items of small calls before items of large cal
 core's two pools); (3) the strategy's order (each pool's own ``cut``). The length budget stops
 the cut at the first item, in rule order, that does not fit: it stays first for the next
 cut, which applies the rules afresh. An item over the whole budget travels alone.
+
+Allowed sizes (``batched.inference``'s ``allowed_batch_sizes``, for compiled models that
+run only at a few batch shapes): a batch is padded up to the next allowed size, so the cut
+rounds how many ready items it takes to the nearest allowed size (``preferred_size``) and
+counts the filler rows in a padded budget (``size_up``).
 """
 
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .queue import Core
 
-__all__ = ["cut_padded", "cut_summed"]
+__all__ = ["cut_padded", "cut_summed", "preferred_size", "size_up"]
+
+
+def size_up(sizes: tuple[int, ...], n: int) -> int:
+    """The batch size ``n`` items are padded up to: the smallest allowed size >= ``n``
+    (``n`` itself past the largest, which a cut never takes)."""
+    i = bisect_left(sizes, n)
+    return sizes[i] if i < len(sizes) else n
+
+
+def preferred_size(sizes: tuple[int, ...], n: int) -> int:
+    """How many of ``n`` ready items to cut when batches are padded to ``sizes``.
+
+    Round to the nearest allowed size: down when fewer items stay behind than filler rows
+    rounding up would add, else up (all ``n``, padded; a tie pads, saving a call). The
+    items left behind stay first in line, already due, and arrivals may fill their batch
+    before it leaves. This is Triton's ``preferred_batch_size`` (cut the largest preferred
+    size that can be formed) bounded by waste: with 21 ready and sizes (8, 16, 32), cut 16
+    (5 wait) rather than pad 11 fillers; with 28, pad to 32 rather than leave 12 behind.
+    Fewer than the smallest size: all of them, padded. More than the largest: the largest.
+    """
+    i = bisect_left(sizes, n)
+    if i == len(sizes):
+        return sizes[-1]
+    if i == 0 or sizes[i] == n:
+        return n
+    down, up = sizes[i - 1], sizes[i]
+    return down if n - down < up - n else n
 
 
 def cut_summed(
@@ -73,8 +106,10 @@ def cut_summed(
     core.queued -= len(batch)
     return batch
 
-def cut_padded(core: Core, now: float) -> list[Any]:
-    """The cut where the length budget counts the padded size: longest x items.
+
+def cut_padded(core: Core, now: float, room: int | None = None) -> list[Any]:
+    """The cut where the length budget counts the padded size: longest x items (x the
+    allowed batch size they are padded to, when sizes are set: fillers cost too).
 
     An item fits when the batch with it stays within the budget: with ``k`` items
     taken and the longest ``m`` long, the next may be at most ``budget // (k + 1)``
@@ -82,7 +117,9 @@ def cut_padded(core: Core, now: float) -> list[Any]:
     one entry within that length keeps its rule: the cut stops at the first item
     (in its order) that does not fit.
     """
-    room, budget = core.batch_size, core.max_len
+    if room is None:
+        room = core.batch_size
+    budget, sizes = core.max_len, core.sizes
     batch: list[Any] = []
     longest = 0
     limit = now - core.max_wait
@@ -92,6 +129,8 @@ def cut_padded(core: Core, now: float) -> list[Any]:
         if entry is None or entry.arrival > limit:
             break
         k = len(batch) + 1
+        if sizes:
+            k = size_up(sizes, k)
         if longest * k > budget or entry.length * k > budget:
             if not batch:
                 batch.append(entry)  # oversize: it travels alone
@@ -106,6 +145,8 @@ def cut_padded(core: Core, now: float) -> list[Any]:
         for pool in (core.small, core.bulk):
             while room and len(pool):
                 k = len(batch) + 1
+                if sizes:
+                    k = size_up(sizes, k)
                 if longest * k > budget:
                     stopped = True
                     break

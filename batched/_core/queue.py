@@ -21,7 +21,7 @@ from .._errors import BatcherClosed, QueueFull
 from .._strategies import BUILTIN_POOLS
 from . import handback
 from .calls import CANCELLED, INTAKE, QUEUED, ROOM, CallCore, SharedCall, owner
-from .cut import cut_padded, cut_summed
+from .cut import cut_padded, cut_summed, preferred_size
 from .items import check_priority, length_of
 
 if TYPE_CHECKING:
@@ -58,12 +58,14 @@ def _refusal(core: Core) -> Exception:
 class Cut:
     """A cut batch, from the cut until its callers have their outcomes."""
 
-    __slots__ = ("abandons", "entries", "reason")
+    __slots__ = ("abandons", "entries", "reason", "waiting")
 
     def __init__(self, entries: list[Any], abandons: int, reason: str) -> None:
         self.entries = entries
         self.abandons = abandons  # the core's count of departures at the cut
         self.reason = reason  # one of REASONS
+        self.waiting = 0  # items accepted and left waiting by the cut (for on_batch)
+
 
 @final
 class Core:
@@ -98,6 +100,7 @@ class Core:
         "room_waiting",
         "running",
         "seq",
+        "sizes",
         "small",
         "stopped",
         "thread",
@@ -124,6 +127,8 @@ class Core:
         # Waiting lengths are counted: under a budget, or one that configure() lifted.
         self.budget = self.max_len != math.inf or settings.counted
         self.padded = settings.padded and self.budget
+        # Sizes the function runs best at (a compiled model's): the cut rounds to them.
+        self.sizes = settings.batch_sizes
         # Padded with a budget: how many waiting items have each length, so the padded
         # size of what waits (longest x items) is known without a scan.
         self.lengths: dict[int, int] | None = {} if self.padded else None
@@ -479,11 +484,16 @@ class Core:
     def cut(self, now: float) -> Cut:
         """Cut the next batch (a slot is free); it counts as running from now."""
         reason = self.reason(now)
-        entries = cut_padded(self, now) if self.padded else cut_summed(self, now)
+        room = self.batch_size
+        if self.sizes:
+            # Once per batch, never per item: the hot path does not see it.
+            room = preferred_size(self.sizes, min(self.waiting, room))
+        entries = cut_padded(self, now, room) if self.padded else cut_summed(self, now, room)
         batch = Cut(entries, self.abandons, reason)
         self.running.add(batch)
         if self.room:
             self.grant_room()
+        batch.waiting = self.queued
         return batch
 
     def join(self, now: float, room: int, budget: float, alone: bool) -> list[Any]:
@@ -643,4 +653,3 @@ class Core:
         except BaseException as exc:  # nothing more can be taken from it
             faults.append(exc)
         return entries
-

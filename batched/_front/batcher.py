@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream
 
     from .._batch import Batch
+    from .._observe import BatchInfo
     from .._settings import Settings
     from .._stats import BatchStats
     from ..cache import AsyncCache
@@ -92,6 +93,8 @@ class Batcher(Generic[T, R]):
         when a cache is set)
     :param isolate_errors: when ``fn`` raises, split the batch in halves and retry until
         the failing items stand alone; ``fn`` must accept being called again on subsets
+    :param on_batch: a plain callable, called with a :class:`batched.BatchInfo` after
+        each batch, in the batcher's task (keep it quick); what it raises is logged
 
     Without ``fn``, consumer tasks pull the batches with :meth:`batches` and answer
     each; ``max_concurrent_batches`` does not apply then (each waiting consumer is a
@@ -117,6 +120,7 @@ class Batcher(Generic[T, R]):
         cache_key: Callable[[T], Hashable] | None = None,
         dedupe: bool | None = None,
         isolate_errors: bool = False,
+        on_batch: Callable[[BatchInfo], object] | None = None,
     ) -> None:
         self._settings: Settings = make_settings(
             fn,
@@ -133,6 +137,7 @@ class Batcher(Generic[T, R]):
             cache=cache,
             cache_key=cache_key,
             dedupe=dedupe,
+            on_batch=on_batch,
         )
         self._keyed = cache is not None or self._settings.dedupe
         self._run: Owned | Pulled | None = None

@@ -19,6 +19,7 @@ import anyio.lowlevel
 
 from .._backends import loop_key
 from .._keyed import cache_stats
+from .._observe import BatchInfo  # noqa: TC001 - BatcherOptions' annotations
 from .._run.driven import Driven
 from .._settings import (
     BatcherSettings,
@@ -76,6 +77,7 @@ class BatcherOptions(TypedDict, total=False):
     cache_key: Callable[[Any], Hashable] | None
     dedupe: bool | None
     isolate_errors: bool
+    on_batch: Callable[[BatchInfo], object] | None
     priority_strategy: PriorityStrategy
     batch_item_cls: object
 

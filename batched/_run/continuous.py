@@ -31,6 +31,7 @@ from .._core.results import check_results
 from .._errors import Failure
 from .._step import Last, Next
 from .execute import _boxed, _not_ours
+from .group import close_group, open_group
 from .members import Member, Values
 
 if TYPE_CHECKING:
@@ -99,15 +100,7 @@ class Stepper:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def open(self) -> None:
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
-        self.tg = tg
-        try:
-            await tg.start(self._loop)
-        except BaseException as exc:
-            tg.cancel_scope.cancel()
-            await tg.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
+        self.tg = await open_group(self._loop)
 
     async def close(self, exc: BaseException | None) -> bool | None:
         """Run what was accepted to its end (``exc`` is None), or end every stream with
@@ -117,18 +110,7 @@ class Stepper:
         core = self.core
         suppress: bool | None = None
         try:
-            if exc is None:
-                core.close_intake()
-                await tg.__aexit__(None, None, None)
-            else:
-                self._fail_all(None)
-                tg.cancel_scope.cancel()
-                if isinstance(exc, anyio.get_cancelled_exc_class()):
-                    # The task group's scope may own this cancellation: it must see it.
-                    suppress = await tg.__aexit__(type(exc), exc, exc.__traceback__)
-                else:
-                    # Any other exception propagates unchanged, never in an ExceptionGroup.
-                    await tg.__aexit__(None, None, None)
+            suppress = await close_group(tg, exc, core.close_intake, lambda: self._fail_all(None))
         except BaseException:
             # step's BaseException wins over the block's own cancellation.
             if self.fatal is None:

@@ -210,7 +210,7 @@ class Driven:
         try:
             live = core.live(batch)
             if live:  # else every caller left before the batch started
-                await self.executor.run(live, free, batch.reason)
+                await self.executor.run(live, free, batch.reason, batch.waiting)
         except anyio.get_cancelled_exc_class():
             core.close_batch(batch)
             raise

@@ -19,6 +19,7 @@ from .._core.calls import QUEUED, SharedCall, owner
 from .._core.results import check_results
 from .._errors import BatchSizeMismatch, Failure
 from .._keyed import cache_store
+from .._observe import report, tally
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -66,6 +67,8 @@ class Executor:
         "fn",
         "is_async",
         "isolate",
+        "on_batch",
+        "padded",
         "spawn",
         "thread_limiter",
     )
@@ -90,6 +93,8 @@ class Executor:
         self.spawn = spawn
         self.thread_limiter = anyio.CapacityLimiter(settings.max_concurrent_batches)
         self.deadline_of = backend.deadline_of
+        self.on_batch = settings.on_batch
+        self.padded = settings.padded
 
     async def invoke(self, items: list[Any]) -> object:
         if self.is_async:
@@ -102,10 +107,11 @@ class Executor:
         return out
 
     async def compute(
-        self, entries: list[Any], reason: str
+        self, entries: list[Any], reason: str, counted: list[int] | None = None
     ) -> tuple[Sequence[Any] | None, Exception | None]:
         """Run ``fn`` once; its results, or the error for all of ``entries``. With
-        ``isolate_errors``, a failing batch is split and settled here (None, None)."""
+        ``isolate_errors``, a failing batch is split and settled here (None, None), and
+        its parts' outcomes are added to ``counted`` (for ``on_batch``)."""
         clock = self.clock
         start = clock()
         items = [entry.item for entry in entries]
@@ -119,7 +125,7 @@ class Executor:
         except Exception as exc:
             self.core.counts.ran(len(entries), clock() - start)
             if self.isolate and len(entries) > 1:
-                await self._isolate(entries, reason)
+                await self._isolate(entries, reason, counted)
                 return None, None
             return None, exc
         except anyio.get_cancelled_exc_class() as exc:
@@ -135,7 +141,9 @@ class Executor:
         except Exception as exc:  # len() or indexing of the results raised
             return None, exc
 
-    async def _isolate(self, entries: list[Any], reason: str) -> None:
+    async def _isolate(
+        self, entries: list[Any], reason: str, counted: list[int] | None
+    ) -> None:
         """Split a failed batch in halves until the failing items stand alone."""
         half = len(entries) // 2
         for part in (entries[:half], entries[half:]):
@@ -143,8 +151,12 @@ class Executor:
             part = [entry for entry in part if owner(entry).state == QUEUED]
             if not part:
                 continue
-            results, error = await self.compute(part, reason)
+            results, error = await self.compute(part, reason, counted)
             await self.settle(part, results, error)
+            if counted is not None and (results is not None or error is not None):
+                completed, failed = tally(part, results, error)
+                counted[0] += completed
+                counted[1] += failed
 
     async def settle(
         self, entries: list[Any], results: Sequence[Any] | None, error: BaseException | None
@@ -185,13 +197,17 @@ class Executor:
         entries: list[Any],
         between: Callable[[], object] | None = None,
         reason: str = "timeout",
+        waiting: int = 0,
     ) -> None:
         """Compute a batch, then (after ``between()``: a driver's slot bookkeeping, done
         before the hand-back) hand its outcomes back; count its items' waits and
-        latencies (``compute`` counts each run of ``fn``)."""
+        latencies (``compute`` counts each run of ``fn``); report it to ``on_batch``
+        (``waiting``: the items its cut left waiting)."""
         clock = self.clock
         start = clock()
-        results, error = await self.compute(entries, reason)
+        on_batch = self.on_batch
+        counted = [0, 0] if on_batch is not None and self.isolate else None
+        results, error = await self.compute(entries, reason, counted)
         if between is not None:
             between()
         await self.settle(entries, results, error)
@@ -203,4 +219,9 @@ class Executor:
             if core.max_queue is None
             else [entry.arrival - owner(entry).room_wait for entry in entries]
         )
-        core.counts.waited(start, clock(), [entry.arrival for entry in entries], called)
+        end = clock()
+        core.counts.waited(start, end, [entry.arrival for entry in entries], called)
+        if on_batch is not None:
+            if counted is None or results is not None or error is not None:
+                counted = tally(entries, results, error)
+            report(on_batch, entries, reason, start, end, waiting, self.padded, counted)

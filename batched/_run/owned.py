@@ -19,6 +19,7 @@ import anyio.lowlevel
 from .._backends import current
 from .._core.queue import Core, Cut
 from .execute import Executor
+from .group import close_group, open_group
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
@@ -137,15 +138,7 @@ class Owned:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def open(self) -> None:
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
-        self.tg = tg
-        try:
-            await tg.start(self._collector)
-        except BaseException as exc:
-            tg.cancel_scope.cancel()
-            await tg.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
+        self.tg = await open_group(self._collector)
 
     async def close(self, exc: BaseException | None) -> bool | None:
         """Drain (``exc`` is None) or release every caller, then end the task group;
@@ -155,19 +148,8 @@ class Owned:
         core = self.core
         suppress: bool | None = None
         try:
-            if exc is None:
-                # Drain: refuse new calls, finish what was accepted, then let tasks end.
-                core.close_intake()
-                await tg.__aexit__(None, None, None)
-            else:
-                self._fail_all(None)
-                tg.cancel_scope.cancel()
-                if isinstance(exc, anyio.get_cancelled_exc_class()):
-                    # The task group's scope may own this cancellation: it must see it.
-                    suppress = await tg.__aexit__(type(exc), exc, exc.__traceback__)
-                else:
-                    # Any other exception propagates unchanged, never in an ExceptionGroup.
-                    await tg.__aexit__(None, None, None)
+            # Drain: refuse new calls, finish what was accepted, then let tasks end.
+            suppress = await close_group(tg, exc, core.close_intake, lambda: self._fail_all(None))
         except BaseException:
             # fn's BaseException wins over the block's own cancellation, which the task
             # group re-raises when fn raised it as the owner was being cancelled.
@@ -341,7 +323,7 @@ class Owned:
         """Compute a batch and hand back its outcomes, in this task."""
         live = self.core.live(batch)
         if live:  # else every caller left before the batch started
-            await self.executor.run(live, None, batch.reason)
+            await self.executor.run(live, None, batch.reason, batch.waiting)
 
     # -- slots -----------------------------------------------------------------------------
 
@@ -424,7 +406,7 @@ class Owned:
         try:
             live = core.live(batch)
             if live:  # else every caller left before the batch started
-                await self.executor.run(live, next_or_free, batch.reason)
+                await self.executor.run(live, next_or_free, batch.reason, batch.waiting)
         except anyio.get_cancelled_exc_class():
             core.close_batch(batch)
             if following is not None:

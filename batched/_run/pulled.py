@@ -27,6 +27,8 @@ from .._backends import current
 from .._batch import Batch
 from .._core.calls import closed_error
 from .._core.queue import Core
+from .._observe import report, tally
+from .group import close_group, open_group
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Sequence
@@ -192,6 +194,7 @@ class Pulled:
         "core",
         "ended",
         "new_call",
+        "on_batch",
         "ready",
         "signal",
         "tg",
@@ -202,6 +205,7 @@ class Pulled:
         self.backend: Backend = current()
         self.core = Core(settings, counts, self.backend.clock)
         self.new_call = self.backend.new_call
+        self.on_batch = settings.on_batch
         self.waiting: deque[Batches] = deque()  # consumers waiting in receive(), FIFO
         self.ready: deque[Batch[Any]] = deque()  # cut, handed back by a cancelled consumer
         self.consumers = 0  # consumers whose stream is open
@@ -234,37 +238,21 @@ class Pulled:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def open(self) -> None:
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
-        self.tg = tg
-        try:
-            await tg.start(self._dispatcher)
-        except BaseException as exc:
-            tg.cancel_scope.cancel()
-            await tg.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
+        self.tg = await open_group(self._dispatcher)
 
     async def close(self, exc: BaseException | None) -> bool | None:
         tg = self.tg
         assert tg is not None
         core = self.core
-        suppress: bool | None = None
+        def drain() -> None:
+            core.close_intake()
+            self.kick()
+
         try:
-            if exc is None:
-                core.close_intake()
-                self.kick()
-                await tg.__aexit__(None, None, None)
-            else:
-                self._release_all(None)
-                tg.cancel_scope.cancel()
-                if isinstance(exc, anyio.get_cancelled_exc_class()):
-                    suppress = await tg.__aexit__(type(exc), exc, exc.__traceback__)
-                else:
-                    await tg.__aexit__(None, None, None)
+            return await close_group(tg, exc, drain, lambda: self._release_all(None))
         finally:
             core.accepting = False
             self._end()
-        return suppress
 
     def _end(self) -> None:
         """No batch will come: waiting consumers' ``receive`` ends."""
@@ -405,9 +393,20 @@ class Pulled:
                 else [e.arrival - _owner_room_wait(e) for e in entries]
             )
             core.counts.ran(len(entries), computed - batch.started)
-            core.counts.waited(
-                batch.started, core.clock(), [e.arrival for e in entries], called
-            )
+            ended = core.clock()
+            core.counts.waited(batch.started, ended, [e.arrival for e in entries], called)
+            on_batch = self.on_batch
+            if on_batch is not None:
+                report(
+                    on_batch,
+                    entries,
+                    cut.reason,
+                    batch.started,
+                    ended,
+                    cut.waiting,
+                    False,
+                    tally(entries, results, error),
+                )
 
 
 def _owner_room_wait(entry: Any) -> float:

@@ -28,11 +28,13 @@ numpy is needed (the ``inference`` extra); torch is optional and never imported 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Mapping
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, final, overload
 
 import attrs
 
+from .._core.cut import size_up
 from .._front.decorator import AsyncFront, Binding, check_options, weak_method
 from .._front.sync import SyncFront
 from .._padding import Row, collate, partition, split_call, split_output, stack_rows
@@ -57,7 +59,22 @@ O = TypeVar("O")  # noqa: E741 - the model's output
 
 
 def _row_length(row: Row) -> int:
-    return row.length
+    return row.size  # its bucket of allowed_lengths: the budget counts what the model gets
+
+
+def _allowed(name: str, value: object) -> tuple[int, ...]:
+    """``value`` as allowed sizes: a non-empty increasing sequence of positive ints."""
+    if value is None:
+        return ()
+    msg = f"{name!r} must be increasing positive ints, like (1, 2, 4, 8), or None: {value!r}"
+    if not isinstance(value, Iterable) or isinstance(value, str | bytes):
+        raise TypeError(msg)
+    sizes: tuple[Any, ...] = tuple(value)
+    if not all(type(size) is int for size in sizes):
+        raise TypeError(msg)
+    if not sizes or sizes[0] < 1 or any(a >= b for a, b in itertools.pairwise(sizes)):
+        raise ValueError(msg)
+    return sizes
 
 
 class _Collator:
@@ -70,8 +87,10 @@ class _Collator:
         left: bool,
         spread: bool,
         sequence_outputs: object,
+        batch_sizes: tuple[int, ...] = (),
     ) -> None:
         self.model = model
+        self.batch_sizes = batch_sizes
         self.pad_tokens = pad_tokens
         self.left = left
         self.spread = spread
@@ -85,13 +104,16 @@ class _Collator:
 
     def _features(self, rows: list[Row]) -> tuple[list[int], list[Any], dict[str, Any], int]:
         main, results = partition(rows)
-        features, longest = collate([rows[i] for i in main], self.pad_tokens, self.left)
+        total = size_up(self.batch_sizes, len(main)) if self.batch_sizes else 0
+        features, longest = collate([rows[i] for i in main], self.pad_tokens, self.left, total)
         return main, results, features, longest
 
     def _finish(
         self, rows: list[Row], main: list[int], results: list[Any], out: object, longest: int
     ) -> list[Any]:
-        outputs = split_output(out, [rows[i] for i in main], self.trimmed, longest, self.left)
+        total = size_up(self.batch_sizes, len(main)) if self.batch_sizes else 0
+        own = [rows[i] for i in main]
+        outputs = split_output(out, own, self.trimmed, longest, self.left, total)
         for index, output in zip(main, outputs, strict=True):
             results[index] = output
         return results
@@ -127,6 +149,8 @@ class Padding:
     left: bool
     spread_kwargs: bool
     sequence_outputs: object
+    batch_sizes: tuple[int, ...] = ()
+    lengths: tuple[int, ...] = ()
 
     @classmethod
     def check(
@@ -135,6 +159,8 @@ class Padding:
         padding_side: object,
         spread_kwargs: object,
         sequence_outputs: object,
+        allowed_batch_sizes: object = None,
+        allowed_lengths: object = None,
     ) -> Padding:
         if padding_side not in ("right", "left"):
             msg = f"'padding_side' must be 'right' or 'left': {padding_side!r}"
@@ -157,7 +183,34 @@ class Padding:
             raise TypeError(msg)
         if not isinstance(sequence_outputs, bool):
             sequence_outputs = frozenset(sequence_outputs)
-        return cls(dict(pad_tokens), padding_side == "left", spread_kwargs, sequence_outputs)
+        return cls(
+            dict(pad_tokens),
+            padding_side == "left",
+            spread_kwargs,
+            sequence_outputs,
+            _allowed("allowed_batch_sizes", allowed_batch_sizes),
+            _allowed("allowed_lengths", allowed_lengths),
+        )
+
+    def bucket(self, rows: list[Row]) -> list[Row]:
+        """Each row's size: its own length rounded up to the next allowed length.
+
+        :raises ValueError: a row longer than the largest allowed length (this call
+            fails alone: padding it to its own length would make a shape the model
+            was not compiled for)
+        """
+        lengths = self.lengths
+        if lengths and rows[0].padded:
+            longest = max(row.length for row in rows)
+            if longest > lengths[-1]:
+                msg = (
+                    f"a row of {longest} positions is longer than the largest of "
+                    f"'allowed_lengths' {lengths}: truncate it, or allow a longer length"
+                )
+                raise ValueError(msg)
+            for row in rows:
+                row.size = size_up(lengths, row.length)
+        return rows
 
 
 class _InferenceBase(Binding):
@@ -175,18 +228,35 @@ class _InferenceBase(Binding):
                 "a row's length is its sequence length"
             )
             raise TypeError(msg)
+        sizes = padding.batch_sizes
+        if sizes:
+            # Without its own batch_size the batcher cuts up to the largest allowed size.
+            options = {"batch_size": sizes[-1], **options}
+            batch_size = options["batch_size"]
+            if type(batch_size) is int and batch_size > sizes[-1]:
+                msg = (
+                    f"'allowed_batch_sizes' must reach 'batch_size': its largest, "
+                    f"{sizes[-1]}, is below batch_size {batch_size}"
+                )
+                raise ValueError(msg)
         fn = self._init_binding(fn, options)
         self._padding = padding
         collator = (_AsyncCollator if is_async_callable(fn) else _Collator)(
-            fn, padding.pad_tokens, padding.left, padding.spread_kwargs, padding.sequence_outputs
+            fn,
+            padding.pad_tokens,
+            padding.left,
+            padding.spread_kwargs,
+            padding.sequence_outputs,
+            sizes,
         )
-        inner: Any = {**options, "length_fn": _row_length, "padded": True}
+        inner: Any = {**options, "length_fn": _row_length, "padded": True, "batch_sizes": sizes}
         self._batched = (
             AsyncFront(collator, inner) if self._awaitable else SyncFront(collator, inner)
         )
 
     def _rows(self, features: object, keywords: dict[str, Any]) -> list[Row]:
-        return split_call(_features(features, keywords), self._padding.pad_tokens)
+        rows = split_call(_features(features, keywords), self._padding.pad_tokens)
+        return self._padding.bucket(rows)
 
     def _rebind(self, fn: Callable[..., Any]) -> Any:
         if self._awaitable or is_async_callable(fn):
@@ -420,10 +490,19 @@ class ModelBatchProcessor(_SyncInference[Any], _SeedAttributes):
         padding_side: str = "right",
         spread_kwargs: bool = False,
         sequence_outputs: bool | Iterable[str | int] = False,
+        allowed_batch_sizes: Sequence[int] | None = None,
+        allowed_lengths: Sequence[int] | None = None,
         **settings: Any,
     ) -> None:
         options = _seed_options(batch_size, timeout_ms, small_batch_threshold, settings)
-        padding = Padding.check(pad_tokens, padding_side, spread_kwargs, sequence_outputs)
+        padding = Padding.check(
+            pad_tokens,
+            padding_side,
+            spread_kwargs,
+            sequence_outputs,
+            allowed_batch_sizes,
+            allowed_lengths,
+        )
         super().__init__(_func, options, padding)
 
 
@@ -462,6 +541,8 @@ def dynamically(  # type: ignore[overload-overlap]
     padding_side: str = ...,
     spread_kwargs: bool = ...,
     sequence_outputs: bool | Iterable[str | int] = ...,
+    allowed_batch_sizes: Sequence[int] | None = ...,
+    allowed_lengths: Sequence[int] | None = ...,
     **settings: Unpack[BatcherOptions],
 ) -> AsyncInferenceFunction[O]: ...
 @overload
@@ -473,6 +554,8 @@ def dynamically(
     padding_side: str = ...,
     spread_kwargs: bool = ...,
     sequence_outputs: bool | Iterable[str | int] = ...,
+    allowed_batch_sizes: Sequence[int] | None = ...,
+    allowed_lengths: Sequence[int] | None = ...,
     **settings: Unpack[BatcherOptions],
 ) -> InferenceFunction[O]: ...
 @overload
@@ -484,6 +567,8 @@ def dynamically(
     padding_side: str = ...,
     spread_kwargs: bool = ...,
     sequence_outputs: bool | Iterable[str | int] = ...,
+    allowed_batch_sizes: Sequence[int] | None = ...,
+    allowed_lengths: Sequence[int] | None = ...,
     **settings: Unpack[BatcherOptions],
 ) -> InferenceDecorator: ...
 
@@ -496,6 +581,8 @@ def dynamically(
     padding_side: str = "right",
     spread_kwargs: bool = False,
     sequence_outputs: bool | Iterable[str | int] = False,
+    allowed_batch_sizes: Sequence[int] | None = None,
+    allowed_lengths: Sequence[int] | None = None,
     **settings: Any,
 ) -> Any:
     """Batch a model's calls, padding and stacking their features.
@@ -509,7 +596,14 @@ def dynamically(
     their dict keys / tuple indexes; each caller gets them cut to its own length).
     """
     options = check_options(settings)
-    padding = Padding.check(pad_tokens, padding_side, spread_kwargs, sequence_outputs)
+    padding = Padding.check(
+        pad_tokens,
+        padding_side,
+        spread_kwargs,
+        sequence_outputs,
+        allowed_batch_sizes,
+        allowed_lengths,
+    )
 
     def decorate(fn: Any) -> Any:
         target = fn.__func__ if isinstance(fn, staticmethod | classmethod) else fn
@@ -528,6 +622,8 @@ def aio_dynamically(
     padding_side: str = ...,
     spread_kwargs: bool = ...,
     sequence_outputs: bool | Iterable[str | int] = ...,
+    allowed_batch_sizes: Sequence[int] | None = ...,
+    allowed_lengths: Sequence[int] | None = ...,
     **settings: Unpack[BatcherOptions],
 ) -> AsyncInferenceFunction[O]: ...
 @overload
@@ -539,6 +635,8 @@ def aio_dynamically(
     padding_side: str = ...,
     spread_kwargs: bool = ...,
     sequence_outputs: bool | Iterable[str | int] = ...,
+    allowed_batch_sizes: Sequence[int] | None = ...,
+    allowed_lengths: Sequence[int] | None = ...,
     **settings: Unpack[BatcherOptions],
 ) -> AsyncInferenceFunction[O]: ...
 @overload
@@ -550,6 +648,8 @@ def aio_dynamically(
     padding_side: str = ...,
     spread_kwargs: bool = ...,
     sequence_outputs: bool | Iterable[str | int] = ...,
+    allowed_batch_sizes: Sequence[int] | None = ...,
+    allowed_lengths: Sequence[int] | None = ...,
     **settings: Unpack[BatcherOptions],
 ) -> AsyncInferenceDecorator: ...
 
@@ -562,11 +662,20 @@ def aio_dynamically(
     padding_side: str = "right",
     spread_kwargs: bool = False,
     sequence_outputs: bool | Iterable[str | int] = False,
+    allowed_batch_sizes: Sequence[int] | None = None,
+    allowed_lengths: Sequence[int] | None = None,
     **settings: Any,
 ) -> Any:
     """:func:`dynamically`, always awaitable (a sync model runs in a worker thread)."""
     options = check_options(settings)
-    padding = Padding.check(pad_tokens, padding_side, spread_kwargs, sequence_outputs)
+    padding = Padding.check(
+        pad_tokens,
+        padding_side,
+        spread_kwargs,
+        sequence_outputs,
+        allowed_batch_sizes,
+        allowed_lengths,
+    )
 
     def decorate(fn: Any) -> Any:
         return AsyncInferenceFunction(fn, options, padding)

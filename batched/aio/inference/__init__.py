@@ -9,7 +9,7 @@ from ...inference import Padding, _AsyncInference, _seed_options, _SeedAttribute
 from ...inference import aio_dynamically as dynamically
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Iterable, Mapping, Sequence
 
 __all__ = ["AsyncInferenceFunction", "AsyncModelBatchProcessor", "dynamically"]
 
@@ -38,10 +38,19 @@ class AsyncModelBatchProcessor(_AsyncInference[Any], _SeedAttributes):
         padding_side: str = "right",
         spread_kwargs: bool = False,
         sequence_outputs: bool | Iterable[str | int] = False,
+        allowed_batch_sizes: Sequence[int] | None = None,
+        allowed_lengths: Sequence[int] | None = None,
         **settings: Any,
     ) -> None:
         options = _seed_options(batch_size, timeout_ms, small_batch_threshold, settings)
-        padding = Padding.check(pad_tokens, padding_side, spread_kwargs, sequence_outputs)
+        padding = Padding.check(
+            pad_tokens,
+            padding_side,
+            spread_kwargs,
+            sequence_outputs,
+            allowed_batch_sizes,
+            allowed_lengths,
+        )
         super().__init__(_func, options, padding)
 
 
