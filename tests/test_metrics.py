@@ -55,6 +55,7 @@ def _scrape(registry: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], floa
     }
 
 
+@pytest.mark.virtual_time  # it reads exact waits and durations
 async def test_prometheus_exports_sizes_waits_outcomes_reasons_and_waiting() -> None:
     registry = prometheus_client.CollectorRegistry()
     await _serve(PrometheusObserver("embed", registry), [[1, 2, 3, 4, 5], [6, -7]])

@@ -32,6 +32,7 @@ async def _send(b: Any, items: list[Any], tg: Any) -> None:
         await anyio.wait_all_tasks_blocked()
 
 
+@pytest.mark.virtual_time  # it reads exact waits and start times
 async def test_each_batch_is_reported_with_size_reason_waits_and_waiting() -> None:
     infos: list[batched.BatchInfo] = []
     with anyio.fail_after(10):

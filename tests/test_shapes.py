@@ -24,7 +24,9 @@ import batched.aio.inference
 import batched.inference
 from batched.testing import fresh_backend_options
 
-pytestmark = pytest.mark.anyio
+# Which rows meet in one batch is the subject of every test here: on virtual time only
+# (asyncio+uvloop runs in real time).
+pytestmark = [pytest.mark.anyio, pytest.mark.virtual_time]
 
 HANG_S = 3600.0  # virtual seconds
 PAD = 7

@@ -279,6 +279,7 @@ async def _with_front(front: str, rec: Rec, run: Callable[[Any], Any], **options
         await run(f)
 
 
+@pytest.mark.virtual_time  # it reads exact times
 @pytest.mark.parametrize("front", FRONTS)
 async def test_a_shorter_timeout_sends_what_waits_at_once(front: str) -> None:
     rec = Rec()
