@@ -37,10 +37,30 @@ async def close_group(
     exc: BaseException | None,
     drain: Callable[[], object],
     release: Callable[[], object],
+    fatal: Callable[[], BaseException | None] = lambda: None,
 ) -> bool | None:
     """End ``tg`` as the block ends with ``exc``: ``drain()`` then wait for the tasks to
     finish (a normal exit), or ``release()`` every caller and cancel them. What the
-    block's ``__aexit__`` returns."""
+    block's ``__aexit__`` returns. A ``fatal()`` BaseException (from ``fn`` or a step)
+    is raised instead of whatever ending the group raised: the task group re-raises the
+    block's own cancellation when ``fn`` raised it as the owner was being cancelled."""
+    try:
+        suppress = await _end(tg, exc, drain, release)
+    except BaseException:
+        if fatal() is None:
+            raise
+    error = fatal()
+    if error is not None:
+        raise error
+    return suppress
+
+
+async def _end(
+    tg: TaskGroup,
+    exc: BaseException | None,
+    drain: Callable[[], object],
+    release: Callable[[], object],
+) -> bool | None:
     if exc is None:
         drain()
         await tg.__aexit__(None, None, None)

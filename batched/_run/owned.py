@@ -146,20 +146,13 @@ class Owned:
         tg = self.tg
         assert tg is not None
         core = self.core
-        suppress: bool | None = None
         try:
             # Drain: refuse new calls, finish what was accepted, then let tasks end.
-            suppress = await close_group(tg, exc, core.close_intake, lambda: self._fail_all(None))
-        except BaseException:
-            # fn's BaseException wins over the block's own cancellation, which the task
-            # group re-raises when fn raised it as the owner was being cancelled.
-            if self.fatal is None:
-                raise
+            return await close_group(
+                tg, exc, core.close_intake, lambda: self._fail_all(None), lambda: self.fatal
+            )
         finally:
             core.accepting = False
-        if self.fatal is not None:
-            raise self.fatal
-        return suppress
 
     def _fail_all(self, cause: BaseException | None) -> None:
         for fault in self.core.fail_all(cause):
