@@ -13,6 +13,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, final
 
 from .._stats import BatchStats
+from .cost import Cost
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -79,6 +80,7 @@ class Counts:
         "cache_errors",
         "cancelled",
         "completed",
+        "cost",
         "failed",
         "processed",
         "rejected",
@@ -87,6 +89,9 @@ class Counts:
     )
 
     def __init__(self) -> None:
+        # fn's duration per batch size: kept across openings and clear_stats(), as what
+        # the model costs does not change with them.
+        self.cost = Cost()
         self.reset()
 
     def reset(self) -> None:
@@ -156,6 +161,7 @@ class Counts:
         self.batches += 1
         self.processed += size
         self.busy_seconds += seconds
+        self.cost.add(size, seconds)
 
     def waited(
         self, start: float, end: float, arrivals: list[float], called: list[float] | None = None
