@@ -116,6 +116,10 @@ EXPECTED: dict[str, list[str]] = {
         "a 100-token text: ValueError: a row of 100 positions is longer than the largest of "
         "'allowed_lengths'",
     ],
+    "ray_serve_app.py": [
+        "200 requests through Serve's proxy: 200 replies match the unbatched score",
+        "replicas that formed batches: 2 of 2",
+    ],
     "token_streaming.py": [
         "--- asyncio ---",
         "--- trio ---",
@@ -131,6 +135,7 @@ NEEDS: dict[str, str] = {
     "trio_service.py": "trio",
     "sync_model.py": "numpy",
     "fixed_shapes.py": "numpy",
+    "ray_serve_app.py": "ray",  # the ray extra: not in the test extra (docs/scaling.md)
 }
 
 
