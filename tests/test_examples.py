@@ -135,7 +135,7 @@ NEEDS: dict[str, str] = {
     "trio_service.py": "trio",
     "sync_model.py": "numpy",
     "fixed_shapes.py": "numpy",
-    "ray_serve_app.py": "ray",  # the ray extra: not in the test extra (docs/scaling.md)
+    "ray_serve_app.py": "ray",  # the ray extra; the test extra has it too
 }
 
 
