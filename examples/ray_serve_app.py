@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import httpx
 import ray
+from fastapi.responses import JSONResponse
 from ray import serve
 
 import batched
@@ -96,9 +97,15 @@ class Scorer:
             for text in texts
         ]
 
-    async def __call__(self, request: Request) -> dict[str, Any]:
+    async def __call__(self, request: Request) -> dict[str, Any] | JSONResponse:
         body = await request.json()
-        reply: dict[str, Any] = await self.batcher(body["text"])
+        text = body.get("text") if isinstance(body, dict) else None
+        if not isinstance(text, str):
+            # Refused here, before it joins a batch: a bad item inside score_batch would
+            # fail every request of its batch.
+            error = f"'text' must be a string: {text!r}"
+            return JSONResponse({"error": error}, status_code=400)
+        reply: dict[str, Any] = await self.batcher(text)
         return reply
 
 

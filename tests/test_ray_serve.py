@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 pytest.importorskip("ray", reason="Ray Serve is not installed: pip install 'batched-anyio[ray]'")
 pytest.importorskip("ray.serve", reason="Ray is installed without Serve: pip install 'ray[serve]'")
-pytest.importorskip("httpx", reason="the requests go through Serve's proxy with httpx")
+httpx = pytest.importorskip("httpx", reason="the requests go through Serve's proxy with httpx")
 
 pytestmark = [pytest.mark.anyio, pytest.mark.ray]
 
@@ -83,3 +83,23 @@ async def test_concurrent_requests_batch_in_every_replica(app: ModuleType, base_
         # replies report what the batch function saw, not a guess).
         assert all(n % size == 0 for size, n in counts.items()), (replica, counts)
 
+
+
+async def test_a_bad_request_is_refused_alone(app: ModuleType, base_url: str) -> None:
+    texts = [f"neighbour {i}" for i in range(40)]
+    with real_time(), anyio.fail_after(GUARD_S):
+        async with anyio.create_task_group() as tg, httpx.AsyncClient(timeout=60.0) as client:
+
+            async def bad() -> None:
+                nonlocal refused
+                refused = await client.post(f"{base_url}/", json={"text": 5})
+
+            refused: httpx.Response | None = None
+            tg.start_soon(bad)
+            replies = await app.post_many(base_url, texts)
+
+    assert refused is not None
+    assert refused.status_code == 400, refused.text
+    assert refused.json() == {"error": "'text' must be a string: 5"}
+    # Its neighbours, sent at the same time, all got their own answers.
+    assert [reply["score"] for reply in replies] == [app.score(text) for text in texts]
