@@ -264,9 +264,10 @@ class DrainingServer(uvicorn.Server):
         loop.call_soon_threadsafe(self._begin_drain)
 
     def _begin_drain(self) -> None:
-        self.drain()
         assert self._loop is not None
+        # The shutdown is scheduled first: it comes whatever drain() does.
         self._loop.call_later(self.drain_s, setattr, self, "should_exit", True)
+        self.drain()
 
 
 def serve(api: FastAPI, *, host: str = "127.0.0.1", port: int = 8000, drain_s: float = 5.0) -> None:

@@ -195,6 +195,47 @@ async def test_metrics_serves_the_prometheus_text_of_the_apps_own_batcher() -> N
     assert other.state.batcher.stats.total_batches == 0
 
 
+@asyncio_or_uvloop
+@pytest.mark.anyio
+async def test_draining_serves_what_was_accepted_and_refuses_the_rest_with_503() -> None:
+    import httpx
+
+    module = example()
+    model = GatedModel()
+    api = module.make_app(model, batch_size=4, timeout_ms=1.0)
+    serving = load_example("fastapi_app").serving
+    replies: dict[str, Any] = {}
+    with real_time(), anyio.fail_after(60):
+        async with (
+            serving(api) as url,
+            httpx.AsyncClient(base_url=url, timeout=30.0) as client,
+        ):
+            ready = await client.get("/ready")
+            model.gate.clear()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(post_all, client, ["in flight 0", "in flight 1"], replies)
+                await await_until(model.held.is_set, "the batch held by the model")
+                batcher = api.state.batcher
+                await await_until(lambda: batcher.stats.submitted == 2, "both accepted")
+                api.state.drain()  # what the first SIGTERM calls
+                unready = await client.get("/ready")
+                refused = await client.post("/embed", json={"text": "too late"})
+                scrape = await client.get("/metrics")
+                model.gate.set()
+    assert (ready.status_code, ready.json()) == (200, {"ready": True})
+    assert (unready.status_code, unready.json()) == (503, {"ready": False})
+    assert refused.status_code == 503
+    assert refused.json() == {"detail": "draining"}
+    assert refused.headers["connection"] == "close"  # its client reconnects, elsewhere
+    assert "retry-after" not in refused.headers  # this instance will not take it later
+    assert scrape.status_code == 200  # still scraped while draining
+    for text in ("in flight 0", "in flight 1"):
+        assert replies[text].status == 200, replies[text]
+        assert replies[text].vector == module.embed_text(text)
+    stats = batcher.stats
+    assert (stats.completed, stats.failed) == (2, 1)
+
+
 _CLOSED = re.compile(r"batcher closed: completed=(\d+) failed=(\d+) rejected=(\d+)")
 _DRAINING = re.compile(r"draining: stopped accepting, (\d+) accepted item\(s\) in flight")
 # No response at all: a refused connection, or one closed before its request was read.
