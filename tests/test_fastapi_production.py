@@ -7,12 +7,14 @@ worker threads), under a ``fail_after`` hang guard, with generous bounds and no 
 asserts. Nothing waits by sleeping: readiness comes from uvicorn's startup line, an
 event, the server's own counters, or a poll of ``/ready`` (what a probe does).
 
-"Accepted" (the SIGTERM test): a request the batcher took in, as the server counts
-it (``stats``: completed, failed = refused while draining, rejected = queue full).
-Every one of them must have reached its client with its answer: the client's tallies
-equal the server's. A request with no response at all is one that was never taken in
-(refused by the kernel once the listener closed, or a connection closed before its
-request was read); it is allowed only after SIGTERM.
+The SIGTERM test's terms: a request *reached the app* when the batcher counted it
+(``stats``: ``completed``, accepted and served; ``failed``, refused while draining;
+``rejected``, queue full); it was *accepted* when it reached the app while the batcher
+accepted calls. Every request that reached the app must have reached its client with
+that answer (the client's tallies equal the server's), every accepted one with a 200
+and its own vector. A request with no response at all never reached the app (refused by
+the kernel once the listener closed, or on a connection closed before its request was
+read): allowed, and only after SIGTERM; a timeout is never allowed (a hang).
 """
 
 from __future__ import annotations
