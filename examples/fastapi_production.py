@@ -3,7 +3,8 @@
 Run ``python examples/fastapi_production.py serve --port 8000`` to serve it (needs
 fastapi, uvicorn and prometheus_client), or ``python examples/fastapi_production.py``
 for a demo that starts that server in a subprocess, loads it, scrapes it and stops it
-with SIGTERM. ``make_app`` builds the app:
+with SIGTERM (``uvicorn fastapi_production:app`` serves it too, without the drain).
+``make_app`` builds the app:
 
 - ``POST /embed``: the batcher is a ``batched.Batcher`` opened in the app's lifespan
   (``async with batcher: yield``). The model is a plain ``def``: the batcher runs it in a
@@ -18,7 +19,7 @@ with SIGTERM. ``make_app`` builds the app:
 
 **SIGTERM.** uvicorn's own handling of SIGTERM is no drain: it closes the listening
 socket at once, lets the requests in flight finish, runs the lifespan's shutdown, then
-exits (the ``uvicorn`` command re-raises the signal at the end: exit status 143). A
+exits (uvicorn 0.29 and later re-raise the signal at the end: exit status 143). A
 readiness probe never sees the server go unready (its connections are refused from the
 first instant), while a load balancer that has not yet noticed keeps sending it new
 connections, refused too; and a drain in the lifespan's shutdown would come after the
@@ -34,7 +35,8 @@ last request. So ``serve`` runs uvicorn as ``DrainingServer``, whose first SIGTE
    flight finish (within ``timeout_graceful_shutdown``), leaving ``async with batcher:``
    serves anything still accepted, and the process exits with status 0.
 
-A second SIGTERM, or Ctrl+C, goes straight to step 3. Kubernetes waits
+A second SIGTERM, or Ctrl+C, goes straight to step 3 (uvicorn's own: a second SIGTERM
+ends with status 143). Kubernetes waits
 ``terminationGracePeriodSeconds`` (30 s by default) for all of it: keep ``drain_s``
 plus the longest request below that.
 
@@ -48,6 +50,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import hashlib
 import math
 import os
@@ -102,10 +105,11 @@ def embed_text(text: str) -> list[float]:
     return [x / norm for x in vector]
 
 
-def embed_batch(texts: list[str]) -> list[list[float]]:
-    """One forward pass for many texts: a plain ``def`` that blocks, run by the batcher
-    in a worker thread (as ``model(batch)`` of torch would be, which releases the GIL)."""
-    time.sleep(FORWARD_S)
+def embed_batch(texts: list[str], forward_s: float = FORWARD_S) -> list[list[float]]:
+    """One forward pass for many texts, ``forward_s`` seconds: a plain ``def`` that
+    blocks, run by the batcher in a worker thread (as ``model(batch)`` of torch would
+    be, which releases the GIL)."""
+    time.sleep(forward_s)
     return [embed_text(text) for text in texts]
 
 
@@ -281,7 +285,9 @@ def serve(api: FastAPI, *, host: str = "127.0.0.1", port: int = 8000, drain_s: f
         access_log=False,  # a line per request: at batching rates, a cost of its own
         timeout_graceful_shutdown=20,  # then uvicorn cancels what still runs
     )
-    DrainingServer(config, drain=api.state.drain, drain_s=drain_s).run()
+    # Ctrl+C: uvicorn shuts down, then re-raises SIGINT (KeyboardInterrupt), as done.
+    with contextlib.suppress(KeyboardInterrupt):
+        DrainingServer(config, drain=api.state.drain, drain_s=drain_s).run()
 
 
 # -- the demo: a server in a subprocess, a steady load, a burst, a scrape, SIGTERM --------
@@ -420,7 +426,15 @@ async def burst(url: str, requests: int) -> list[Reply]:
 
 
 async def main() -> None:
-    async with spawn_server("--drain-s", "1") as server:
+    # A hang guard: on its way out, spawn_server kills the server it started.
+    with anyio.fail_after(90):
+        await demo()
+
+
+async def demo() -> None:
+    # A slow model (100 ms a batch), so that the load's clients keep it busy: a batch
+    # runs and the next waits, whenever SIGTERM comes.
+    async with spawn_server("--drain-s", "1", "--forward-ms", "100") as server:
         await wait_ready(server.url, 200)
         print("GET /ready: 200 while serving")
 
@@ -446,8 +460,7 @@ async def main() -> None:
             server.process.send_signal(signal.SIGTERM)
             await wait_ready(server.url, 503)
             print("after SIGTERM: GET /ready: 503")
-        with anyio.fail_after(60):
-            status = await server.process.wait()
+        status = await server.process.wait()
     after = [reply for reply in load.replies if reply.at > sigterm]
     print(
         f"after SIGTERM: {sum(r.status == 200 for r in after)} requests in flight answered 200, "
@@ -468,8 +481,11 @@ if __name__ == "__main__":
     serve_parser.add_argument("--host", default="127.0.0.1")
     serve_parser.add_argument("--port", type=int, default=8000, help="0: a free port")
     serve_parser.add_argument("--drain-s", type=float, default=5.0)
+    serve_parser.add_argument("--forward-ms", type=float, default=FORWARD_S * 1000)
     arguments = parser.parse_args()
     if arguments.command == "serve":
-        serve(app, host=arguments.host, port=arguments.port, drain_s=arguments.drain_s)
+        model = functools.partial(embed_batch, forward_s=arguments.forward_ms / 1000)
+        api = make_app(model)
+        serve(api, host=arguments.host, port=arguments.port, drain_s=arguments.drain_s)
     else:
         anyio.run(main)  # uvicorn and the demo's client need asyncio

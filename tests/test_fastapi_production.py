@@ -251,9 +251,12 @@ async def test_sigterm_mid_load_drains_every_accepted_request_then_exits_0() -> 
     import httpx
 
     module = example()
-    clients = 2 * module.BATCH_SIZE  # a batch running, the next one waiting: always in flight
+    # Twice the batch size, and a model slow enough (200 ms a batch) for the clients to
+    # keep up even on a loaded machine: a batch runs and the next one waits whenever
+    # SIGTERM comes, so requests are in flight then.
+    clients = 2 * module.BATCH_SIZE
     with real_time(), anyio.fail_after(90):
-        async with module.spawn_server("--drain-s", "2") as server:
+        async with module.spawn_server("--drain-s", "2", "--forward-ms", "200") as server:
             ready = await module.wait_ready(server.url, 200)
             load = module.Load(server.url, clients=clients)
             async with anyio.create_task_group() as tg:
