@@ -80,6 +80,15 @@ EXPECTED: dict[str, list[str]] = {
         "caller-driven: 200 responses ok, mean batch size ",
         "caller-driven: batched: yes",
     ],
+    "fastapi_production.py": [
+        "GET /ready: 200 while serving",
+        "a burst of 100: each got 200, or 503 with a Retry-After: True",
+        "GET /metrics: batched_batch_duration_seconds (histogram), ",
+        "after SIGTERM: GET /ready: 503",
+        "every 200 carries its own text's vector: yes",
+        "server exit status: 0",
+        "batcher closed: completed=",
+    ],
     "trio_service.py": [
         "nursery: 1000 calls -> 10 batches",
         "nursery: every caller got its own square: yes",
@@ -132,6 +141,7 @@ NEEDS: dict[str, str] = {
     "torch_embeddings.py": "torch",
     "token_streaming.py": "torch",
     "fastapi_app.py": "fastapi",  # and uvicorn, httpx: all three come with the test extra
+    "fastapi_production.py": "fastapi",  # and prometheus_client, also in the test extra
     "trio_service.py": "trio",
     "sync_model.py": "numpy",
     "fixed_shapes.py": "numpy",
