@@ -8,13 +8,11 @@ sockets, so the test follows real time (``real_time()``) under a ``fail_after`` 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
-from _helpers import ROOT
+from _helpers import ROOT, load_example
 
 from batched.testing import real_time
 
@@ -32,28 +30,16 @@ REQUESTS = 400
 GUARD_S = 120.0  # real seconds: 400 requests take a few on this 2-core machine
 
 
-def load_app() -> ModuleType:
-    """examples/ray_serve_app.py as a module, whose classes Ray ships by value.
-
-    Ray pickles a deployment's class by reference when its module imports, and a
-    replica could not import this one (it is loaded from a file, under a made-up name).
-    """
-    import ray.cloudpickle
-
-    name = "_example_ray_serve_app"
-    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / "ray_serve_app.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    ray.cloudpickle.register_pickle_by_value(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def app() -> ModuleType:
-    return load_app()
+    """examples/ray_serve_app.py, whose classes Ray ships to the replicas by value: Ray
+    pickles a class by reference when its module imports, and a replica could not import
+    this one (loaded from a file, under a made-up name)."""
+    import ray.cloudpickle
+
+    module = load_example("ray_serve_app")
+    ray.cloudpickle.register_pickle_by_value(module)
+    return module
 
 
 @pytest.fixture(scope="module")
