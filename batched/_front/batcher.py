@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast, final
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar, cast, final
 
 import anyio.lowlevel
 
@@ -108,7 +108,7 @@ class Batcher(Generic[T, R]):
         fn: BatchFunction[T, R] | None = None,
         *,
         batch_size: int = 32,
-        timeout_ms: float = 5.0,
+        timeout_ms: float | Literal["auto"] = 5.0,
         max_batch_length: int | None = None,
         length_fn: Callable[[T], int] | None = None,
         strategy: Strategy | PriorityStrategy = Fifo(),  # noqa: B008 - frozen, shared safely

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Generic, TypeVar, final
+from typing import TYPE_CHECKING, Generic, Literal, TypeVar, final
 
 import anyio.lowlevel
 
@@ -79,7 +79,7 @@ class Continuous(Generic[S, R]):
         step: StepFunction[S, R],
         *,
         batch_size: int = 32,
-        timeout_ms: float = 0.0,
+        timeout_ms: float | Literal["auto"] = 0.0,
         max_batch_length: int | None = None,
         length_fn: Callable[[S], int] | None = None,
         strategy: Strategy | PriorityStrategy = Fifo(),  # noqa: B008 - frozen, shared safely
