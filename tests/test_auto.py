@@ -278,3 +278,22 @@ def test_a_batch_generator_refuses_auto() -> None:
     # Its batches are answered by the user: no cost of fn is measured to choose from.
     with pytest.raises(ValueError, match="'timeout_ms' cannot be 'auto'"):
         BatchGenerator(timeout_ms="auto")  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+@pytest.mark.virtual_time
+async def test_continuous_takes_auto_and_starts_a_lone_item_at_once() -> None:
+    steps: list[float] = []
+
+    async def step(states: list[int]) -> list[batched.Last[int]]:
+        steps.append(anyio.current_time())
+        await anyio.sleep(0.003)
+        return [batched.Last(state * 2) for state in states]
+
+    with anyio.fail_after(60):
+        async with batched.Continuous(step, timeout_ms="auto") as c:
+            await c(0)  # a first step measures its cost
+            await anyio.sleep(1.0)
+            start = anyio.current_time()
+            assert await c(21) == [42]
+            assert steps[-1] == start  # no wait for company at this rate

@@ -72,7 +72,8 @@ class Batcher(Generic[T, R]):
 
     :param batch_size: the most items in one batch
     :param timeout_ms: batching policy: how long a partial batch may wait for more items,
-        measured from its oldest item's arrival (0: send what waits at once)
+        measured from its oldest item's arrival (0: send what waits at once; ``"auto"``:
+        chosen per batch from the measured arrival rate and cost of ``fn``, at most 10 ms)
     :param max_batch_length: the most summed ``length_fn(item)`` in one batch; an item
         longer than this alone travels alone
     :param length_fn: an item's length (default: ``len``; a mapping's first value's

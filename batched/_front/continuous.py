@@ -62,7 +62,8 @@ class Continuous(Generic[S, R]):
 
     :param batch_size: the most items active in one step
     :param timeout_ms: with nothing active, how long the first item waits for others
-        (0: the first step starts at once); while steps run, items join at the next
+        (0: the first step starts at once; ``"auto"``: chosen from the measured arrival
+        rate and cost of a step, as a ``Batcher`` does); while steps run, items join at the next
     :param max_batch_length: the most summed ``length_fn(state)`` of the active items
         when items join (e.g. a KV cache's tokens); an item longer alone runs alone
     :param length_fn: a state's length (default: ``len``; a mapping's first value's
