@@ -204,7 +204,7 @@ async def test_configure_switches_to_auto_and_back() -> None:
             await b(2)
             assert anyio.current_time() - start == pytest.approx(0.002)
             b.configure(timeout_ms=5)
-            assert b.settings.timeout_ms == 5.0
+            assert _timeout_of(b) == 5.0
             start = anyio.current_time()
             await b(3)
             assert anyio.current_time() - start == pytest.approx(0.007)
@@ -226,7 +226,7 @@ async def test_decorated_function_takes_auto() -> None:
         assert await f(1) == 1  # caller-driven: it leaves at once too
         assert calls == [start]
         f.configure(timeout_ms=3)
-        assert f.settings.timeout_ms == 3.0
+        assert _timeout_of(f) == 3.0
         f.configure(timeout_ms="auto")
         assert f.settings.timeout_ms == "auto"
 
@@ -238,6 +238,15 @@ def _sync(items: list[int]) -> list[int]:
     return items
 
 
+async def _last(states: list[int]) -> list[batched.Last[int]]:
+    return [batched.Last(state) for state in states]
+
+
+def _timeout_of(front: Any) -> object:
+    """``front.settings.timeout_ms``, read afresh (not narrowed by an earlier read)."""
+    return front.settings.timeout_ms
+
+
 @pytest.mark.parametrize(
     "make",
     [
@@ -245,7 +254,7 @@ def _sync(items: list[int]) -> list[int]:
         lambda t: batched.Batcher(timeout_ms=t),  # pulled batches
         lambda t: batched.dynamically(echo, timeout_ms=t),
         lambda t: batched.dynamically(_sync, timeout_ms=t),
-        lambda t: batched.Continuous(echo, timeout_ms=t),
+        lambda t: batched.Continuous(_last, timeout_ms=t),
         lambda t: batched.aio.AsyncBatchProcessor(echo, timeout_ms=t),
         lambda t: batched.BatchProcessor(_sync, timeout_ms=t),
     ],
