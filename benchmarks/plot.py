@@ -227,12 +227,31 @@ def plot_latency_vs_load(results: dict[str, Any], path: Path) -> Path:
             ("ideal_p50_ms", "-", "no-cost p50 (fixed 5 ms)"),
             ("ideal_p99_ms", "--", "no-cost p99 (fixed 5 ms)"),
         ]
-        if several and all("greedy_p50_ms" in row for row in first):
-            floors.append(("greedy_p50_ms", ":", "no-cost p50, cut whenever the device is free"))
         for key, style, label in floors:
             top.plot(
                 x, [r[key] for r in first], style, color="black", lw=1, alpha=0.45, label=label
             )
+        auto_rows = sorted(
+            (row for row in rows if _rule(row) == "auto" and row["backend"] == backends[0]),
+            key=lambda r: r["load"],
+        )
+        if auto_rows and all("ideal_p99_ms" in row for row in auto_rows):
+            # The auto rule played with no cost (ideal_auto): the rule's own figures.
+            x = [100 * row["load"] for row in auto_rows]
+            for key, style, label in (
+                ("ideal_p50_ms", "-^", "no-cost p50 (auto)"),
+                ("ideal_p99_ms", "--v", "no-cost p99 (auto)"),
+            ):
+                top.plot(
+                    x,
+                    [r[key] for r in auto_rows],
+                    style,
+                    color="black",
+                    lw=1,
+                    ms=4,
+                    alpha=0.45,
+                    label=label,
+                )
     p99_targets = {row["load"]: row["target_p99_ms"] for row in rows if row.get("target_p99_ms")}
     for load, target in sorted(p99_targets.items()):
         _segment(top, 100 * load, 6, target, f"p99 target at {load:.0%}: ≤ {target:g} ms")
