@@ -19,6 +19,13 @@ TIMEOUT_S = 120
 # Output an example must print, beyond exiting 0. An example not listed here must still
 # exit 0 and print something.
 EXPECTED: dict[str, list[str]] = {
+    "auto_timeout.py": [
+        "--- asyncio ---",
+        "--- trio ---",
+        "a lone request: fixed 5 ms waited for company: yes",
+        "a lone request: auto left at once: yes",
+        "steady load, auto: more than one item per batch: yes",
+    ],
     "quickstart.py": [
         "--- asyncio ---",
         "--- trio ---",

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, final
 from .._errors import BatcherClosed, QueueFull
 from .._strategies import BUILTIN_POOLS
 from . import handback
+from .auto import CAP, Auto
 from .calls import CANCELLED, INTAKE, QUEUED, ROOM, CallCore, SharedCall, owner
 from .cut import cut_padded, cut_summed, preferred_size
 from .items import check_priority, length_of
@@ -58,13 +59,14 @@ def _refusal(core: Core) -> Exception:
 class Cut:
     """A cut batch, from the cut until its callers have their outcomes."""
 
-    __slots__ = ("abandons", "entries", "reason", "waiting")
+    __slots__ = ("abandons", "cut_at", "entries", "reason", "waiting")
 
     def __init__(self, entries: list[Any], abandons: int, reason: str) -> None:
         self.entries = entries
         self.abandons = abandons  # the core's count of departures at the cut
         self.reason = reason  # one of REASONS
         self.waiting = 0  # items accepted and left waiting by the cut (for on_batch)
+        self.cut_at = 0.0  # when it was cut (timeout_ms="auto" guesses its end from it)
 
 
 @final
@@ -74,6 +76,7 @@ class Core:
     __slots__ = (
         "abandons",
         "accepting",
+        "auto",
         "batch_size",
         "budget",
         "bulk",
@@ -101,6 +104,7 @@ class Core:
         "running",
         "seq",
         "sizes",
+        "slots",
         "small",
         "stopped",
         "thread",
@@ -116,7 +120,9 @@ class Core:
         self.counts = counts
         self.clock = clock
         self.batch_size = settings.batch_size
-        self.timeout = settings.timeout_ms / 1000.0
+        self.slots = settings.max_concurrent_batches
+        self.auto: Auto | None = None  # timeout_ms="auto": the wait is chosen per batch
+        self.timeout = self._timeout(settings)
         self.max_wait = settings.max_wait_ms / 1000.0
         self.max_len: float = (
             math.inf if settings.max_batch_length is None else settings.max_batch_length
@@ -454,8 +460,40 @@ class Core:
             return None
         oldest = self.oldest()
         assert oldest is not None
-        deadline = oldest.arrival + self.timeout
+        deadline = oldest.arrival + (self.timeout if self.auto is None else self._wait(now))
         return None if now >= deadline else deadline
+
+    # -- timeout_ms="auto" (auto.py) ---------------------------------------------------------
+
+    def _timeout(self, settings: Settings) -> float:
+        """The fixed wait in seconds; for "auto", its cap (what callers of ``timeout``
+        may count on), with the measured rate kept across ``configure()``."""
+        if settings.timeout_ms == "auto":
+            if self.auto is None:
+                self.auto = Auto()
+            return CAP
+        self.auto = None
+        return settings.timeout_ms / 1000.0
+
+    def _wait(self, now: float) -> float:
+        """The wait "auto" chooses now, from the oldest item's arrival: none while another
+        slot is free (an item arriving meanwhile would start a batch there at once)."""
+        auto = self.auto
+        assert auto is not None
+        cost = self.counts.cost
+        free_in = math.inf  # until another slot is expected to free up
+        if self.slots > 1:
+            busy = 0
+            for batch in self.running:
+                # A batch past its expected end is taken as ending: likely the one whose
+                # slot asks (it is still counted running while the next is cut).
+                left = batch.cut_at + cost.estimate(len(batch.entries)) - now
+                if left > 0.0:
+                    busy += 1
+                    free_in = min(free_in, left)
+            if busy + 1 < self.slots:
+                return 0.0
+        return auto.wait(now, self.seq, self.waiting, cost, free_in)
 
     def full(self) -> bool:
         """Whether what has been accepted fills a batch (read by the caller-driven leader
@@ -484,12 +522,15 @@ class Core:
     def cut(self, now: float) -> Cut:
         """Cut the next batch (a slot is free); it counts as running from now."""
         reason = self.reason(now)
+        if self.auto is not None:
+            self.auto.observe(now, self.seq)
         room = self.batch_size
         if self.sizes:
             # Once per batch, never per item: the hot path does not see it.
             room = preferred_size(self.sizes, min(self.waiting, room))
         entries = cut_padded(self, now, room) if self.padded else cut_summed(self, now, room)
         batch = Cut(entries, self.abandons, reason)
+        batch.cut_at = now
         self.running.add(batch)
         if self.room:
             self.grant_room()
@@ -500,6 +541,8 @@ class Core:
         """Cut the items that join a set which runs on (``Continuous``): at most ``room``
         items within ``budget``, by the same rules as a batch; an item over the budget
         joins only ``alone`` (the set is empty). Not counted as a running batch."""
+        if self.auto is not None:
+            self.auto.observe(now, self.seq)
         entries = cut_summed(self, now, room, budget, alone)
         if self.room:
             self.grant_room()
@@ -551,8 +594,9 @@ class Core:
         driver is woken to ask ``due`` afresh (a shorter timeout may make a batch due).
         """
         self.batch_size = settings.batch_size
+        self.slots = settings.max_concurrent_batches
         if not self.closing:  # closing sends what waits at once: keep it so
-            self.timeout = settings.timeout_ms / 1000.0
+            self.timeout = self._timeout(settings)
         self.max_wait = settings.max_wait_ms / 1000.0
         if self.budget:  # lengths stay counted: the budget may be set again later
             limit = settings.max_batch_length
@@ -594,6 +638,7 @@ class Core:
         """Send what waits without waiting out ``timeout_ms`` (the front is closing);
         calls waiting for queue room get ``BatcherClosed``."""
         self.timeout = 0.0
+        self.auto = None
         self.closing = True
         self.close_room()
         self._wake()
