@@ -41,6 +41,15 @@ EXPECTED: dict[str, list[str]] = {
         "every caller's request id reached a worker: True",
         "stats: completed=200 ",
     ],
+    "deadlines.py": [
+        "--- asyncio ---",
+        "--- trio ---",
+        "with a 500 ms deadline: result 6, batch reason 'deadline'",
+        "'in 0.1 s' timed out while it waited",
+        "next batch, earliest deadline first: ['in 1 s', 'in 2 s', 'in 3 s']",
+        "the expired request reached the model: False",
+        "stats: completed=6 cancelled=1",
+    ],
     "decorator.py": [
         "--- trio ---",
         "caller-driven: 40 results, batch sizes [16, 16, 8]",

@@ -27,7 +27,17 @@ __all__ = ["Held", "held_core", "take_cut"]
 class Held(CallCore):
     """One generator item in the core; its outcome is set on the item, not here."""
 
-    __slots__ = ("_pool", "arrival", "core", "item", "length", "priority", "seq", "state")
+    __slots__ = (
+        "_pool",
+        "arrival",
+        "core",
+        "deadline",
+        "item",
+        "length",
+        "priority",
+        "seq",
+        "state",
+    )
 
     def __init__(self, core: Core, item: Any, priority: float, length: int) -> None:
         self.core = core
