@@ -374,7 +374,7 @@ calls = st.lists(
 @given(
     schedule=calls,
     batch_size=st.integers(1, 4),
-    timeout_ms=st.integers(0, 30),
+    timeout_ms=st.one_of(st.integers(0, 30), st.just("auto")),
     cost_ms=st.integers(0, 10),
     edf=st.booleans(),
     backend=st.sampled_from(["asyncio", "trio"]),
@@ -382,7 +382,7 @@ calls = st.lists(
 def test_deadline_properties(
     schedule: list[tuple[int, int | None]],
     batch_size: int,
-    timeout_ms: int,
+    timeout_ms: int | str,
     cost_ms: int,
     edf: bool,
     backend: str,
@@ -390,7 +390,10 @@ def test_deadline_properties(
     """No item reaches fn at or after its deadline; with ByDeadline (one slot, calls of
     one item, nothing overdue) every batch's deadlines are <= those of every item that
     waited as it was cut and was sent later; each batch's reason is what it was cut for;
-    every caller gets its result or its cancellation; the stats add up."""
+    every caller gets its result or its cancellation; the stats add up. With
+    ``timeout_ms="auto"`` a batch's wait is the rule's own, at most its 10 ms cap."""
+    # The longest a partial batch may wait for its timeout.
+    wait_s = 0.010 if timeout_ms == "auto" else int(timeout_ms) / 1000
     arrivals: dict[int, float] = {}
     deadlines: dict[int, float] = {}
     batches: list[tuple[float, list[int]]] = []
@@ -446,7 +449,8 @@ def test_deadline_properties(
         if info.reason == "full":
             assert len(items) == batch_size
         elif info.reason == "timeout":
-            assert start >= oldest + timeout_ms / 1000 - 1e-9
+            if timeout_ms != "auto":  # the auto rule's wait may be anything up to its cap
+                assert start >= oldest + wait_s - 1e-9
         elif info.reason == "deadline":
             # Sent early for the earliest deadline among what waited (all of it: the
             # batch is partial): not before that deadline less fn's cost (estimated at
@@ -455,7 +459,7 @@ def test_deadline_properties(
             first = min(deadlines[i] for i in items)
             slack = 1.25 * cost_ms / 1000 * batch_size + 0.001
             assert first - slack - 1e-9 <= start
-            assert first - slack < oldest + timeout_ms / 1000
+            assert first - slack < oldest + wait_s
         else:
             raise AssertionError(info.reason)  # nothing is overdue, nothing is closing
     if edf:

@@ -497,18 +497,17 @@ class Core:
     def due(self, now: float) -> float | None:
         """None when the waiting items make a batch now (full, overdue, or draining);
         else the time they will. Call it after ``drain`` with items waiting."""
-        # Padded, a batch is full once the longest waiting item times the items
-        # waiting reaches the budget: a cut then stops on it, or fills it exactly.
-        due = (
-            self.draining
-            or self.waiting >= self.batch_size
-            or self.waiting_len >= self.max_len
-            or (self.lengths is not None and max(self.lengths) * self.waiting >= self.max_len)
-        )
-        urgent = self._deadline_due(now, not due)
+        waiting = self.waiting
+        made = self._made()
+        urgent = self._deadline_due(now, not made)
         if not self.waiting:
             return now  # every waiting item's deadline had passed: ask again
-        if due:
+        if made and self.waiting < waiting and not self._made():
+            # Items whose deadline passed were dropped and the rest make no batch: they
+            # would wait, so every one's deadline counts.
+            made = False
+            urgent = self._deadline_due(now, True)
+        if made:
             return None
         oldest = self.oldest()
         assert oldest is not None
@@ -516,6 +515,17 @@ class Core:
         if urgent < deadline:
             deadline = urgent
         return None if now >= deadline else deadline
+
+    def _made(self) -> bool:
+        """Whether the waiting items make a batch now: full, at the budget, or draining."""
+        # Padded, a batch is full once the longest waiting item times the items
+        # waiting reaches the budget: a cut then stops on it, or fills it exactly.
+        return (
+            self.draining
+            or self.waiting >= self.batch_size
+            or self.waiting_len >= self.max_len
+            or (self.lengths is not None and max(self.lengths) * self.waiting >= self.max_len)
+        )
 
     def _deadline_due(self, now: float, partial: bool) -> float:
         """When a caller's deadline makes the waiting items due (``math.inf``: never);
