@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, final
 import attrs
 
 from ._core.calls import CANCELLED
+from ._core.cut import size_up
 from ._errors import Failure
 
 if TYPE_CHECKING:
@@ -56,8 +57,9 @@ class BatchInfo:
     :ivar duration_s: seconds from ``started`` until its outcomes were handed back
     :ivar waits_s: each item's wait from its arrival until ``started``, in item order
     :ivar outcome: a :class:`OutcomeCounts`: completed, failed and cancelled items
-    :ivar padded_size: ``batched.inference``: the padded size (longest row x rows);
-        None for other batchers
+    :ivar padded_size: ``batched.inference``: the padded size the model got, longest
+        row x rows, each rounded up to the next of ``allowed_lengths`` and
+        ``allowed_batch_sizes`` when set (filler rows included); None for other batchers
     :ivar waiting: items accepted and still waiting when the batch was cut
     :ivar contexts: each item's caller's :class:`contextvars.Context` at call time
         (as :attr:`batched.Batch.contexts`), to find its trace span or request id
@@ -97,10 +99,14 @@ def report(
     started: float,
     ended: float,
     waiting: int,
-    padded: bool,
+    padded: tuple[int, ...] | None,
     counted: list[int],
 ) -> None:
-    """Call ``on_batch`` with the batch's :class:`BatchInfo`; log what it raises."""
+    """Call ``on_batch`` with the batch's :class:`BatchInfo`; log what it raises.
+
+    ``padded``: None, or (``batched.inference``) the allowed batch sizes the rows are
+    padded up to (empty: none); an entry's length is its row's allowed length already.
+    """
     try:
         size = len(entries)
         completed, failed = counted
@@ -111,7 +117,11 @@ def report(
             duration_s=ended - started,
             waits_s=tuple([started - entry.arrival for entry in entries]),
             outcome=OutcomeCounts(completed, failed, size - completed - failed),
-            padded_size=max([entry.length for entry in entries]) * size if padded else None,
+            padded_size=(
+                None
+                if padded is None
+                else max([entry.length for entry in entries]) * size_up(padded, size)
+            ),
             waiting=waiting,
             contexts=tuple([(entry._call or entry).ctx or Context() for entry in entries]),
         )

@@ -176,6 +176,23 @@ async def test_the_length_budget_counts_buckets_and_filler_rows() -> None:
     assert sum(int((batch[:, 0] != 0).sum()) for batch in rec.batches) == 10
 
 
+async def test_on_batch_reports_the_padded_shape_the_model_got() -> None:
+    """Three rows of 3 and 5 positions, allowed (4, 8) rows and (4, 8) positions: the
+    model gets 4 x 8, and that is the padded size reported, not 3 x 5."""
+    rec = Recorder()
+    infos: list[batched.BatchInfo] = []
+    model = batched.aio.inference.dynamically(
+        rec,
+        allowed_batch_sizes=(4, 8),
+        allowed_lengths=(4, 8),
+        timeout_ms=1,
+        on_batch=infos.append,
+    )
+    await send_all(model, [one_row(1, 3), one_row(2, 5), one_row(3, 3)])
+    assert [tuple(batch.shape) for batch in rec.batches] == [(4, 8)]
+    assert [(info.size, info.padded_size) for info in infos] == [(3, 32)]
+
+
 async def test_torch_tensors_keep_dtype_and_get_filler_rows() -> None:
     torch = pytest.importorskip("torch")
     shapes: list[tuple[int, ...]] = []
@@ -283,10 +300,12 @@ def test_the_model_sees_only_allowed_shapes(backend: str, script: dict[str, Any]
         ids = 1 + 1000 * index + np.arange(rows * length, dtype=np.int64).reshape(rows, length)
         calls.append((arrival, {"input_ids": ids}))
     got: dict[int, Any] = {}
+    infos: list[batched.BatchInfo] = []
 
     async def main() -> None:
         model = batched.aio.inference.dynamically(
             raw,
+            on_batch=infos.append,
             batch_size=script["batch_size"],
             timeout_ms=script["timeout_ms"],
             max_batch_length=script["max_batch_length"],
@@ -320,6 +339,8 @@ def test_the_model_sees_only_allowed_shapes(backend: str, script: dict[str, Any]
     for rows, length in seen:
         assert rows in sizes, (rows, sizes)
         assert length in lengths, (length, lengths)
+    # on_batch reports the shape the model got (one batch runs at a time: same order).
+    assert [info.padded_size for info in infos] == [rows * length for rows, length in seen]
     assert sorted(got) == list(range(len(calls)))
     firsts = []
     for index, (_, features) in enumerate(calls):

@@ -404,7 +404,7 @@ class Pulled:
                     batch.started,
                     ended,
                     cut.waiting,
-                    False,
+                    None,
                     tally(entries, results, error),
                 )
 
