@@ -251,6 +251,44 @@ async def test_without_batch_size_the_largest_allowed_size_is_the_batch_size() -
     assert [len(batch) for batch in rec.batches] == [4, 2]
 
 
+async def test_configure_refuses_a_batch_size_above_the_largest_allowed_size() -> None:
+    rec = Recorder()
+    models = [
+        batched.aio.inference.dynamically(rec, allowed_batch_sizes=(2, 4), timeout_ms=1),
+        batched.inference.dynamically(allowed_batch_sizes=(2, 4), timeout_ms=1)(
+            lambda features: features
+        ),
+        batched.aio.inference.AsyncModelBatchProcessor(rec, batch_size=4, allowed_batch_sizes=(4,)),
+    ]
+    for model in models:
+        with pytest.raises(ValueError, match="'allowed_batch_sizes' must reach 'batch_size'"):
+            model.configure(batch_size=5)
+        with pytest.raises(ValueError, match="its largest, 4, is below batch_size 5"):
+            model.configure(batch_size=5, timeout_ms=3)
+        assert (model.settings.batch_size, model.settings.timeout_ms) != (5, 3)  # untouched
+        with pytest.raises(TypeError, match="'batch_size' must be an int"):
+            model.configure(batch_size=True)
+    models[1].close()
+
+
+async def test_inference_is_steered_like_every_front() -> None:
+    """configure() binds the next cut (rounded to the allowed sizes within it);
+    stop_accepting() refuses new calls while the accepted ones are served."""
+    rec = Recorder()
+    model = batched.aio.inference.dynamically(rec, allowed_batch_sizes=(1, 2, 4, 8), timeout_ms=1)
+    async with model:
+        model.configure(batch_size=2, timeout_ms=5)
+        assert (model.settings.batch_size, model.settings.timeout_ms) == (2, 5.0)
+        got = await send_all(model, [one_row(i + 1) for i in range(5)])
+        assert all(not isinstance(out, Exception) for out in got)
+        assert [len(batch) for batch in rec.batches] == [2, 2, 1]
+        assert model.accepting
+        model.stop_accepting()
+        assert not model.accepting
+        with pytest.raises(batched.BatcherClosed, match="stopped accepting"):
+            await model(one_row(9))
+
+
 # -- property: only allowed shapes, every caller its own rows ---------------------------
 
 
