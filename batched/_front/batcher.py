@@ -13,8 +13,9 @@ from .._errors import BatcherClosed
 from .._keyed import cache_stats
 from .._run.owned import Owned
 from .._run.pulled import Pulled
-from .._settings import BatcherSettings, make_settings, public_settings, reconfigure
+from .._settings import make_settings
 from .._strategies import Fifo, PriorityStrategy, Strategy
+from .steering import Steered
 from .submit import closed, keyed_many, keyed_one, raise_later, submit_many
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ async def nothing(priority: object) -> list[Any]:
 
 
 @final
-class Batcher(Generic[T, R]):
+class Batcher(Steered, Generic[T, R]):
     """Gather single calls into batches for one batch function.
 
     ``fn(list[T]) -> Sequence[R]`` gets each batch and returns one result per item, in
@@ -169,52 +170,6 @@ class Batcher(Generic[T, R]):
             run.core.queued if run is not None else 0,
             cache_stats(self._settings.cache, self._counts),
         )
-
-    # -- steering ----------------------------------------------------------------------
-
-    @property
-    def settings(self) -> BatcherSettings:
-        """The settings now in force (a frozen snapshot; see :meth:`configure`)."""
-        return public_settings(self._settings)
-
-    def configure(self, **settings: Any) -> None:
-        """Change settings, open or not: ``batch_size``, ``timeout_ms``,
-        ``max_batch_length``, ``max_queue_size``, ``max_concurrent_batches``,
-        ``small_batch_threshold``, ``max_wait_ms``.
-
-        Checked like the constructor's; nothing changes if one is refused. Every batch
-        cut after this returns keeps the new limits; running batches go on (a lower
-        ``max_concurrent_batches`` cancels none); calls waiting for queue room get in
-        if ``max_queue_size`` grew. On a closed batcher they apply from the next
-        ``async with``.
-
-        :raises TypeError: a setting this does not change, or a value of a wrong type
-        :raises ValueError: a value out of range, or ``max_batch_length`` set on an
-            open batcher made without one (its waiting items have no lengths counted)
-        """
-        new = reconfigure(self._settings, settings)
-        run = self._run
-        if run is not None:
-            run.configure(new)
-        self._settings = new
-
-    def stop_accepting(self) -> None:
-        """Refuse new calls with :exc:`BatcherClosed` from now on, while every call
-        already accepted is served as usual (a SIGTERM handler, a readiness probe).
-
-        Calls waiting for queue room were not accepted yet: they get
-        :exc:`BatcherClosed` now. Leaving the block then drains as usual; entering the
-        batcher again accepts calls again. Does nothing on a closed batcher.
-        """
-        run = self._run
-        if run is not None:
-            run.core.stop_accepting()
-
-    @property
-    def accepting(self) -> bool:
-        """Whether a call made now would be accepted: open, and not stopped."""
-        run = self._run
-        return run is not None and run.core.accepting
 
     # -- lifecycle ---------------------------------------------------------------------
 
