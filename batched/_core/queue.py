@@ -187,7 +187,10 @@ class Core:
         :raises QueueFull: no room and ``wait=False``
         """
         if not self.accepting or get_ident() != self.thread:
-            self.counts.refused(1)
+            if get_ident() == self.thread:
+                self.counts.refused(1)
+            else:  # counted in the caller's thread, while the serving thread counts
+                self.counts.refused_anywhere(1)
             raise _refusal(self)
         call = make()
         call.core = self
@@ -240,7 +243,7 @@ class Core:
         """
         if get_ident() != self.thread:
             if not self.keyed:
-                self.counts.refused(call.n)
+                self.counts.refused_anywhere(call.n)  # in the caller's thread
             raise _refusal(self)
         max_queue = self.max_queue
         if max_queue is not None and (

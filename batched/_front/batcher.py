@@ -263,7 +263,7 @@ class Batcher(Steered, Generic[T, R]):
             return keyed_one(self._counts, self._open_run, item, priority, wait, self._settings)
         run = self._run
         if run is None:
-            self._counts.refused(1)
+            self._counts.refused_anywhere(1)
             return raise_later(closed(None))
         try:
             call = run.core.call_one(run.new_call, item, priority, wait)
@@ -285,10 +285,10 @@ class Batcher(Steered, Generic[T, R]):
             return keyed_many(self._counts, self._open_run, items, priority, wait, self._settings)
         run = self._run
         if run is None:
-            self._counts.refused(len(items))
+            self._counts.refused_anywhere(len(items))
             return raise_later(closed(None))
         if not run.core.accepting:
-            self._counts.refused(len(items))
+            self._counts.refused_anywhere(len(items))
             return raise_later(closed(run))
         if not items:
             return nothing(priority)

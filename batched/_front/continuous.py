@@ -180,7 +180,7 @@ class Continuous(Steered, Generic[S, R]):
         """
         run = self._run
         if run is None:
-            self._counts.refused(1)
+            self._counts.refused_anywhere(1)
             raise closed(None)
         return run.stream(item, priority, wait)
 
