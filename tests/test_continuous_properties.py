@@ -126,3 +126,19 @@ def test_on_batch_reports_each_step_once_as_it_ran(
     assert sum(info.outcome.completed for info in infos) == stats.completed
     assert sum(info.outcome.cancelled for info in infos) <= stats.cancelled
     assert sum(info.outcome.failed for info in infos) <= stats.failed
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_checker_sees_a_cancellation_due_at_a_step_start_read_a_hair_early(
+    backend: str,
+) -> None:
+    """Found by the property: a reader cancelled at once at 14 ms, and a step that
+    starts at 14 ms read as 13.999999999999998 (a sum of floats); the reader may leave
+    before that step, and the checker must allow it."""
+    schedule = ContinuousSchedule(
+        [ReaderPlan(at_ms=11, values=2), ReaderPlan(at_ms=14, cancel_after_ms=0, call=True)]
+    )
+    result = run_continuous(
+        lambda step: Continuous(step, batch_size=2, timeout_ms=2), schedule, backend=backend
+    )
+    check_continuous(result)
