@@ -8,11 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
+from _helpers import BACKENDS
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_continuous import STEP_S, Steps, assert_stats_add_up, collect, job, values
 
 import batched
 from batched import BatcherClosed, Continuous, QueueFull
-from batched.testing import settle
+from batched.testing import fresh_backend_options, settle
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -279,3 +282,71 @@ async def test_a_full_queue_still_says_queue_full_until_stopped() -> None:
             c.stream(job("b", 1), wait=False)
         async with stream:
             assert [value async for value in stream] == values("a", 1)
+
+
+# -- property: configure while steps run binds every later join --------------------------------
+
+
+@st.composite
+def _scripts(draw: st.DrawFn) -> dict[str, Any]:
+    n = draw(st.integers(1, 10))
+    return {
+        # (values, arrival in ms) per item
+        "items": draw(
+            st.lists(st.tuples(st.integers(1, 4), st.integers(0, 6)), min_size=n, max_size=n)
+        ),
+        "batch_size": draw(st.integers(1, 4)),
+        # step index -> the batch_size configured as that step starts
+        "changes": draw(st.dictionaries(st.integers(0, 12), st.integers(1, 4), max_size=4)),
+    }
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(deadline=None, max_examples=50)
+@given(script=_scripts())
+def test_configure_while_steps_run_binds_every_later_join(
+    backend: str, script: dict[str, Any]
+) -> None:
+    """A step that items joined holds at most the ``batch_size`` in force at its join
+    (set by a ``configure`` during an earlier step); items already active stay; every
+    reader still reads its own values; ``on_batch`` says ``full`` exactly at that size."""
+    changes: dict[int, int] = script["changes"]
+    seen: list[tuple[list[str], int]] = []  # each step's items, and the size at its join
+    infos: list[batched.BatchInfo] = []
+    got: dict[str, Any] = {}
+    in_force = [script["batch_size"]]
+
+    async def main() -> None:
+        async def step(states: list[Any]) -> list[Any]:
+            index = len(seen)
+            seen.append(([state[0] for state in states], in_force[-1]))
+            if index in changes:
+                c.configure(batch_size=changes[index])
+                in_force.append(changes[index])
+            await anyio.sleep(0.001)
+            return [Steps().outcome(state) for state in states]
+
+        async def one(name: str, n: int, at_ms: int) -> None:
+            await anyio.sleep(at_ms / 1000)
+            await collect(c, job(name, n), got)
+
+        c = Continuous(step, batch_size=script["batch_size"], on_batch=infos.append)
+        with anyio.fail_after(3600):
+            async with c, anyio.create_task_group() as tg:
+                for index, (n, at_ms) in enumerate(script["items"]):
+                    tg.start_soon(one, f"i{index}", n, at_ms)
+        assert_stats_add_up(c)
+
+    anyio.run(main, backend=backend, backend_options=fresh_backend_options(backend))
+    for index, (n, _) in enumerate(script["items"]):
+        assert got[f"i{index}"] == values(f"i{index}", n)
+    previous: list[str] = []
+    for (names, size), info in zip(seen, infos, strict=True):
+        if set(names) - set(previous):  # someone joined this step
+            assert len(names) <= size, (names, size, seen)
+        assert (info.reason == "full") == (len(names) >= size), (info, size)
+        previous = names
+    for index, (n, _) in enumerate(script["items"]):
+        # Never evicted: an item of n values is in n steps in a row, however the size fell.
+        steps_in = [i for i, (names, _) in enumerate(seen) if f"i{index}" in names]
+        assert steps_in == list(range(steps_in[0], steps_in[0] + n)), (index, seen)
