@@ -32,6 +32,7 @@ from ._stats import BatchStats as BatchProcessorStats
 from ._stats import BatchStats as BatchStats
 from ._step import Last as Last
 from ._step import Next as Next
+from ._strategies import ByDeadline as ByDeadline
 from ._strategies import ByLength as ByLength
 from ._strategies import ByPriority as ByPriority
 from ._strategies import Entry as Entry
@@ -61,6 +62,7 @@ __all__ = [
     "BatcherClosed",
     "BatcherOptions",
     "BatcherSettings",
+    "ByDeadline",
     "ByLength",
     "ByPriority",
     "Continuous",

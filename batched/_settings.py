@@ -7,7 +7,7 @@ import inspect
 import math
 import operator
 from collections.abc import Callable, Mapping
-from typing import Any, final
+from typing import Any, Literal, final
 
 import attrs
 
@@ -70,6 +70,16 @@ def non_negative_float(name: str, value: object) -> float:
         msg = f"{name!r} must be a finite number >= 0: {value!r}"
         raise ValueError(msg)
     return number
+
+
+def timeout_setting(name: str, value: object) -> float | Literal["auto"]:
+    """A number of milliseconds >= 0, or "auto" (the wait chosen per batch)."""
+    if isinstance(value, str):
+        if value == "auto":
+            return "auto"
+        msg = f"{name!r} must be a number of milliseconds or 'auto': {value!r}"
+        raise ValueError(msg)
+    return non_negative_float(name, value)
 
 
 def to_strategy(value: object) -> Strategy:
@@ -185,7 +195,7 @@ class Settings:
     fn: Callable[..., Any] | None  # None: consumers pull the batches (Batcher.batches)
     is_async: bool
     batch_size: int
-    timeout_ms: float
+    timeout_ms: float | Literal["auto"]
     max_batch_length: int | None
     length_fn: Callable[[Any], Any] | None
     strategy: Strategy
@@ -258,7 +268,7 @@ def make_settings(
         fn=fn,  # type: ignore[arg-type]
         is_async=fn is not None and is_async_callable(fn),
         batch_size=positive_int("batch_size", batch_size),
-        timeout_ms=non_negative_float("timeout_ms", timeout_ms),
+        timeout_ms=timeout_setting("timeout_ms", timeout_ms),
         max_batch_length=max_length,
         length_fn=length_fn,  # type: ignore[arg-type]
         strategy=chosen,
@@ -292,7 +302,7 @@ def settings_from(fn: object, options: Mapping[str, Any]) -> Settings:
 # are fixed for its life.
 _TUNABLE: dict[str, Callable[[str, object], Any]] = {
     "batch_size": positive_int,
-    "timeout_ms": non_negative_float,
+    "timeout_ms": timeout_setting,
     "max_batch_length": optional_positive_int,
     "max_queue_size": optional_positive_int,
     "max_concurrent_batches": positive_int,
@@ -354,7 +364,7 @@ class BatcherSettings:
 
     fn: Callable[..., Any] | None
     batch_size: int
-    timeout_ms: float
+    timeout_ms: float | Literal["auto"]
     max_batch_length: int | None
     length_fn: Callable[[Any], Any] | None
     strategy: Strategy

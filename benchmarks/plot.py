@@ -98,6 +98,28 @@ def _backends(rows: Iterable[Row]) -> list[str]:
     return sorted(seen, key=lambda b: list(COLORS).index(b) if b in COLORS else len(COLORS))
 
 
+FIXED = "fixed 5 ms"
+
+
+def _rule(row: Row) -> str:
+    """The open loop's rule of a row: "fixed 5 ms" (results older than the auto rule
+    have only that one) or "auto"."""
+    return str(row.get("rule", FIXED))
+
+
+def _series(rows: Iterable[Row], backends: list[str]) -> list[tuple[str, str, list[Row]]]:
+    """(backend, rule, its rows by load) for each backend and each rule in the rows."""
+    rows = list(rows)
+    rules = list(dict.fromkeys(_rule(row) for row in rows))
+    out = []
+    for backend in backends:
+        for rule in rules:
+            mine = [row for row in rows if row["backend"] == backend and _rule(row) == rule]
+            if mine:
+                out.append((backend, rule, sorted(mine, key=lambda r: r["load"])))
+    return out
+
+
 def _colors(backends: list[str]) -> dict[str, str]:
     spare = iter(SPARE_COLORS * 4)
     return {b: COLORS.get(b) or next(spare) for b in backends}
@@ -184,27 +206,52 @@ def plot_latency_vs_load(results: dict[str, Any], path: Path) -> Path:
     fig = _figure(9.5, 8.0)
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(2.1, 1.0))
 
-    for backend in backends:
-        mine = sorted((row for row in rows if row["backend"] == backend), key=lambda r: r["load"])
+    series = _series(rows, backends)
+    several = len({rule for _, rule, _ in series}) > 1
+    for backend, rule, mine in series:
         x = [100 * row["load"] for row in mine]
         color = colors[backend]
-        top.plot(x, [r["p50_ms"] for r in mine], "-o", color=color, label=f"{backend} p50")
-        top.plot(
-            x, [r["p99_ms"] for r in mine], "--s", color=color, mfc="white", label=f"{backend} p99"
-        )
-    if all("ideal_p99_ms" in row for row in rows):
-        # The rule played with no cost on the same schedules: the floor of any batcher.
+        auto = rule == "auto"
+        name = f"{backend} {rule}" if several else backend
+        p50, p99 = ("-^", "--v") if auto else ("-o", "--s")
+        top.plot(x, [r["p50_ms"] for r in mine], p50, color=color, label=f"{name} p50")
+        top.plot(x, [r["p99_ms"] for r in mine], p99, color=color, mfc="white", label=f"{name} p99")
+    fixed_rows = [row for row in rows if _rule(row) == FIXED]
+    if fixed_rows and all("ideal_p99_ms" in row for row in fixed_rows):
+        # The fixed rule played with no cost on the same schedules: its floor.
         first = sorted(
-            (row for row in rows if row["backend"] == backends[0]), key=lambda r: r["load"]
+            (row for row in fixed_rows if row["backend"] == backends[0]), key=lambda r: r["load"]
         )
         x = [100 * row["load"] for row in first]
-        for key, style, label in (
-            ("ideal_p50_ms", "-", "no-cost p50"),
-            ("ideal_p99_ms", "--", "no-cost p99"),
-        ):
+        floors = [
+            ("ideal_p50_ms", "-", "no-cost p50 (fixed 5 ms)"),
+            ("ideal_p99_ms", "--", "no-cost p99 (fixed 5 ms)"),
+        ]
+        for key, style, label in floors:
             top.plot(
                 x, [r[key] for r in first], style, color="black", lw=1, alpha=0.45, label=label
             )
+        auto_rows = sorted(
+            (row for row in rows if _rule(row) == "auto" and row["backend"] == backends[0]),
+            key=lambda r: r["load"],
+        )
+        if auto_rows and all("ideal_p99_ms" in row for row in auto_rows):
+            # The auto rule played with no cost (ideal_auto): the rule's own figures.
+            x = [100 * row["load"] for row in auto_rows]
+            for key, style, label in (
+                ("ideal_p50_ms", "-^", "no-cost p50 (auto)"),
+                ("ideal_p99_ms", "--v", "no-cost p99 (auto)"),
+            ):
+                top.plot(
+                    x,
+                    [r[key] for r in auto_rows],
+                    style,
+                    color="black",
+                    lw=1,
+                    ms=4,
+                    alpha=0.45,
+                    label=label,
+                )
     p99_targets = {row["load"]: row["target_p99_ms"] for row in rows if row.get("target_p99_ms")}
     for load, target in sorted(p99_targets.items()):
         _segment(top, 100 * load, 6, target, f"p99 target at {load:.0%}: ≤ {target:g} ms")
@@ -225,15 +272,19 @@ def plot_latency_vs_load(results: dict[str, Any], path: Path) -> Path:
         for row in rows
         if row.get("target_min_throughput_to_bound")
     }
-    width = 12 / max(len(backends), 1)  # in % of load; 80 and 95 are 15 apart
-    for k, backend in enumerate(backends):
-        by_load = {row["load"]: row for row in rows if row["backend"] == backend}
+    width = 12 / max(len(series), 1)  # in % of load; 80 and 95 are 15 apart
+    for k, (backend, rule, mine) in enumerate(series):
+        by_load = {row["load"]: row for row in mine}
         present = [load for load in loads if load in by_load]
-        x = [100 * load + (k - (len(backends) - 1) / 2) * width for load in present]
+        x = [100 * load + (k - (len(series) - 1) / 2) * width for load in present]
         y = [by_load[load]["throughput_to_bound"] for load in present]
-        bottom.bar(x, y, width * 0.92, color=colors[backend], label=backend)
+        hatch = "///" if rule == "auto" else None
+        name = f"{backend} {rule}" if several else backend
+        bottom.bar(
+            x, y, width * 0.92, color=colors[backend], hatch=hatch, edgecolor="white", label=name
+        )
         for load, at, value in zip(present, x, y, strict=True):
-            _value_label(bottom, at, value, f"{value:.3f}", tp_targets.get(load), 0.12)
+            _value_label(bottom, at, value, f"{value:.3f}", tp_targets.get(load), 0.12, rotation=90)
     bottom.plot(xs, loads, ":", color="0.4", lw=1, label="offered load")
     for load, target in sorted(tp_targets.items()):
         label = f"target at {load:.0%}: ≥ {target:g} in every repeat"
@@ -249,9 +300,12 @@ def plot_latency_vs_load(results: dict[str, Any], path: Path) -> Path:
     bottom.set_xlim(xs[0] - 12, xs[-1] + 10)
 
     first = rows[0]
+    rules = (
+        ' and timeout_ms="auto" (triangles, hatched bars) on the same arrivals' if several else ""
+    )
     note = (
         f"Open loop: one simulated device costing 2 ms + 0.1 ms/item per batch, batch_size=32,"
-        f" timeout_ms=5, bound {first.get('bound_items_per_s', 0):,.0f} items/s;"
+        f" timeout_ms=5{rules}, bound {first.get('bound_items_per_s', 0):,.0f} items/s;"
         f" medians of {first.get('repeats', '?')} repeats of {first.get('seconds', '?')} s"
         " of arrivals per point."
     )
@@ -282,10 +336,9 @@ def plot_batch_sizes(results: dict[str, Any], path: Path) -> Path:
     rate = {row["load"]: row.get("offered_items_per_s") for row in rows}
     for ax, load in zip(axes, loads, strict=False):
         peak = 0.0
-        for backend in backends:
-            mine = [row for row in rows if row["backend"] == backend and row["load"] == load]
-            if not mine:
-                continue
+        series = _series((row for row in rows if row["load"] == load), backends)
+        several = len({rule for _, rule, _ in series}) > 1
+        for backend, rule, mine in series:
             counts = histogram(mine[0])
             batches = sum(counts.values())
             if not batches:
@@ -293,12 +346,14 @@ def plot_batch_sizes(results: dict[str, Any], path: Path) -> Path:
             shares = [100 * counts.get(size, 0) / batches for size in range(1, cap + 1)]
             mean = sum(size * count for size, count in counts.items()) / batches
             peak = max(peak, *shares)
+            name = f"{backend} {rule}" if several else backend
             ax.stairs(
                 shares,
                 [size + 0.5 for size in range(cap + 1)],
                 color=colors[backend],
                 lw=1.8,
-                label=f"{backend}: mean {mean:.1f}, {batches:,} batches",
+                linestyle="--" if rule == "auto" else "-",
+                label=f"{name}: mean {mean:.1f}, {batches:,} batches",
             )
         offered = f" ({rate[load]:,.0f} items/s)" if rate.get(load) else ""
         ax.set_title(f"{100 * load:.0f} % of the bound{offered}", fontsize=10)
@@ -313,8 +368,8 @@ def plot_batch_sizes(results: dict[str, Any], path: Path) -> Path:
         ax.set_xlabel("items in the batch")
         ax.set_ylabel("share of batches (%)")
     note = (
-        "Open loop (batch_size=32, timeout_ms=5): every batch the batch function saw, all"
-        " repeats together; a full batch has 32 items."
+        'Open loop (batch_size=32, timeout_ms=5, and "auto" dashed where run): every batch'
+        " the batch function saw, all repeats together; a full batch has 32 items."
     )
     title = "Open loop: batch sizes per offered load"
     return _finish(fig, title, results.get("meta", {}), note, path)

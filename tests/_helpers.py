@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib.util
 import os
 import subprocess
 import sys
@@ -54,6 +55,7 @@ __all__ = [
     "echo",
     "gather",
     "launch",
+    "load_example",
     "recorded",
     "run_python",
     "run_releases_its_loop",
@@ -463,6 +465,27 @@ def run_python(
         timeout=timeout,
         check=False,
     )
+
+
+def load_example(name: str, *needs: str) -> ModuleType:
+    """``examples/<name>.py`` as a module (loaded once); skipped if a need is missing,
+    as ``NEEDS`` in tests/test_examples.py skips the script."""
+    for need in needs:
+        pytest.importorskip(need)
+    module_name = f"_example_{name}"
+    module = sys.modules.get(module_name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(module_name, ROOT / "examples" / f"{name}.py")
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module  # pydantic resolves the models' annotations here
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[module_name]
+            raise
+    return module
 
 
 def check_exit_ok(proc: subprocess.CompletedProcess[str]) -> str:

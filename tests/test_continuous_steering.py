@@ -207,7 +207,7 @@ def test_configure_refuses_what_continuous_lacks_and_checks_like_the_constructor
     with pytest.raises(ValueError, match="'batch_size' must be >= 1: 0"):
         c.configure(timeout_ms=1, batch_size=0)
     with pytest.raises(TypeError, match="'timeout_ms' must be a number"):
-        c.configure(timeout_ms="1")
+        c.configure(timeout_ms=None)
     assert (c.settings.batch_size, c.settings.timeout_ms) == (4, 0.0)  # all or nothing
     c.configure(batch_size=2, timeout_ms=5, max_batch_length=None, max_queue_size=3)
     s = c.settings

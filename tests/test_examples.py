@@ -19,6 +19,13 @@ TIMEOUT_S = 120
 # Output an example must print, beyond exiting 0. An example not listed here must still
 # exit 0 and print something.
 EXPECTED: dict[str, list[str]] = {
+    "auto_timeout.py": [
+        "--- asyncio ---",
+        "--- trio ---",
+        "a lone request: fixed 5 ms waited for company: yes",
+        "a lone request: auto left at once: yes",
+        "steady load, auto: more than one item per batch: yes",
+    ],
     "quickstart.py": [
         "--- asyncio ---",
         "--- trio ---",
@@ -33,6 +40,15 @@ EXPECTED: dict[str, list[str]] = {
         "both workers served: yes",
         "every caller's request id reached a worker: True",
         "stats: completed=200 ",
+    ],
+    "deadlines.py": [
+        "--- asyncio ---",
+        "--- trio ---",
+        "with a 500 ms deadline: result 6, batch reason 'deadline'",
+        "'in 0.1 s' timed out while it waited",
+        "next batch, earliest deadline first: ['in 1 s', 'in 2 s', 'in 3 s']",
+        "the expired request reached the model: False",
+        "stats: completed=6 cancelled=1",
     ],
     "decorator.py": [
         "--- trio ---",
@@ -79,6 +95,15 @@ EXPECTED: dict[str, list[str]] = {
         "lifespan: batched: yes",
         "caller-driven: 200 responses ok, mean batch size ",
         "caller-driven: batched: yes",
+    ],
+    "fastapi_production.py": [
+        "GET /ready: 200 while serving",
+        "a burst of 100: each got 200, or 503 with a Retry-After: True",
+        "GET /metrics: batched_batch_duration_seconds (histogram), ",
+        "after SIGTERM: GET /ready: 503",
+        "every 200 carries its own text's vector: yes",
+        "server exit status: 0",
+        "batcher closed: completed=",
     ],
     "trio_service.py": [
         "nursery: 1000 calls -> 10 batches",
@@ -129,6 +154,10 @@ EXPECTED: dict[str, list[str]] = {
         "drain: 4 accepted requests decoded to their end",
         "stats: completed=16 failed=1 steps=15",
     ],
+    "ray_serve_app.py": [
+        "200 requests through Serve's proxy: 200 replies match the unbatched score",
+        "replicas that formed batches: 2 of 2",
+    ],
     "token_streaming.py": [
         "--- asyncio ---",
         "--- trio ---",
@@ -141,9 +170,11 @@ NEEDS: dict[str, str] = {
     "torch_embeddings.py": "torch",
     "token_streaming.py": "torch",
     "fastapi_app.py": "fastapi",  # and uvicorn, httpx: all three come with the test extra
+    "fastapi_production.py": "fastapi",  # and prometheus_client, also in the test extra
     "trio_service.py": "trio",
     "sync_model.py": "numpy",
     "fixed_shapes.py": "numpy",
+    "ray_serve_app.py": "ray",  # the ray extra; the test extra has it too
 }
 
 

@@ -14,18 +14,16 @@ a thread's return.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import math
 import os
 import pickle
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
 import pytest
 import trio
-from _helpers import ROOT, trio_only
+from _helpers import load_example, trio_only
 
 import batched
 from batched.testing import real_time
@@ -33,9 +31,6 @@ from batched.testing import real_time
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
-    from types import ModuleType
-
-EXAMPLES = ROOT / "examples"
 
 # uvicorn runs on asyncio only (also with uvloop, in CI's uvloop pass).
 asyncio_or_uvloop = pytest.mark.parametrize(
@@ -44,27 +39,6 @@ asyncio_or_uvloop = pytest.mark.parametrize(
     indirect=True,
 )
 # The trio example's nursery and `trio.serve_tcp` are trio's own: trio_only.
-
-
-def load_example(name: str, *needs: str) -> ModuleType:
-    """``examples/<name>.py`` as a module (loaded once); skipped if a need is missing,
-    as ``NEEDS`` in tests/test_examples.py skips the script."""
-    for need in needs:
-        pytest.importorskip(need)
-    module_name = f"_example_{name}"
-    module = sys.modules.get(module_name)
-    if module is None:
-        spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / f"{name}.py")
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module  # pydantic resolves the models' annotations here
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[module_name]
-            raise
-    return module
 
 
 # -- examples/fastapi_app.py -----------------------------------------------------------

@@ -10,6 +10,7 @@ import pytest
 from _helpers import Boom, echo, settled, tag
 
 from batched import Batcher, BatcherClosed, BatchStats, Failure, QueueFull
+from batched.testing import settle
 
 pytestmark = pytest.mark.anyio
 
@@ -50,6 +51,21 @@ def test_all_zero_before_any_sample() -> None:
     assert stats.cache_stats is None
 
 
+async def _cancelled_while_waiting(call: Any) -> None:
+    """Await ``call()``, cancelled once every task waits: by a scope without a deadline
+    (a caller's deadline would send its batch early, see test_deadlines.py)."""
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+
+            async def leave() -> None:
+                await settle()
+                scope.cancel()
+
+            tg.start_soon(leave)
+            await call()
+    assert scope.cancelled_caught
+
+
 @pytest.mark.virtual_time  # exact clock readings or long timeouts
 async def test_percentiles_stay_zero_without_a_batch() -> None:
     """Calls that never reach fn (closed, cancelled) add no timing samples."""
@@ -57,8 +73,7 @@ async def test_percentiles_stay_zero_without_a_batch() -> None:
     with pytest.raises(BatcherClosed):
         await b(1)
     async with b:
-        with anyio.move_on_after(1):
-            await b(2)
+        await _cancelled_while_waiting(lambda: b(2))
     stats = b.stats
     assert (stats.submitted, stats.failed, stats.cancelled) == (2, 1, 1)
     assert all(getattr(stats, field) == 0.0 for field in PERCENTILES), stats
@@ -163,8 +178,7 @@ async def test_batch_counters_and_processing_time() -> None:
 async def test_cancelled_items_are_not_processed() -> None:
     """Items dropped before their batch add nothing to total_processed or total_batches."""
     async with Batcher(echo, batch_size=4, timeout_ms=10_000) as b:
-        with anyio.move_on_after(1):
-            await b.many([1, 2, 3])
+        await _cancelled_while_waiting(lambda: b.many([1, 2, 3]))
         assert await b.many([4, 5, 6, 7]) == tag([4, 5, 6, 7])
     stats = b.stats
     assert (stats.total_processed, stats.total_batches) == (4, 1)

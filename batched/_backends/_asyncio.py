@@ -41,7 +41,7 @@ def _raisable(error: BaseException) -> BaseException:
 class AsyncioCall(CallCore, asyncio.Future):  # type: ignore[type-arg]
     """A call that its caller awaits as a future."""
 
-    __slots__ = ("_pool", "arrival", "core", "ctx", "item", "seq", "state")
+    __slots__ = ("_pool", "arrival", "core", "ctx", "deadline", "item", "seq", "state")
 
     # The core's hot path settles a call of one item with the future's own method.
     deliver = asyncio.Future.set_result  # type: ignore[assignment]
@@ -179,26 +179,19 @@ class AsyncioBackend:
         wake-up is the future's done callback. anyio keeps asyncio tasks' scopes in a
         private table: tests compare this with ``anyio.current_effective_deadline()``
         so that a change there is caught."""
-        from anyio._backends._asyncio import _task_states
+        future = call if type(call) is AsyncioCall else getattr(call, "waiter", None)
+        if not isinstance(future, asyncio.Future):
+            return math.inf
+        for callback, _ in future._callbacks or ():
+            task = getattr(callback, "__self__", None)
+            if isinstance(task, asyncio.Task):
+                return _task_deadline(task)
+        return math.inf
 
-        future = call if isinstance(call, asyncio.Future) else getattr(call, "waiter", None)
-        task = None
-        if isinstance(future, asyncio.Future):
-            for callback, _ in future._callbacks or ():
-                task = getattr(callback, "__self__", None)
-                if isinstance(task, asyncio.Task):
-                    break
-        state = _task_states.get(task) if isinstance(task, asyncio.Task) else None
-        scope = None if state is None else state.cancel_scope
-        deadline = math.inf
-        while scope is not None:
-            deadline = min(deadline, scope.deadline)
-            if scope._cancel_called:
-                return -math.inf
-            if scope.shield:
-                break
-            scope = scope._parent_scope
-        return deadline
+    def current_deadline(self) -> float:
+        """The current task's effective deadline (``math.inf`` when none)."""
+        task = asyncio.current_task(self.loop)
+        return math.inf if task is None else _task_deadline(task)
 
     def new_parked_call(self) -> AsyncioParkedCall:
         return AsyncioParkedCall(self.loop)
@@ -258,6 +251,27 @@ class AsyncioBackend:
         except BaseException:
             abandon()
             raise
+
+
+_task_states: Any = None  # anyio's table of its asyncio tasks' cancel scopes (private)
+
+
+def _task_deadline(task: asyncio.Task[Any]) -> float:
+    global _task_states
+    if _task_states is None:
+        from anyio._backends._asyncio import _task_states
+    state = _task_states.get(task)
+    scope = None if state is None else state.cancel_scope
+    deadline = math.inf
+    while scope is not None:
+        if scope._deadline < deadline:
+            deadline = scope._deadline
+        if scope._cancel_called:
+            return -math.inf
+        if scope._shield:
+            break
+        scope = scope._parent_scope
+    return deadline
 
 
 def without_running_loop(

@@ -20,6 +20,7 @@ storage and implement :meth:`CallCore.wake` and :meth:`CallCore.deliver`.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, final
 
 from .._errors import BatcherClosed
@@ -105,6 +106,7 @@ class CallCore:
     seq: int
     length: int = 1
     priority: float = 0
+    deadline: float = math.inf  # set only where ByDeadline orders by it (deadlines.py)
     _call: Any = None  # None: the call is its own entry
     _index: int = 0
     _pool: Any = INTAKE
@@ -223,6 +225,7 @@ class SharedCall(CallCore):
         "arrival",
         "core",
         "ctx",
+        "deadline",
         "err",
         "err_index",
         "err_tb",

@@ -18,8 +18,9 @@ from threading import get_ident
 from typing import TYPE_CHECKING, Any, final
 
 from .._errors import BatcherClosed, QueueFull
-from .._strategies import BUILTIN_POOLS
-from . import handback
+from .._strategies import BUILTIN_POOLS, ByDeadline
+from . import deadlines, handback
+from .auto import CAP, Auto
 from .calls import CANCELLED, INTAKE, QUEUED, ROOM, CallCore, SharedCall, owner
 from .cut import cut_padded, cut_summed, preferred_size
 from .items import check_priority, length_of
@@ -41,6 +42,10 @@ REASONS = ("full", "budget", "overdue", "timeout", "closing", "deadline")
 STOPPED = "the batcher has stopped accepting calls (stop_accepting() was called)"
 
 
+def _no_deadline(*_: object) -> float:
+    return math.inf
+
+
 def _refusal(core: Core) -> Exception:
     """Why ``call_one`` refuses a call: the batcher is closed, or (the likelier misuse to
     name) the call comes from another thread than the one whose event loop serves it."""
@@ -58,13 +63,14 @@ def _refusal(core: Core) -> Exception:
 class Cut:
     """A cut batch, from the cut until its callers have their outcomes."""
 
-    __slots__ = ("abandons", "entries", "reason", "waiting")
+    __slots__ = ("abandons", "cut_at", "entries", "reason", "waiting")
 
     def __init__(self, entries: list[Any], abandons: int, reason: str) -> None:
         self.entries = entries
         self.abandons = abandons  # the core's count of departures at the cut
         self.reason = reason  # one of REASONS
         self.waiting = 0  # items accepted and left waiting by the cut (for on_batch)
+        self.cut_at = 0.0  # when it was cut (timeout_ms="auto" guesses its end from it)
 
 
 @final
@@ -74,6 +80,7 @@ class Core:
     __slots__ = (
         "abandons",
         "accepting",
+        "auto",
         "batch_size",
         "budget",
         "bulk",
@@ -81,10 +88,15 @@ class Core:
         "clock",
         "closing",
         "counts",
+        "dates",
+        "deadline_now",
+        "deadline_of",
         "direct",
         "draining",
+        "edf",
         "fast",
         "first",
+        "fresh",
         "inflight",
         "intake",
         "keyed",
@@ -99,13 +111,16 @@ class Core:
         "room",
         "room_waiting",
         "running",
+        "seen",
         "seq",
         "sizes",
+        "slots",
         "small",
         "stopped",
         "thread",
         "threshold",
         "timeout",
+        "urgent_at",
         "waiting",
         "waiting_len",
         "wake_at",
@@ -116,7 +131,9 @@ class Core:
         self.counts = counts
         self.clock = clock
         self.batch_size = settings.batch_size
-        self.timeout = settings.timeout_ms / 1000.0
+        self.slots = settings.max_concurrent_batches
+        self.auto: Auto | None = None  # timeout_ms="auto": the wait is chosen per batch
+        self.timeout = self._timeout(settings)
         self.max_wait = settings.max_wait_ms / 1000.0
         self.max_len: float = (
             math.inf if settings.max_batch_length is None else settings.max_batch_length
@@ -144,8 +161,18 @@ class Core:
         # of failing the caller that happened to arrive.
         self.direct = type(self.small) in BUILTIN_POOLS and type(self.bulk) in BUILTIN_POOLS
         self.intake: deque[CallCore] = deque()
+        # Callers' deadlines (deadlines.py), once a driver that can read them asks for
+        # them (track_deadlines): the calls accepted since the driver's last look, and
+        # the finite deadlines of waiting items. ByDeadline reads them at call time.
+        self.fresh: list[CallCore] | None = None
+        self.dates: list[tuple[float, int, Any]] = []
+        self.deadline_of: Callable[[CallCore], float] = _no_deadline
+        self.deadline_now: Callable[[], float] = _no_deadline
+        self.edf = isinstance(settings.strategy, ByDeadline)
+        self.urgent_at = math.inf  # when the waiting items must leave for a deadline
+        self.seen = False  # a caller has had a deadline: every caller's is read
         # The per-item path needs no check but the priority's: no lengths, room unbounded.
-        self.fast = self.direct and self.length_fn is None and self.max_queue is None
+        self.fast = self._fast()
         # Called (once, then cleared) when a call is accepted and at least ``wake_at``
         # items wait: the driver's wake-up (1: any arrival; batch_size: a full batch).
         self.wakeup: Callable[[], None] | None = None
@@ -170,6 +197,19 @@ class Core:
         # The thread whose event loop serves this core: a call from another thread's
         # loop would park where no wake-up reaches it, so it is refused.
         self.thread = get_ident()
+
+    def _fast(self) -> bool:
+        return self.direct and self.length_fn is None and self.max_queue is None and not self.edf
+
+    def track_deadlines(
+        self, deadline_of: Callable[[CallCore], float], deadline_now: Callable[[], float]
+    ) -> None:
+        """Honour callers' deadlines (a driver whose callers are tasks): ``deadline_of``
+        reads the deadline of the task awaiting a call, ``deadline_now`` the current
+        task's."""
+        self.deadline_of = deadline_of
+        self.deadline_now = deadline_now
+        self.fresh = []
 
     # -- admission ---------------------------------------------------------------------
 
@@ -197,8 +237,8 @@ class Core:
         call.item = item
         call.state = QUEUED
         # A context copy is O(1) (it shares the caller's immutable map): ~1 % of this
-        # path. The deadline is not read here (0.4-1.3 us through anyio, and even
-        # keeping the calling task costs ~13 % on asyncio): see Backend.deadline_of.
+        # path. The deadline is not read here (0.1-0.5 us, and even keeping the calling
+        # task costs ~13 % on asyncio): the driver reads it later (deadlines.py).
         call.ctx = copy_context()
         if not self.fast or priority or type(priority) is not int:
             try:
@@ -216,6 +256,8 @@ class Core:
                 call._pool = INTAKE
                 self.submit(call, wait)
                 return call
+            if self.edf:  # ByDeadline orders by it as the call enters the pool
+                call.deadline = self.deadline_now()
         # Room is unbounded and the pools are built in: straight into the first pool.
         self.counts.submitted += 1
         call.arrival = self.clock()
@@ -228,6 +270,9 @@ class Core:
         call._pool = pool
         if self.budget:
             self._count_length(call.length)
+        fresh = self.fresh
+        if fresh is not None:
+            fresh.append(call)
         wakeup = self.wakeup
         if wakeup is not None and self.queued >= self.wake_at:
             self.wakeup = None
@@ -245,6 +290,10 @@ class Core:
             if not self.keyed:
                 self.counts.refused_anywhere(call.n)  # in the caller's thread
             raise _refusal(self)
+        if self.edf:  # read in the caller's task: ByDeadline orders by it
+            deadline = call.deadline = self.deadline_now()
+            for entry in call.entries or ():
+                entry.deadline = deadline
         max_queue = self.max_queue
         if max_queue is not None and (
             self.room_waiting or (self.queued and self.queued + call.n > max_queue)
@@ -295,6 +344,9 @@ class Core:
             self._pool_call(call)
         else:
             self.intake.append(call)
+        fresh = self.fresh
+        if fresh is not None:
+            fresh.append(call)
         wakeup = self.wakeup
         if wakeup is not None and self.queued >= self.wake_at:
             self.wakeup = None
@@ -357,6 +409,8 @@ class Core:
             self.room_waiting -= 1
         elif state == QUEUED:
             self.withdraw(call)
+            if self.fresh is not None:
+                deadlines.compact(self)
         if self.room and self.accepting:
             self.grant_room()
 
@@ -446,19 +500,66 @@ class Core:
     def due(self, now: float) -> float | None:
         """None when the waiting items make a batch now (full, overdue, or draining);
         else the time they will. Call it after ``drain`` with items waiting."""
-        if (
+        # Padded, a batch is full once the longest waiting item times the items
+        # waiting reaches the budget: a cut then stops on it, or fills it exactly.
+        due = (
             self.draining
             or self.waiting >= self.batch_size
             or self.waiting_len >= self.max_len
             or (self.lengths is not None and max(self.lengths) * self.waiting >= self.max_len)
-        ):
-            # Padded, a batch is full once the longest waiting item times the items
-            # waiting reaches the budget: a cut then stops on it, or fills it exactly.
+        )
+        urgent = self._deadline_due(now, not due)
+        if not self.waiting:
+            return now  # every waiting item's deadline had passed: ask again
+        if due:
             return None
         oldest = self.oldest()
         assert oldest is not None
-        deadline = oldest.arrival + self.timeout
+        deadline = oldest.arrival + (self.timeout if self.auto is None else self._wait(now))
+        if urgent < deadline:
+            deadline = urgent
         return None if now >= deadline else deadline
+
+    def _deadline_due(self, now: float, partial: bool) -> float:
+        """When a caller's deadline makes the waiting items due (``math.inf``: never);
+        items whose deadline has passed are dropped first (deadlines.py). ``partial``:
+        the batch would wait."""
+        if self.fresh is None:
+            return math.inf
+        self.urgent_at = urgent = deadlines.dispatch_at(self, now, partial)
+        return urgent
+
+    # -- timeout_ms="auto" (auto.py) ---------------------------------------------------------
+
+    def _timeout(self, settings: Settings) -> float:
+        """The fixed wait in seconds; for "auto", its cap (what callers of ``timeout``
+        may count on), with the measured rate kept across ``configure()``."""
+        if settings.timeout_ms == "auto":
+            if self.auto is None:
+                self.auto = Auto()
+            return CAP
+        self.auto = None
+        return settings.timeout_ms / 1000.0
+
+    def _wait(self, now: float) -> float:
+        """The wait "auto" chooses now, from the oldest item's arrival: none while another
+        slot is free (an item arriving meanwhile would start a batch there at once)."""
+        auto = self.auto
+        assert auto is not None
+        cost = self.counts.cost
+        free_in = math.inf  # until another slot is expected to free up
+        if self.slots > 1:
+            busy = 0
+            for batch in self.running:
+                # A batch past its expected end is taken as ending: likely the one whose
+                # slot asks (it is still counted running while the next is cut).
+                left = batch.cut_at + cost.estimate(len(batch.entries)) - now
+                if left > 0.0:
+                    busy += 1
+                    free_in = min(free_in, left)
+            if busy + 1 < self.slots:
+                return 0.0
+        return auto.wait(now, self.seq, self.waiting, cost, free_in)
 
     def full(self) -> bool:
         """Whether what has been accepted fills a batch (read by the caller-driven leader
@@ -481,18 +582,31 @@ class Core:
         oldest = self.oldest()
         if oldest is not None and now - oldest.arrival >= self.max_wait:
             return "overdue"
-        # Issue 16 adds "deadline" here: a partial batch sent early for a caller's deadline.
+        # A partial batch sent early so that a caller meets its deadline.
+        urgent = self.urgent_at
+        if urgent <= now and (
+            oldest is None
+            or urgent < oldest.arrival + (self.timeout if self.auto is None else self._wait(now))
+        ):
+            return "deadline"
         return "timeout"
 
     def cut(self, now: float) -> Cut:
-        """Cut the next batch (a slot is free); it counts as running from now."""
+        """Cut the next batch (a slot is free); it counts as running from now. Items
+        whose deadline has passed are dropped first: the batch may come out empty."""
+        self._deadline_due(now, False)
         reason = self.reason(now)
+        if self.auto is not None:
+            self.auto.observe(now, self.seq)
         room = self.batch_size
         if self.sizes:
             # Once per batch, never per item: the hot path does not see it.
             room = preferred_size(self.sizes, min(self.waiting, room))
         entries = cut_padded(self, now, room) if self.padded else cut_summed(self, now, room)
+        if not self.queued and self.dates:
+            self.dates.clear()  # every deadline in it was cut: none waits
         batch = Cut(entries, self.abandons, reason)
+        batch.cut_at = now
         self.running.add(batch)
         if self.room:
             self.grant_room()
@@ -503,6 +617,9 @@ class Core:
         """Cut the items that join a set which runs on (``Continuous``): at most ``room``
         items within ``budget``, by the same rules as a batch; an item over the budget
         joins only ``alone`` (the set is empty). Not counted as a running batch."""
+        self._deadline_due(now, False)
+        if self.auto is not None:
+            self.auto.observe(now, self.seq)
         entries = cut_summed(self, now, room, budget, alone)
         if self.room:
             self.grant_room()
@@ -554,8 +671,9 @@ class Core:
         driver is woken to ask ``due`` afresh (a shorter timeout may make a batch due).
         """
         self.batch_size = settings.batch_size
+        self.slots = settings.max_concurrent_batches
         if not self.closing:  # closing sends what waits at once: keep it so
-            self.timeout = settings.timeout_ms / 1000.0
+            self.timeout = self._timeout(settings)
         self.max_wait = settings.max_wait_ms / 1000.0
         if self.budget:  # lengths stay counted: the budget may be set again later
             limit = settings.max_batch_length
@@ -563,7 +681,7 @@ class Core:
         self.threshold = settings.small_batch_threshold
         self.first = self.small if self.threshold else self.bulk
         self.max_queue = settings.max_queue_size
-        self.fast = self.direct and self.length_fn is None and self.max_queue is None
+        self.fast = self._fast()
         if self.room and self.accepting:
             self.grant_room()
         self._wake()
@@ -597,6 +715,7 @@ class Core:
         """Send what waits without waiting out ``timeout_ms`` (the front is closing);
         calls waiting for queue room get ``BatcherClosed``."""
         self.timeout = 0.0
+        self.auto = None
         self.closing = True
         self.close_room()
         self._wake()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast, final
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar, cast, final
 
 import anyio.lowlevel
 
@@ -73,7 +73,8 @@ class Batcher(Steered, Generic[T, R]):
 
     :param batch_size: the most items in one batch
     :param timeout_ms: batching policy: how long a partial batch may wait for more items,
-        measured from its oldest item's arrival (0: send what waits at once)
+        measured from its oldest item's arrival (0: send what waits at once; ``"auto"``:
+        chosen per batch from the measured arrival rate and cost of ``fn``, at most 10 ms)
     :param max_batch_length: the most summed ``length_fn(item)`` in one batch; an item
         longer than this alone travels alone
     :param length_fn: an item's length (default: ``len``; a mapping's first value's
@@ -109,7 +110,7 @@ class Batcher(Steered, Generic[T, R]):
         fn: BatchFunction[T, R] | None = None,
         *,
         batch_size: int = 32,
-        timeout_ms: float = 5.0,
+        timeout_ms: float | Literal["auto"] = 5.0,
         max_batch_length: int | None = None,
         length_fn: Callable[[T], int] | None = None,
         strategy: Strategy | PriorityStrategy = Fifo(),  # noqa: B008 - frozen, shared safely

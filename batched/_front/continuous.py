@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Generic, TypeVar, final
+from typing import TYPE_CHECKING, Generic, Literal, TypeVar, final
 
 import anyio.lowlevel
 
@@ -64,7 +64,8 @@ class Continuous(Steered, Generic[S, R]):
 
     :param batch_size: the most items active in one step
     :param timeout_ms: with nothing active, how long the first item waits for others
-        (0: the first step starts at once); while steps run, items join at the next
+        (0: the first step starts at once; ``"auto"``: chosen from the measured arrival
+        rate and cost of a step, as a ``Batcher`` does); while steps run, items join at the next
     :param max_batch_length: the most summed ``length_fn(state)`` of the active items
         when items join (e.g. a KV cache's tokens); an item longer alone runs alone
     :param length_fn: a state's length (default: ``len``; a mapping's first value's
@@ -88,7 +89,7 @@ class Continuous(Steered, Generic[S, R]):
         step: StepFunction[S, R],
         *,
         batch_size: int = 32,
-        timeout_ms: float = 0.0,
+        timeout_ms: float | Literal["auto"] = 0.0,
         max_batch_length: int | None = None,
         length_fn: Callable[[S], int] | None = None,
         strategy: Strategy | PriorityStrategy = Fifo(),  # noqa: B008 - frozen, shared safely

@@ -13,7 +13,17 @@ import functools
 import warnings
 import weakref
 from collections.abc import Callable, Hashable  # noqa: TC003 - BatcherOptions' annotations
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypedDict, TypeVar, final, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Generic,
+    Literal,
+    Protocol,
+    TypedDict,
+    TypeVar,
+    final,
+    overload,
+)
 
 import anyio.lowlevel
 
@@ -65,7 +75,7 @@ class BatcherOptions(TypedDict, total=False):
     """
 
     batch_size: int
-    timeout_ms: float
+    timeout_ms: float | Literal["auto"]
     max_batch_length: int | None
     length_fn: Callable[[Any], int] | None
     strategy: Strategy | PriorityStrategy

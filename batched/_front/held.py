@@ -27,7 +27,17 @@ __all__ = ["Held", "held_core", "take_cut"]
 class Held(CallCore):
     """One generator item in the core; its outcome is set on the item, not here."""
 
-    __slots__ = ("_pool", "arrival", "core", "item", "length", "priority", "seq", "state")
+    __slots__ = (
+        "_pool",
+        "arrival",
+        "core",
+        "deadline",
+        "item",
+        "length",
+        "priority",
+        "seq",
+        "state",
+    )
 
     def __init__(self, core: Core, item: Any, priority: float, length: int) -> None:
         self.core = core
@@ -48,11 +58,18 @@ def held_core(
     clock: Callable[[], float],
     *,
     batch_size: int,
-    timeout_ms: float,
+    timeout_ms: float | str,
     by_priority: bool,
     max_batch_length: int | None = None,
 ) -> Core:
     """A core for a generator's items (validated like a batcher's settings)."""
+    if timeout_ms == "auto":  # from untyped callers
+        msg = (
+            "'timeout_ms' cannot be 'auto' here: it is chosen from the measured cost of a "
+            "batch function, and a generator's batches are answered by you; give a number "
+            "of milliseconds"
+        )
+        raise ValueError(msg)
     settings = make_settings(
         None,
         batch_size=batch_size,

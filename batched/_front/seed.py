@@ -8,7 +8,7 @@ setting.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar, final
+from typing import Any, Literal, TypeVar, final
 
 from .._strategies import PriorityStrategy
 from .decorator import AsyncFront, check_options
@@ -34,7 +34,7 @@ class BatchProcessor(SyncFront[T, R]):
         self,
         _func: Any,
         batch_size: int = 32,
-        timeout_ms: float = 5.0,
+        timeout_ms: float | Literal["auto"] = 5.0,
         small_batch_threshold: int = 8,
         **settings: Any,
     ) -> None:
@@ -74,7 +74,7 @@ class AsyncBatchProcessor(AsyncFront[T, R]):
         func: Any,
         *,
         batch_size: int = 32,
-        timeout_ms: float = 5.0,
+        timeout_ms: float | Literal["auto"] = 5.0,
         small_batch_threshold: int = 8,
         max_batch_length: int | None = None,
         priority_strategy: PriorityStrategy = PriorityStrategy.NONE,

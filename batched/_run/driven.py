@@ -58,6 +58,11 @@ class Driven:
     ) -> None:
         self.backend: Backend = current()
         self.core = Core(settings, counts, self.backend.clock)
+        # Deadlines are read by the leader (in its task) when it asks whether a batch is
+        # due and when it cuts: an arrival does not wake a leader that waits for
+        # timeout_ms (that would cost a wake-up per call), so a deadline arriving then
+        # is seen at its next look; `async with` (the owned driver) sees it at once.
+        self.core.track_deadlines(self._deadline_of, self.backend.current_deadline)
         self.executor = Executor(settings, self.core, None, self.backend)
         # A caller parks on its call many times: as a follower, and as the leader.
         self.new_call = self.backend.new_parked_call
@@ -84,6 +89,12 @@ class Driven:
         if leader is not None:
             self.slot_wanted = False
             leader.wake()
+
+    def _deadline_of(self, call: CallCore) -> float:
+        # The leader runs the core in its own task, not parked on its call.
+        if call is self.leader:
+            return self.backend.current_deadline()
+        return self.backend.deadline_of(call)
 
     def release(self) -> None:
         """Drop the driver once its last caller has left: nothing of it stays behind."""

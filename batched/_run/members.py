@@ -38,6 +38,7 @@ class Member(CallCore):
         "core",
         "ctx",
         "current",
+        "deadline",
         "err",
         "err_index",
         "err_tb",

@@ -75,6 +75,7 @@ class Owned:
         self.backend: Backend = current()
         self.core = core = Core(settings, counts, self.backend.clock)
         core.on_fault = self.crash
+        core.track_deadlines(self.backend.deadline_of, self.backend.current_deadline)
         self.executor = Executor(settings, core, self._spawn, self.backend)
         # Callers await their calls directly: no frame of ours between them and fn.
         self.new_call = self.backend.new_call

@@ -204,6 +204,7 @@ class Pulled:
     def __init__(self, settings: Settings, counts: Counts) -> None:
         self.backend: Backend = current()
         self.core = Core(settings, counts, self.backend.clock)
+        self.core.track_deadlines(self.backend.deadline_of, self.backend.current_deadline)
         self.new_call = self.backend.new_call
         self.on_batch = settings.on_batch
         self.waiting: deque[Batches] = deque()  # consumers waiting in receive(), FIFO
@@ -329,6 +330,9 @@ class Pulled:
             now = clock()
             cut = core.cut(now)
             entries = cut.entries
+            if not entries:  # every item's deadline had passed: no batch to hand out
+                core.done(cut)
+                continue
             batch: Batch[Any] = Batch(
                 entries,
                 [entry.item for entry in entries],

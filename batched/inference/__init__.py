@@ -30,7 +30,17 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, final, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Generic,
+    Literal,
+    Protocol,
+    TypeVar,
+    final,
+    overload,
+)
 
 import attrs
 
@@ -462,7 +472,10 @@ class InferenceFunction(_SyncInference[O]):
 
 
 def _seed_options(
-    batch_size: int, timeout_ms: float, small_batch_threshold: int, settings: dict[str, Any]
+    batch_size: int,
+    timeout_ms: float | Literal["auto"],
+    small_batch_threshold: int,
+    settings: dict[str, Any],
 ) -> BatcherOptions:
     seed = {"batch_size": batch_size, "timeout_ms": timeout_ms}
     seed["small_batch_threshold"] = small_batch_threshold
@@ -517,7 +530,7 @@ class ModelBatchProcessor(_SyncInference[Any], _SeedAttributes):
         _func: Any,
         *,
         batch_size: int = 32,
-        timeout_ms: float = 5.0,
+        timeout_ms: float | Literal["auto"] = 5.0,
         small_batch_threshold: int = 8,
         pad_tokens: Mapping[str, Any] | None = None,
         padding_side: str = "right",

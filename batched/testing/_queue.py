@@ -53,9 +53,10 @@ def check_queue_size(v: View) -> None:
     A reading is at most the items sent, not refused, whose caller had no outcome yet,
     in no batch that had started (a cancelled item frees its room at once); and at least
     the items certainly accepted at once (no bound, or an empty queue when sent) still
-    in no batch, their caller still there, away from instants where a batch started or
-    a caller left, and before an abnormal close. With ``max_queue_size`` it never holds
-    more, save one call larger than the bound accepted into an empty queue; with
+    in no batch, their caller still there and its deadline ahead, away from instants
+    where a batch started or a caller left, and before an abnormal close. With
+    ``max_queue_size`` it never holds more, save one call larger than the bound
+    accepted into an empty queue; with
     ``wait=False``, ``QueueFull`` comes when the call does not fit or another call waits
     for room, and only then.
     """
@@ -76,7 +77,10 @@ def check_queue_size(v: View) -> None:
             at_once = (v.max_queue is None or c.queue_size_before == 0) and not (
                 v.closed_at_entry(c)
             )
-            if at_once and (c.done_ms is None or us(c.done_ms) != t):
+            cancel = c.arrival.cancel_after_ms
+            expired = cancel is not None and us(c.submitted_ms) + us(cancel) <= t
+            # An item whose caller's deadline has passed may be dropped at any cut.
+            if at_once and not expired and (c.done_ms is None or us(c.done_ms) != t):
                 lower += sum(1 for item in uncut if not _starts_at(v, item, t))
         at = f"queue_size {size} at {t / 1000} ms ({where})"
         if size > upper:

@@ -20,7 +20,8 @@ __all__ = ["arrival_schedules", "batcher_settings", "fn_outcomes"]
 def _default_settings() -> dict[str, st.SearchStrategy[Any]]:
     return {
         "batch_size": st.integers(1, 8),
-        "timeout_ms": st.integers(0, 10),
+        # "auto": the wait chosen per batch, at most 10 ms (the checks know both).
+        "timeout_ms": st.integers(0, 10) | st.just("auto"),
         "max_batch_length": st.none() | st.integers(5, 30),
         "strategy": st.sampled_from((Fifo(), ByLength(), ByPriority())),
         "small_batch_threshold": st.integers(0, 3),
@@ -34,8 +35,8 @@ def _default_settings() -> dict[str, st.SearchStrategy[Any]]:
 def batcher_settings(**fixed: Any) -> st.SearchStrategy[dict[str, Any]]:
     """Valid keyword settings for ``batched.Batcher(fn, **settings)``.
 
-    Draws ``batch_size`` 1-8, ``timeout_ms`` 0-10 and ``max_wait_ms`` 0-50 (whole
-    milliseconds, so events coincide), ``max_batch_length`` None or 5-30, ``strategy``,
+    Draws ``batch_size`` 1-8, ``timeout_ms`` 0-10 or ``"auto"`` and ``max_wait_ms`` 0-50
+    (whole milliseconds, so events coincide), ``max_batch_length`` None or 5-30, ``strategy``,
     ``small_batch_threshold`` 0-3, ``max_queue_size`` None or 1-6,
     ``max_concurrent_batches`` 1-3 and ``isolate_errors``. A keyword fixes a setting to
     a value or to your own strategy: ``batcher_settings(batch_size=st.just(32),

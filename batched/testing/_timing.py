@@ -7,7 +7,7 @@ events that coincide in the plan share a timestamp exactly.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .._errors import QueueFull
 from ._view import fail, us
@@ -32,14 +32,18 @@ def check_concurrency(v: View) -> None:
 
 
 def check_no_premature(v: View) -> None:
-    """6: a batch leaves before its oldest item waited ``timeout_ms`` only when full.
+    """6: a batch leaves before its oldest item waited ``timeout_ms`` only when full, or
+    early for a waiting caller's deadline (see ``_for_deadline``).
 
     At a batch's start ``d`` (before any close, which drains at once), the pool it was
     cut from is within W: items sent by ``d``, not refused, in no earlier batch, whose
     caller was still there at ``d``. If W holds fewer than ``batch_size`` items and less
     than ``max_batch_length``, the timeout cut it, so some item of W was sent at least
-    ``timeout`` before ``d`` (its arrival is no earlier than its sending).
+    ``timeout`` before ``d`` (its arrival is no earlier than its sending). With
+    ``timeout_ms="auto"`` any wait up to its cap is allowed: nothing to check.
     """
+    if v.auto:
+        return
     for batch in v.top:
         d = us(batch.start_ms)
         if v.t_close is not None and d >= v.t_close:
@@ -59,12 +63,30 @@ def check_no_premature(v: View) -> None:
         if not waiting or len(waiting) >= v.batch_size or length >= v.max_len:
             continue
         oldest = min(us(c.submitted_ms) for c, _ in waiting)
-        if d - oldest < v.timeout:
+        if d - oldest < v.timeout and not _for_deadline(v, d, [c for c, _ in waiting]):
             fail(
                 f"batch {batch.index} {batch.items!r} left at {batch.start_ms} ms, not full "
                 f"({len(waiting)} items of length {length} waiting), its oldest item sent at "
                 f"{oldest / 1000} ms: before timeout_ms={v.timeout / 1000}"
             )
+
+
+def _for_deadline(v: View, d: int, waiting: list[Any]) -> bool:
+    """Whether a partial batch leaving at ``d`` may have left early for a caller's
+    deadline (its cancel scope's): one of the callers waiting has a deadline, and the
+    batch left no earlier than that deadline less what fn may be expected to take (a
+    generous bound: twice its longest run so far, per item of a full batch) and the
+    margin."""
+    deadlines = [
+        us(c.submitted_ms) + us(c.arrival.cancel_after_ms)
+        for c in waiting
+        if c.arrival.cancel_after_ms is not None
+    ]
+    if not deadlines:
+        return False
+    longest = max((end - start for start, end, _ in v.spans if end <= d), default=0)
+    slack = 2 * longest * v.batch_size + us(2)
+    return d >= min(deadlines) - slack
 
 
 def check_no_idle_slot(v: View) -> None:

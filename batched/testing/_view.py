@@ -6,6 +6,7 @@ import itertools
 import math
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from .._core.auto import CAP as AUTO_CAP
 from .._errors import QueueFull
 from .._strategies import ByLength, ByPriority, Fifo
 from ._records import item_key
@@ -73,7 +74,10 @@ class View:
         s = result.settings
         self.driven = r.driven
         self.batch_size: int = s["batch_size"]
-        self.timeout = us(s["timeout_ms"])
+        # "auto" waits anything from nothing to its cap: the cap bounds every wait, and
+        # no batch is premature.
+        self.auto = s["timeout_ms"] == "auto"
+        self.timeout = us(AUTO_CAP * 1000 if self.auto else s["timeout_ms"])
         self.max_wait = us(s["max_wait_ms"])
         self.max_len: float = math.inf if s["max_batch_length"] is None else s["max_batch_length"]
         self.max_queue: int | None = s["max_queue_size"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, Literal, final
 
 from ...inference import AsyncInferenceFunction as AsyncInferenceFunction
 from ...inference import Padding, _AsyncInference, _seed_options, _SeedAttributes
@@ -32,7 +32,7 @@ class AsyncModelBatchProcessor(_AsyncInference[Any], _SeedAttributes):
         _func: Any,
         *,
         batch_size: int = 32,
-        timeout_ms: float = 5.0,
+        timeout_ms: float | Literal["auto"] = 5.0,
         small_batch_threshold: int = 8,
         pad_tokens: Mapping[str, Any] | None = None,
         padding_side: str = "right",
