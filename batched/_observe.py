@@ -51,7 +51,7 @@ class BatchInfo:
 
     :ivar size: the items the batch function (or the consumer of a pulled batch) got
     :ivar reason: why the batch was cut: ``"full"``, ``"budget"``, ``"overdue"``,
-        ``"timeout"`` or ``"closing"`` (see :attr:`batched.Batch.reason`)
+        ``"deadline"``, ``"timeout"`` or ``"closing"`` (see :attr:`batched.Batch.reason`)
     :ivar started: when the batch started, in the clock of ``anyio.current_time()``
         (for a pulled batch: when it was cut)
     :ivar duration_s: seconds from ``started`` until its outcomes were handed back
