@@ -2,7 +2,9 @@
 
 A cache is a help, never a dependency: a ``get`` or ``set`` that raises is counted
 (``CacheStats.errors``), logged once per batcher, and the item is computed as if there
-were no cache. Errors are never cached.
+were no cache. Errors are never cached. A cache is user code, so a cancellation it raises
+while its caller is not being cancelled (it awaited something cancelled elsewhere) is such
+an error too, as it is from ``fn``: the caller was not cancelled, and must not act so.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from ._backends import current
 from .cache import MISS, CacheStats, DiskCache, MemoryCache
 
 if TYPE_CHECKING:
@@ -52,7 +55,12 @@ def key_of(item: Any, cache_key: Callable[[Any], Any] | None) -> Any:
     return key
 
 
-def _cache_failed(stats: Counts, what: str, exc: Exception) -> None:
+def _not_ours(exc: BaseException) -> bool:
+    """Whether ``exc`` is a cancellation that does not cancel the task it reached."""
+    return isinstance(exc, anyio.get_cancelled_exc_class()) and not current().cancelling()
+
+
+def _cache_failed(stats: Counts, what: str, exc: BaseException) -> None:
     stats.cache_errors += 1
     if stats.cache_errors == 1:
         logger.warning(
@@ -69,6 +77,11 @@ async def cache_get(cache: Any, key: Any, stats: Counts) -> Any:
     except Exception as exc:
         _cache_failed(stats, "get()", exc)
         return MISS
+    except BaseException as exc:
+        if not _not_ours(exc):
+            raise
+        _cache_failed(stats, "get()", exc)
+        return MISS
     return MISS if value is None else value
 
 
@@ -80,6 +93,10 @@ async def cache_store(cache: Any, pairs: list[tuple[Any, Any]], stats: Counts) -
             try:
                 await cache.set(key, value)
             except Exception as exc:
+                _cache_failed(stats, "set()", exc)
+            except BaseException as exc:
+                if not _not_ours(exc):
+                    raise  # the bound, or the batcher closing
                 _cache_failed(stats, "set()", exc)
 
 

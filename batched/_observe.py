@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING, Any, final
 
 import attrs
 
-from ._core.calls import CANCELLED
+from ._core.calls import CANCELLED, DONE
+from ._core.cut import size_up
 from ._errors import Failure
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-__all__ = ["BatchInfo", "OutcomeCounts", "report", "tally"]
+__all__ = ["BatchInfo", "OutcomeCounts", "notify", "report", "report_step", "tally"]
 
 logger = logging.getLogger("batched")
 
@@ -50,17 +51,24 @@ class BatchInfo:
 
     :ivar size: the items the batch function (or the consumer of a pulled batch) got
     :ivar reason: why the batch was cut: ``"full"``, ``"budget"``, ``"overdue"``,
-        ``"timeout"`` or ``"closing"`` (see :attr:`batched.Batch.reason`)
+        ``"deadline"``, ``"timeout"`` or ``"closing"`` (see :attr:`batched.Batch.reason`)
     :ivar started: when the batch started, in the clock of ``anyio.current_time()``
         (for a pulled batch: when it was cut)
     :ivar duration_s: seconds from ``started`` until its outcomes were handed back
     :ivar waits_s: each item's wait from its arrival until ``started``, in item order
     :ivar outcome: a :class:`OutcomeCounts`: completed, failed and cancelled items
-    :ivar padded_size: ``batched.inference``: the padded size (longest row x rows);
-        None for other batchers
+    :ivar padded_size: ``batched.inference``: the padded size the model got, longest
+        row x rows, each rounded up to the next of ``allowed_lengths`` and
+        ``allowed_batch_sizes`` when set (filler rows included); None for other batchers
     :ivar waiting: items accepted and still waiting when the batch was cut
     :ivar contexts: each item's caller's :class:`contextvars.Context` at call time
         (as :attr:`batched.Batch.contexts`), to find its trace span or request id
+
+    For :class:`batched.Continuous` a batch is a step: ``size`` items were stepped;
+    ``waits_s`` holds only the items that joined at this step (each item's wait counts
+    once); ``outcome`` counts the items that ended at it (the others go on); ``reason``
+    is ``"full"`` (``batch_size`` items stepped), ``"budget"`` (items left waiting by the
+    length budget), ``"closing"`` or ``"timeout"`` (the step did not wait for more).
     """
 
     size: int
@@ -97,10 +105,14 @@ def report(
     started: float,
     ended: float,
     waiting: int,
-    padded: bool,
+    padded: tuple[int, ...] | None,
     counted: list[int],
 ) -> None:
-    """Call ``on_batch`` with the batch's :class:`BatchInfo`; log what it raises."""
+    """Call ``on_batch`` with the batch's :class:`BatchInfo`; log what it raises.
+
+    ``padded``: None, or (``batched.inference``) the allowed batch sizes the rows are
+    padded up to (empty: none); an entry's length is its row's allowed length already.
+    """
     try:
         size = len(entries)
         completed, failed = counted
@@ -111,10 +123,60 @@ def report(
             duration_s=ended - started,
             waits_s=tuple([started - entry.arrival for entry in entries]),
             outcome=OutcomeCounts(completed, failed, size - completed - failed),
-            padded_size=max([entry.length for entry in entries]) * size if padded else None,
+            padded_size=(
+                None
+                if padded is None
+                else max([entry.length for entry in entries]) * size_up(padded, size)
+            ),
             waiting=waiting,
-            contexts=tuple([(entry._call or entry).ctx or Context() for entry in entries]),
+            contexts=_contexts(entries),
         )
+    except Exception:
+        logger.exception("on_batch not called: its BatchInfo could not be made")
+        return
+    notify(on_batch, info)
+
+
+def report_step(
+    on_batch: Callable[[BatchInfo], object],
+    members: Sequence[Any],
+    joined: Sequence[Any],
+    reason: str,
+    started: float,
+    ended: float,
+    waiting: int,
+) -> None:
+    """Call ``on_batch`` with a ``Continuous`` step's :class:`BatchInfo`: ``members``
+    were stepped, ``joined`` (among them) joined for this step. Read after the step's
+    hand-out: an item that ended at this step is DONE (with an error if it failed) or
+    CANCELLED (its reader left); the others go on."""
+    outcomes = [0, 0, 0]  # completed, failed, cancelled
+    for member in members:
+        state = member.state
+        if state == DONE:
+            outcomes[member.err is not None] += 1
+        elif state == CANCELLED:
+            outcomes[2] += 1
+    info = BatchInfo(
+        size=len(members),
+        reason=reason,
+        started=started,
+        duration_s=ended - started,
+        waits_s=tuple([started - member.arrival for member in joined]),
+        outcome=OutcomeCounts(*outcomes),
+        waiting=waiting,
+        contexts=_contexts(members),
+    )
+    notify(on_batch, info)
+
+
+def _contexts(entries: Sequence[Any]) -> tuple[Context, ...]:
+    return tuple([(entry._call or entry).ctx or Context() for entry in entries])
+
+
+def notify(on_batch: Callable[[BatchInfo], object], info: BatchInfo) -> None:
+    """``on_batch(info)``; what it raises (or an awaitable it returns) is logged."""
+    try:
         out = on_batch(info)
         if inspect.isawaitable(out):
             if inspect.iscoroutine(out):

@@ -141,6 +141,19 @@ EXPECTED: dict[str, list[str]] = {
         "a 100-token text: ValueError: a row of 100 positions is longer than the largest of "
         "'allowed_lengths'",
     ],
+    "continuous_ops.py": [
+        "--- asyncio ---",
+        "--- trio ---",
+        "batch_size=2: steps of [2, 2, 2, 2, 2, 2, 2, 2, 2], reasons {'full': 9}",
+        "batch_size=8: steps of [6, 6, 6], reasons {'timeout': 3}",
+        "waits reported once per request: 6",
+        "requests ended per step: [0, 0, 6]",
+        "ready: False",
+        "a request after stop_accepting(): BatcherClosed",
+        "drain: steps of [4, 4, 4], reasons {'closing': 3}",
+        "drain: 4 accepted requests decoded to their end",
+        "stats: completed=16 failed=1 steps=15",
+    ],
     "ray_serve_app.py": [
         "200 requests through Serve's proxy: 200 replies match the unbatched score",
         "replicas that formed batches: 2 of 2",

@@ -405,6 +405,57 @@ async def test_a_faulty_cache_never_fails_a_call(
     assert isinstance(records[0].exc_info[1], OSError)  # type: ignore[index]
 
 
+async def _stray_cancellation() -> BaseException:
+    """A cancellation carried out of the cancel scope that raised it: what a cache gets
+    from awaiting something cancelled elsewhere. Its task is not being cancelled."""
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        try:
+            await anyio.lowlevel.checkpoint()
+        except anyio.get_cancelled_exc_class() as exc:
+            return exc
+    raise AssertionError("the scope did not cancel")
+
+
+class StrayCancelCache(FaultyCache):
+    """``get`` and ``set`` raise a cancellation that is not their caller's."""
+
+    async def get(self, key: Any) -> Any:
+        self.get_calls += 1
+        raise await _stray_cancellation()
+
+    async def set(self, key: Any, value: Any) -> None:
+        self.set_calls += 1
+        raise await _stray_cancellation()
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_cancellation_the_cache_raises_is_a_cache_error_not_the_callers(
+    mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The DESIGN's rule for ``fn`` (a cancellation that is not the batcher's own is an
+    error) applied to the cache, which is user code: its caller was not cancelled, so it
+    is not cancelled; the cache failed, so the item is computed, and the error counted."""
+    caplog.set_level(logging.WARNING, logger="batched")
+    cache = StrayCancelCache(get_fails=True, set_fails=True)
+    rec = Rec()
+    async with front(mode, rec, cache=cache, batch_size=4) as f:
+        assert await f(1) == ("r", 1)
+        await settle()
+        assert await f.many([2, 3]) == tag([2, 3])
+    stats = f.stats
+    assert rec.batches == [[1], [2, 3]]
+    assert (cache.get_calls, cache.set_calls) == (3, 3)
+    assert stats.cache_stats is not None
+    assert stats.cache_stats.errors == 6
+    assert (stats.completed, stats.cancelled) == (3, 0)
+    assert stats.submitted == settled(stats)
+    (record,) = batched_records(caplog)
+    assert isinstance(record.exc_info[1], anyio.get_cancelled_exc_class())  # type: ignore[index]
+    # (Its counterpart, a caller cancelled while get() awaits, stays a cancellation:
+    # test_a_caller_cancelled_during_the_cache_read_counts_as_cancelled.)
+
+
 # -- 3. cache_key ------------------------------------------------------------------------
 
 

@@ -176,6 +176,23 @@ async def test_the_length_budget_counts_buckets_and_filler_rows() -> None:
     assert sum(int((batch[:, 0] != 0).sum()) for batch in rec.batches) == 10
 
 
+async def test_on_batch_reports_the_padded_shape_the_model_got() -> None:
+    """Three rows of 3 and 5 positions, allowed (4, 8) rows and (4, 8) positions: the
+    model gets 4 x 8, and that is the padded size reported, not 3 x 5."""
+    rec = Recorder()
+    infos: list[batched.BatchInfo] = []
+    model = batched.aio.inference.dynamically(
+        rec,
+        allowed_batch_sizes=(4, 8),
+        allowed_lengths=(4, 8),
+        timeout_ms=1,
+        on_batch=infos.append,
+    )
+    await send_all(model, [one_row(1, 3), one_row(2, 5), one_row(3, 3)])
+    assert [tuple(batch.shape) for batch in rec.batches] == [(4, 8)]
+    assert [(info.size, info.padded_size) for info in infos] == [(3, 32)]
+
+
 async def test_torch_tensors_keep_dtype_and_get_filler_rows() -> None:
     torch = pytest.importorskip("torch")
     shapes: list[tuple[int, ...]] = []
@@ -234,6 +251,44 @@ async def test_without_batch_size_the_largest_allowed_size_is_the_batch_size() -
     assert [len(batch) for batch in rec.batches] == [4, 2]
 
 
+async def test_configure_refuses_a_batch_size_above_the_largest_allowed_size() -> None:
+    rec = Recorder()
+    models = [
+        batched.aio.inference.dynamically(rec, allowed_batch_sizes=(2, 4), timeout_ms=1),
+        batched.inference.dynamically(allowed_batch_sizes=(2, 4), timeout_ms=1)(
+            lambda features: features
+        ),
+        batched.aio.inference.AsyncModelBatchProcessor(rec, batch_size=4, allowed_batch_sizes=(4,)),
+    ]
+    for model in models:
+        with pytest.raises(ValueError, match="'allowed_batch_sizes' must reach 'batch_size'"):
+            model.configure(batch_size=5)
+        with pytest.raises(ValueError, match="its largest, 4, is below batch_size 5"):
+            model.configure(batch_size=5, timeout_ms=3)
+        assert (model.settings.batch_size, model.settings.timeout_ms) != (5, 3)  # untouched
+        with pytest.raises(TypeError, match="'batch_size' must be an int"):
+            model.configure(batch_size=True)
+    models[1].close()
+
+
+async def test_inference_is_steered_like_every_front() -> None:
+    """configure() binds the next cut (rounded to the allowed sizes within it);
+    stop_accepting() refuses new calls while the accepted ones are served."""
+    rec = Recorder()
+    model = batched.aio.inference.dynamically(rec, allowed_batch_sizes=(1, 2, 4, 8), timeout_ms=1)
+    async with model:
+        model.configure(batch_size=2, timeout_ms=5)
+        assert (model.settings.batch_size, model.settings.timeout_ms) == (2, 5.0)
+        got = await send_all(model, [one_row(i + 1) for i in range(5)])
+        assert all(not isinstance(out, Exception) for out in got)
+        assert [len(batch) for batch in rec.batches] == [2, 2, 1]
+        assert model.accepting
+        model.stop_accepting()
+        assert not model.accepting
+        with pytest.raises(batched.BatcherClosed, match="stopped accepting"):
+            await model(one_row(9))
+
+
 # -- property: only allowed shapes, every caller its own rows ---------------------------
 
 
@@ -283,10 +338,12 @@ def test_the_model_sees_only_allowed_shapes(backend: str, script: dict[str, Any]
         ids = 1 + 1000 * index + np.arange(rows * length, dtype=np.int64).reshape(rows, length)
         calls.append((arrival, {"input_ids": ids}))
     got: dict[int, Any] = {}
+    infos: list[batched.BatchInfo] = []
 
     async def main() -> None:
         model = batched.aio.inference.dynamically(
             raw,
+            on_batch=infos.append,
             batch_size=script["batch_size"],
             timeout_ms=script["timeout_ms"],
             max_batch_length=script["max_batch_length"],
@@ -320,6 +377,8 @@ def test_the_model_sees_only_allowed_shapes(backend: str, script: dict[str, Any]
     for rows, length in seen:
         assert rows in sizes, (rows, sizes)
         assert length in lengths, (length, lengths)
+    # on_batch reports the shape the model got (one batch runs at a time: same order).
+    assert [info.padded_size for info in infos] == [rows * length for rows, length in seen]
     assert sorted(got) == list(range(len(calls)))
     firsts = []
     for index, (_, features) in enumerate(calls):

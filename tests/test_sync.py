@@ -1557,3 +1557,30 @@ def test_stats_add_up_over_mixed_outcomes(cleanup: contextlib.ExitStack) -> None
     assert stats.avg_batch_size == 2.0
     assert stats.latency_p50_ms > 0.0
     assert_stats_add_up(fn)
+
+
+def test_a_call_whose_function_closes_as_it_is_sent_is_counted(
+    cleanup: contextlib.ExitStack,
+) -> None:
+    """The function closes between the call's check and its hand-over to the serving
+    thread (here, pinned: ``length_fn`` runs in the caller's thread in between): the
+    caller gets ``BatcherClosed``, and the refusal is counted, so the stats add up."""
+
+    def length(item: str) -> int:
+        if item == "closes":
+            fn.close()
+        return 1
+
+    @batched.dynamically(batch_size=2, timeout_ms=0, length_fn=length)
+    def fn(items: list[str]) -> list[Any]:
+        return tag(items)
+
+    closing(cleanup, fn)
+    assert fn("a") == ("r", "a")
+    with pytest.raises(batched.BatcherClosed, match="closed"):
+        fn("closes")
+    with pytest.raises(batched.BatcherClosed, match="closed"):
+        fn.many(["closes", "b"])
+    stats = fn.stats
+    assert (stats.submitted, stats.completed, stats.failed) == (4, 1, 3)
+    assert_stats_add_up(fn)

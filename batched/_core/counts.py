@@ -8,6 +8,7 @@ them into a :class:`batched.BatchStats` snapshot.
 from __future__ import annotations
 
 import math
+import threading
 from array import array
 from collections import deque
 from typing import TYPE_CHECKING, Any, final
@@ -82,7 +83,9 @@ class Counts:
         "completed",
         "cost",
         "failed",
+        "lock",
         "processed",
+        "refusals",
         "rejected",
         "samples",
         "submitted",
@@ -92,6 +95,7 @@ class Counts:
         # fn's duration per batch size: kept across openings and clear_stats(), as what
         # the model costs does not change with them.
         self.cost = Cost()
+        self.lock = threading.Lock()  # guards ``refusals`` alone
         self.reset()
 
     def reset(self) -> None:
@@ -104,6 +108,11 @@ class Counts:
         self.batches = 0
         self.busy_seconds = 0.0
         self.cache_errors = 0  # get/set calls of the cache that raised
+        # Items refused in a thread other than the serving one (another thread calling a
+        # closed or foreign batcher, a sync function's caller): submitted and failed, kept
+        # apart under a lock, since the serving thread counts on meanwhile and a += from
+        # two threads can lose counts (without the GIL, or across a switch).
+        self.refusals = 0
         self.samples = _Samples()
         # What clear() forgot: (settled, completed, failed, cancelled, rejected, processed,
         # batches, busy_seconds) at that moment, subtracted by snapshot().
@@ -116,7 +125,7 @@ class Counts:
         It only reads the counters, so any thread may call it while the thread that serves
         the batcher counts on: what they held is subtracted from every later snapshot.
         """
-        completed, failed = self.completed, self.failed
+        completed, failed = self.completed, self.failed + self.refusals
         cancelled, rejected = self.cancelled, self.rejected
         settled = completed + failed + cancelled + rejected
         self.base = (
@@ -134,9 +143,16 @@ class Counts:
     # Calls that never reach a queue: each is counted submitted and settled at once.
 
     def refused(self, n: int) -> None:
-        """``n`` items failed before they were queued (closed, bad input)."""
+        """``n`` items failed before they were queued (closed, bad input), counted in the
+        thread that serves the batcher."""
         self.submitted += n
         self.failed += n
+
+    def refused_anywhere(self, n: int) -> None:
+        """``refused(n)``, safe from any thread (a caller's own thread, or a closed
+        batcher's)."""
+        with self.lock:
+            self.refusals += n
 
     def rejected_now(self, n: int) -> None:
         """``n`` items met a full queue with ``wait=False`` (QueueFull)."""
@@ -178,8 +194,9 @@ class Counts:
         waits, latencies = self.samples.percentiles_ms(quantiles)
         w50, w90, w99 = waits
         l50, l90, l99 = latencies
-        submitted, completed, failed = self.submitted, self.completed, self.failed
-        cancelled, rejected = self.cancelled, self.rejected
+        refusals = self.refusals
+        submitted, completed = self.submitted + refusals, self.completed
+        failed, cancelled, rejected = self.failed + refusals, self.cancelled, self.rejected
         processed, batches, busy = self.processed, self.batches, self.busy_seconds
         base = self.base
         if base is not None:

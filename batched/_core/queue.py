@@ -227,7 +227,10 @@ class Core:
         :raises QueueFull: no room and ``wait=False``
         """
         if not self.accepting or get_ident() != self.thread:
-            self.counts.refused(1)
+            if get_ident() == self.thread:
+                self.counts.refused(1)
+            else:  # counted in the caller's thread, while the serving thread counts
+                self.counts.refused_anywhere(1)
             raise _refusal(self)
         call = make()
         call.core = self
@@ -285,7 +288,7 @@ class Core:
         """
         if get_ident() != self.thread:
             if not self.keyed:
-                self.counts.refused(call.n)
+                self.counts.refused_anywhere(call.n)  # in the caller's thread
             raise _refusal(self)
         if self.edf:  # read in the caller's task: ByDeadline orders by it
             deadline = call.deadline = self.deadline_now()

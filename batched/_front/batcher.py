@@ -13,8 +13,9 @@ from .._errors import BatcherClosed
 from .._keyed import cache_stats
 from .._run.owned import Owned
 from .._run.pulled import Pulled
-from .._settings import BatcherSettings, make_settings, public_settings, reconfigure
+from .._settings import make_settings
 from .._strategies import Fifo, PriorityStrategy, Strategy
+from .steering import Steered
 from .submit import closed, keyed_many, keyed_one, raise_later, submit_many
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ async def nothing(priority: object) -> list[Any]:
 
 
 @final
-class Batcher(Generic[T, R]):
+class Batcher(Steered, Generic[T, R]):
     """Gather single calls into batches for one batch function.
 
     ``fn(list[T]) -> Sequence[R]`` gets each batch and returns one result per item, in
@@ -171,52 +172,6 @@ class Batcher(Generic[T, R]):
             cache_stats(self._settings.cache, self._counts),
         )
 
-    # -- steering ----------------------------------------------------------------------
-
-    @property
-    def settings(self) -> BatcherSettings:
-        """The settings now in force (a frozen snapshot; see :meth:`configure`)."""
-        return public_settings(self._settings)
-
-    def configure(self, **settings: Any) -> None:
-        """Change settings, open or not: ``batch_size``, ``timeout_ms``,
-        ``max_batch_length``, ``max_queue_size``, ``max_concurrent_batches``,
-        ``small_batch_threshold``, ``max_wait_ms``.
-
-        Checked like the constructor's; nothing changes if one is refused. Every batch
-        cut after this returns keeps the new limits; running batches go on (a lower
-        ``max_concurrent_batches`` cancels none); calls waiting for queue room get in
-        if ``max_queue_size`` grew. On a closed batcher they apply from the next
-        ``async with``.
-
-        :raises TypeError: a setting this does not change, or a value of a wrong type
-        :raises ValueError: a value out of range, or ``max_batch_length`` set on an
-            open batcher made without one (its waiting items have no lengths counted)
-        """
-        new = reconfigure(self._settings, settings)
-        run = self._run
-        if run is not None:
-            run.configure(new)
-        self._settings = new
-
-    def stop_accepting(self) -> None:
-        """Refuse new calls with :exc:`BatcherClosed` from now on, while every call
-        already accepted is served as usual (a SIGTERM handler, a readiness probe).
-
-        Calls waiting for queue room were not accepted yet: they get
-        :exc:`BatcherClosed` now. Leaving the block then drains as usual; entering the
-        batcher again accepts calls again. Does nothing on a closed batcher.
-        """
-        run = self._run
-        if run is not None:
-            run.core.stop_accepting()
-
-    @property
-    def accepting(self) -> bool:
-        """Whether a call made now would be accepted: open, and not stopped."""
-        run = self._run
-        return run is not None and run.core.accepting
-
     # -- lifecycle ---------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
@@ -309,7 +264,7 @@ class Batcher(Generic[T, R]):
             return keyed_one(self._counts, self._open_run, item, priority, wait, self._settings)
         run = self._run
         if run is None:
-            self._counts.refused(1)
+            self._counts.refused_anywhere(1)
             return raise_later(closed(None))
         try:
             call = run.core.call_one(run.new_call, item, priority, wait)
@@ -331,10 +286,10 @@ class Batcher(Generic[T, R]):
             return keyed_many(self._counts, self._open_run, items, priority, wait, self._settings)
         run = self._run
         if run is None:
-            self._counts.refused(len(items))
+            self._counts.refused_anywhere(len(items))
             return raise_later(closed(None))
         if not run.core.accepting:
-            self._counts.refused(len(items))
+            self._counts.refused_anywhere(len(items))
             return raise_later(closed(run))
         if not items:
             return nothing(priority)

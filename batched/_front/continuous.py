@@ -14,6 +14,7 @@ from .._run.continuous import Stepper
 from .._settings import make_settings
 from .._step import Last, Next
 from .._strategies import Fifo, PriorityStrategy, Strategy
+from .steering import Steered
 from .submit import closed
 
 if TYPE_CHECKING:
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
     from anyio.abc import ObjectReceiveStream
 
+    from .._observe import BatchInfo
     from .._settings import Settings
     from .._stats import BatchStats
 
@@ -49,7 +51,7 @@ def _check_step(step: object) -> None:
 
 
 @final
-class Continuous(Generic[S, R]):
+class Continuous(Steered, Generic[S, R]):
     """Iteration-level batching: run ``step`` over the active items again and again.
 
     ``step(states)`` gets the current state of every active item, in the order they
@@ -71,9 +73,16 @@ class Continuous(Generic[S, R]):
     :param strategy: the order in which waiting items join (:class:`Fifo`, ...)
     :param max_queue_size: the most items waiting to join; further calls wait for room
         (or raise :exc:`QueueFull` with ``wait=False``)
+    :param on_batch: a plain callable, called with a :class:`batched.BatchInfo` after
+        each step, in the step loop's task (keep it quick); what it raises is logged
+
+    :meth:`configure` changes ``batch_size``, ``timeout_ms``, ``max_batch_length`` and
+    ``max_queue_size`` from the next join on; active items are never evicted.
     """
 
     __slots__ = ("_counts", "_run", "_settings")
+
+    _tunable = ("batch_size", "timeout_ms", "max_batch_length", "max_queue_size")
 
     def __init__(
         self,
@@ -85,6 +94,7 @@ class Continuous(Generic[S, R]):
         length_fn: Callable[[S], int] | None = None,
         strategy: Strategy | PriorityStrategy = Fifo(),  # noqa: B008 - frozen, shared safely
         max_queue_size: int | None = None,
+        on_batch: Callable[[BatchInfo], object] | None = None,
     ) -> None:
         _check_step(step)
         self._settings: Settings = make_settings(
@@ -95,6 +105,7 @@ class Continuous(Generic[S, R]):
             length_fn=length_fn,
             strategy=strategy,
             max_queue_size=max_queue_size,
+            on_batch=on_batch,
         )
         self._run: Stepper | None = None
         self._counts = Counts()
@@ -170,7 +181,7 @@ class Continuous(Generic[S, R]):
         """
         run = self._run
         if run is None:
-            self._counts.refused(1)
+            self._counts.refused_anywhere(1)
             raise closed(None)
         return run.stream(item, priority, wait)
 

@@ -74,7 +74,7 @@ def submit_many(run: Run, items: list[Any], priority: float, wait: bool) -> Call
     core = run.core
     n = len(items)
     if not core.accepting:
-        core.counts.refused(n)
+        core.counts.refused_anywhere(n)
         raise closed(run)
     try:
         if type(priority) is not int:
@@ -85,7 +85,7 @@ def submit_many(run: Run, items: list[Any], priority: float, wait: bool) -> Call
         else:
             entries = [Entry(item, length_of(length_fn, item), priority) for item in items]
     except BaseException:
-        core.counts.refused(n)
+        core.counts.refused_anywhere(n)
         raise
     call = run.new_call()
     call.core = core
@@ -143,7 +143,7 @@ def _count_refused(counts: Counts, exc: BaseException, n: int) -> None:
     elif isinstance(exc, anyio.WouldBlock):
         counts.rejected_now(n)
     else:
-        counts.refused(n)
+        counts.refused_anywhere(n)
 
 
 async def keyed_one(

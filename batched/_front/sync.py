@@ -210,16 +210,14 @@ class SyncFront(Binding, Generic[T, R]):
     def _server_or_refuse(self, n: int) -> Server:
         server = self._server
         if self._stopped:
-            with self._lock:  # counted here: the serving loop never sees the call
-                self._counts.refused(n)
+            self._counts.refused_anywhere(n)  # counted here: the serving loop never sees the call
             raise BatcherClosed(STOPPED)
         if server is not None and not server.ended:
             return server
         try:
             return self._serve()
         except BatcherClosed:
-            with self._lock:  # no serving thread counts now
-                self._counts.refused(n)
+            self._counts.refused_anywhere(n)  # no serving thread counts it
             raise
 
     def start(self) -> None:
@@ -321,6 +319,8 @@ class SyncFront(Binding, Generic[T, R]):
     def _send(self, server: Server, call: ThreadCall, wait: bool) -> None:
         with self._lock:
             if self._server is not server or server.ended:
+                # Closed since the call was made: no serving thread will count it.
+                self._counts.refused_anywhere(call.n)
                 msg = "this batched function is closed"
                 raise BatcherClosed(msg)
             server.send(call, wait)

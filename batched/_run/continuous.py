@@ -29,6 +29,7 @@ from .._core.items import length_of
 from .._core.queue import Core
 from .._core.results import check_results
 from .._errors import Failure
+from .._observe import report_step
 from .._step import Last, Next
 from .execute import _boxed, _not_ours
 from .group import close_group, open_group
@@ -68,6 +69,7 @@ class Stepper:
         "is_async",
         "length_fn",
         "max_len",
+        "on_batch",
         "step",
         "tg",
     )
@@ -86,6 +88,7 @@ class Stepper:
         self.max_len = core.max_len
         # Lengths of states are read only under a budget (the core's rule for items).
         self.length_fn = settings.length_fn if core.budget else None
+        self.on_batch = settings.on_batch
         self.active: list[Member] = []  # in join order
         self.fatal: BaseException | None = None
         self.tg: TaskGroup | None = None
@@ -96,6 +99,16 @@ class Stepper:
         """Queue an item; its stream of values."""
         member: Member = self.core.call_one(lambda: Member(item), item, priority, wait)  # type: ignore[assignment]
         return Values(member)
+
+    def configure(self, settings: Settings) -> None:
+        """New tunable settings (checked by the front), in force from the next join:
+        active items are never evicted, so a smaller ``batch_size`` or budget lets
+        nobody join until enough have left."""
+        core = self.core
+        core.check(settings)
+        core.apply(settings)  # wakes the loop: a shorter timeout may start a step now
+        self.batch_size = settings.batch_size
+        self.max_len = core.max_len
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -175,27 +188,46 @@ class Stepper:
                 if deadline is not None:
                     await self._wait(deadline)
                     continue
+            joined: list[Member] = []
             if core.waiting and len(active) < self.batch_size:
-                self._join(active)
+                joined = self._join(active)
                 if not active:  # a user's pool that cut nothing: let others run
                     await anyio.lowlevel.checkpoint()
                     continue
-            await self._step_once(active)
+            await self._step_once(active, joined)
             # Readers run (and may leave) before the next step; a step that never
             # awaits must not hold the event loop either.
             await anyio.lowlevel.checkpoint()
 
-    def _join(self, active: list[Member]) -> None:
+    def _join(self, active: list[Member]) -> list[Member]:
         used = sum(member.length for member in active) if self.length_fn is not None else 0
         now = self.backend.clock()
-        joined = self.core.join(now, self.batch_size - len(active), self.max_len - used, not active)
+        joined: list[Member] = self.core.join(
+            now, self.batch_size - len(active), self.max_len - used, not active
+        )
         for member in joined:
             member.joined = now
         active += joined
+        return joined
 
-    async def _step_once(self, active: list[Member]) -> None:
+    def _reason(self, stepped: int) -> str:
+        """Why a step holds the items it holds (``BatchInfo.reason``), read after the
+        join: the questions a batch's cut answers, asked of the active set."""
+        core = self.core
+        if stepped >= self.batch_size:
+            return "full"
+        if core.waiting:  # room was left, and the length budget kept them waiting
+            return "budget"
+        if core.draining:
+            return "closing"
+        return "timeout"
+
+    async def _step_once(self, active: list[Member], joined: list[Member]) -> None:
         members = list(active)  # closing may clear ``active`` while the step runs
         states = [member.current for member in members]
+        on_batch = self.on_batch
+        if on_batch is not None:
+            reason, waiting = self._reason(len(members)), self.core.queued
         clock = self.backend.clock
         start = clock()
         outcomes, error = await self._step(states)
@@ -210,8 +242,10 @@ class Stepper:
                     member.put_error(0, error, tb)
                     self._sample(member, end)
             active.clear()
-            return
-        active[:] = self._hand_out(members, outcomes, end)
+        else:
+            active[:] = self._hand_out(members, outcomes, end)
+        if on_batch is not None:
+            report_step(on_batch, members, joined, reason, start, end, waiting)
 
     async def _step(self, states: list[Any]) -> tuple[Sequence[Any] | None, Exception | None]:
         """Run ``step`` once: its outcomes, checked, or the error for every member."""

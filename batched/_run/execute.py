@@ -94,7 +94,9 @@ class Executor:
         self.thread_limiter = anyio.CapacityLimiter(settings.max_concurrent_batches)
         self.deadline_of = backend.deadline_of
         self.on_batch = settings.on_batch
-        self.padded = settings.padded
+        # batched.inference: the batch sizes its rows are padded up to (on_batch's
+        # padded_size); None for other batchers.
+        self.padded = settings.batch_sizes if settings.padded else None
 
     async def invoke(self, items: list[Any]) -> object:
         if self.is_async:

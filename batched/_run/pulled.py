@@ -408,7 +408,7 @@ class Pulled:
                     batch.started,
                     ended,
                     cut.waiting,
-                    False,
+                    None,
                     tally(entries, results, error),
                 )
 

@@ -301,7 +301,7 @@ class Server:
         while pending:
             call, wait = pending.popleft()
             if run is None or not run.core.accepting:
-                counts.refused(call.n)
+                counts.refused_anywhere(call.n)  # also in a caller's thread (send)
                 stopped = run is not None and run.core.stopped
                 call.err = BatcherClosed(STOPPED) if stopped else CLOSED
                 call.state = DONE

@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from typing import Self, Unpack
 
     from .._front.decorator import BatcherOptions
+    from .._settings import BatcherSettings
     from .._stats import BatchStats
 
 __all__ = [
@@ -223,6 +224,17 @@ class Padding:
         return rows
 
 
+def _check_reach(sizes: tuple[int, ...], batch_size: object) -> None:
+    """A batch of ``batch_size`` rows must fit the largest allowed size (a bad type or
+    range is the batcher's own check to report)."""
+    if sizes and type(batch_size) is int and batch_size > sizes[-1]:
+        msg = (
+            f"'allowed_batch_sizes' must reach 'batch_size': its largest, "
+            f"{sizes[-1]}, is below batch_size {batch_size}"
+        )
+        raise ValueError(msg)
+
+
 class _InferenceBase(Binding):
     """What both front-ends share; binds to instances like the decorator."""
 
@@ -242,13 +254,7 @@ class _InferenceBase(Binding):
         if sizes:
             # Without its own batch_size the batcher cuts up to the largest allowed size.
             options = {"batch_size": sizes[-1], **options}
-            batch_size = options["batch_size"]
-            if type(batch_size) is int and batch_size > sizes[-1]:
-                msg = (
-                    f"'allowed_batch_sizes' must reach 'batch_size': its largest, "
-                    f"{sizes[-1]}, is below batch_size {batch_size}"
-                )
-                raise ValueError(msg)
+            _check_reach(sizes, options["batch_size"])
         fn = self._init_binding(fn, options)
         self._padding = padding
         collator = (_AsyncCollator if is_async_callable(fn) else _Collator)(
@@ -286,6 +292,33 @@ class _InferenceBase(Binding):
     def clear_stats(self) -> None:
         """Forget the counters so far (see :meth:`batched.SyncBatchedFunction.clear_stats`)."""
         self._batched.clear_stats()
+
+    # -- steering: the batcher's own, with the allowed batch sizes kept ---------------------
+
+    @property
+    def settings(self) -> BatcherSettings:
+        """The settings now in force (see :meth:`batched.Batcher.settings`)."""
+        return self._batched.settings  # type: ignore[no-any-return]
+
+    def configure(self, **settings: Any) -> None:
+        """Change settings while serving (see :meth:`batched.Batcher.configure`).
+
+        :raises ValueError: also a ``batch_size`` above the largest of
+            ``allowed_batch_sizes``, as at decoration
+        """
+        if "batch_size" in settings:
+            _check_reach(self._padding.batch_sizes, settings["batch_size"])
+        self._batched.configure(**settings)
+
+    def stop_accepting(self) -> None:
+        """Refuse new calls while accepted ones are served (see
+        :meth:`batched.Batcher.stop_accepting`)."""
+        self._batched.stop_accepting()
+
+    @property
+    def accepting(self) -> bool:
+        """Whether a call made now would be accepted."""
+        return self._batched.accepting  # type: ignore[no-any-return]
 
 
 class _AsyncInference(_InferenceBase, Generic[O]):
