@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import pytest
 from _helpers import assert_stats_add_up, trio_only
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import batched
@@ -371,6 +371,16 @@ calls = st.lists(
 
 
 @settings(max_examples=60)
+# Two items of a full batch, one of them expired at once: the other waits out its timeout
+# (a due() that judged fullness before dropping the expired one sent it at once).
+@example(
+    schedule=[(0, None)] * 6 + [(1, None), (1, 0)],
+    batch_size=2,
+    timeout_ms=1,
+    cost_ms=0,
+    edf=False,
+    backend="asyncio",
+)
 @given(
     schedule=calls,
     batch_size=st.integers(1, 4),
