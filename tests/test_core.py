@@ -1868,3 +1868,39 @@ def test_the_machine_catches_a_planted_bug(
                 suppress_health_check=list(HealthCheck),
             ),
         )
+
+
+class Reader(Call):
+    """A caller in another thread: as it wakes, it reads the counters."""
+
+    def __init__(self, seen: list[tuple[int, int]]) -> None:
+        super().__init__()
+        self.seen = seen
+
+    def wake(self) -> None:
+        super().wake()
+        counts = self.core.counts
+        self.seen.append((counts.completed, counts.failed))
+
+
+def test_a_caller_woken_by_the_hand_back_never_sees_an_item_counted_twice() -> None:
+    """The hand-back counts the calls of one item in bulk before waking any; a call of
+    many items and a Failure count themselves as they settle: each caller woken (the sync
+    front's caller reads stats from its own thread at once) sees counts that add up."""
+    seen: list[tuple[int, int]] = []
+    core = make_core(batch_size=4, timeout_ms=0)
+    call = Reader(seen)
+    call.core, call.item, call.state, call._pool = core, None, QUEUED, INTAKE
+    call.init_many([Entry("a"), Entry("b")])
+    core.submit(call, True)
+    failing = core.call_one(lambda: Reader(seen), "bad", 0, True)
+    fine = core.call_one(lambda: Reader(seen), "fine", 0, True)
+    core.drain()
+    batch = core.cut(0.0)
+    results = {"a": ("r", "a"), "b": ("r", "b"), "bad": Failure(ValueError("no"))}
+    core.deliver(batch.entries, [results.get(e.item, ("r", e.item)) for e in batch.entries])
+    core.done(batch)
+    assert failing.state == fine.state == call.state == DONE
+    for completed, failed in seen:
+        assert completed + failed <= 4, seen  # 4 items were submitted
+    assert seen[-1] == (3, 1)

@@ -31,35 +31,37 @@ def deliver(core: Core, entries: list[Any], results: Sequence[Any]) -> None:
 
     The calls of one item that get a result are counted in bulk, before the first is
     woken: a caller in another thread (the sync front) may read the stats at once. The
-    entries that turn out otherwise are taken back from the count at the end.
+    entries that turn out otherwise are taken back from the count before their caller
+    can wake (a call of many items counts itself as its last item settles): a reader
+    never sees them counted twice.
     """
     counts = None if core.keyed else core.counts
     if counts is not None:
         counts.completed += len(entries)
-    other = 0  # entries not settled here with a result
     for entry, value in zip(entries, results, strict=True):
         call = entry._call
         if call is None:  # a call of one item: settled here, counted above
             if entry.state == QUEUED:
                 if type(value) is Failure:
-                    other += 1
+                    if counts is not None:
+                        counts.completed -= 1
                     exc = value.exception
                     entry.put_error(0, exc, exc.__traceback__)
                 else:
                     entry.state = DONE
                     entry.deliver(value)
-            else:
-                other += 1
+            elif counts is not None:
+                counts.completed -= 1
         else:
-            other += 1  # a call of many items counts itself when its last item settles
+            if counts is not None:
+                counts.completed -= 1
             if call.state == QUEUED:
                 if type(value) is Failure:
                     exc = value.exception
                     call.put_error(entry._index, exc, exc.__traceback__)
                 else:
                     call.put_result(entry._index, value)
-    if other and counts is not None:
-        counts.completed -= other
+
 
 def fail(core: Core, entries: list[Any], error: BaseException) -> None:
     """Every caller of ``entries`` gets ``error``."""
