@@ -449,7 +449,11 @@ def test_sync_function_configured_and_stopped_from_other_threads() -> None:
     sizes: list[int] = []
     gate = threading.Event()
 
-    @batched.dynamically(batch_size=8, timeout_ms=50)
+    # Two slots: a batch then runs off the serving thread, which keeps taking calls while
+    # the gate holds fn (with one slot fn runs in the serving thread, and calls from other
+    # threads are taken in only when it returns: the wait below would end by the gate's
+    # timeout, not by the calls).
+    @batched.dynamically(batch_size=8, timeout_ms=50, max_concurrent_batches=2)
     def double(xs: list[int]) -> list[int]:
         gate.wait(JOIN)
         sizes.append(len(xs))
