@@ -18,7 +18,7 @@ __all__ = ["continuous_schedules", "continuous_settings"]
 def continuous_settings(**fixed: Any) -> st.SearchStrategy[dict[str, Any]]:
     """Valid keyword settings for ``batched.Continuous(step, **settings)``.
 
-    Draws ``batch_size`` 1-6, ``timeout_ms`` 0-10 (whole milliseconds),
+    Draws ``batch_size`` 1-6, ``timeout_ms`` 0-10 (whole milliseconds) or ``"auto"``,
     ``max_batch_length`` None or 4-20, ``strategy`` and ``max_queue_size`` None or 1-6.
     A keyword fixes a setting to a value or to your own strategy.
 
@@ -27,7 +27,7 @@ def continuous_settings(**fixed: Any) -> st.SearchStrategy[dict[str, Any]]:
     known = set(inspect.signature(Continuous.__init__).parameters) - {"self", "step"}
     parts: dict[str, st.SearchStrategy[Any]] = {
         "batch_size": st.integers(1, 6),
-        "timeout_ms": st.integers(0, 10),
+        "timeout_ms": st.integers(0, 10) | st.just("auto"),
         "max_batch_length": st.none() | st.integers(4, 20),
         "strategy": st.sampled_from((Fifo(), ByLength(), ByPriority())),
         "max_queue_size": st.none() | st.integers(1, 6),

@@ -13,7 +13,7 @@ nothing hung, nothing ran after the block.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, Literal, final
 
 import anyio
 import anyio.lowlevel
@@ -47,7 +47,7 @@ class PulledScript:
     list, they answer; ``die``, ``cancel`` and ``close`` end them)."""
 
     batch_size: int
-    timeout_ms: float
+    timeout_ms: float | Literal["auto"]
     max_batch_length: int | None
     by_priority: bool
     callers: tuple[tuple[float, int, int, float | None], ...]
@@ -74,7 +74,7 @@ def pulled_scripts(draw: st.DrawFn) -> PulledScript:
     consumers = draw(st.lists(st.lists(conduct, max_size=4).map(tuple), min_size=1, max_size=3))
     return PulledScript(
         batch_size=draw(st.integers(1, 5)),
-        timeout_ms=draw(st.sampled_from([0.0, 1.0, 5.0, 10.0])),
+        timeout_ms=draw(st.sampled_from([0.0, 1.0, 5.0, 10.0, "auto"])),
         max_batch_length=draw(st.none() | st.integers(3, 10)),
         by_priority=draw(st.booleans()),
         callers=tuple(callers),
