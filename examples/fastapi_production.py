@@ -15,7 +15,8 @@ with SIGTERM (``uvicorn fastapi_production:app`` serves it too, without the drai
   at the service rate it measured (see ``ServiceRate``).
 - ``GET /ready``: 200 while the batcher accepts calls, 503 once it drains.
 - ``GET /metrics``: the Prometheus text format, from a
-  ``batched.metrics.PrometheusObserver`` on a registry of this app's own.
+  ``batched.metrics.PrometheusObserver`` on a registry of this app's own, and the app's
+  own ``embed_refused_total{reason="queue_full"|"draining"}``: the load it shed.
 
 **SIGTERM.** uvicorn's own handling of SIGTERM is no drain: it closes the listening
 socket at once, lets the requests in flight finish, runs the lifespan's shutdown, then
@@ -167,6 +168,10 @@ def make_app(
     ``drain`` (what a SIGTERM calls: ``batcher.stop_accepting()``, and a line saying so)."""
     registry = prometheus_client.CollectorRegistry()  # this app's own: apps stay apart
     metrics = PrometheusObserver("embed", registry)
+    # Shed load is no batch, so on_batch never sees it: the app counts its own 503s.
+    refused = prometheus_client.Counter(
+        "embed_refused", "Requests answered 503, by reason", ["reason"], registry=registry
+    )
     service_rate = ServiceRate()
 
     def on_batch(info: batched.BatchInfo) -> None:
@@ -212,6 +217,7 @@ def make_app(
         try:
             vector = await batcher(request.text, wait=False)
         except batched.QueueFull:
+            refused.labels("queue_full").inc()
             seconds = service_rate.retry_after(
                 batcher.stats.queue_size, batcher.settings.max_concurrent_batches
             )
@@ -219,6 +225,7 @@ def make_app(
         except batched.BatcherClosed:
             # Draining (or not started): this instance takes no more; the client's next
             # request should go elsewhere, on a new connection.
+            refused.labels("draining").inc()
             raise HTTPException(503, "draining", headers={"Connection": "close"}) from None
         return EmbedResponse(vector=vector)
 

@@ -97,6 +97,19 @@ class GatedModel:
         return [example().embed_text(text) for text in texts]
 
 
+def refused_counts(scrape: str) -> dict[str, float]:
+    """The app's ``embed_refused_total`` by reason, from a scrape (reasons never counted
+    have no sample)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        sample.labels["reason"]: sample.value
+        for family in text_string_to_metric_families(scrape)
+        for sample in family.samples
+        if sample.name == "embed_refused_total"
+    }
+
+
 async def post_all(client: Any, texts: list[str], replies: dict[str, Any]) -> None:
     async with anyio.create_task_group() as tg:
         for text in texts:
@@ -136,6 +149,7 @@ async def test_a_full_queue_is_503_with_retry_after_from_the_measured_rate() -> 
                 # Read before the gate opens: the batches after it change the rate.
                 expected = str(api.state.service_rate.retry_after(32))
                 ready = await client.get("/ready")
+                scrape = await client.get("/metrics")
                 model.seconds = 0.0
                 model.gate.set()
             await post_all(client, ["after 0", "after 1"], replies)
@@ -145,6 +159,7 @@ async def test_a_full_queue_is_503_with_retry_after_from_the_measured_rate() -> 
     assert refused.retry_after == expected, refused
     assert int(refused.retry_after) >= 4, refused
     assert ready.status_code == 200  # shedding load is not draining: still ready
+    assert refused_counts(scrape.text) == {"queue_full": 1}
     # Every accepted request was served, and so are later ones.
     texts = ["warm 0", "warm 1", "held 0", "held 1", *queued, "after 0", "after 1"]
     assert {text: replies[text].status for text in texts} == dict.fromkeys(texts, 200)
@@ -231,6 +246,7 @@ async def test_draining_serves_what_was_accepted_and_refuses_the_rest_with_503()
     assert refused.headers["connection"] == "close"  # its client reconnects, elsewhere
     assert "retry-after" not in refused.headers  # this instance will not take it later
     assert scrape.status_code == 200  # still scraped while draining
+    assert refused_counts(scrape.text) == {"draining": 1}
     for text in ("in flight 0", "in flight 1"):
         assert replies[text].status == 200, replies[text]
         assert replies[text].vector == module.embed_text(text)
