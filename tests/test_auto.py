@@ -92,20 +92,71 @@ def test_the_wait_never_exceeds_the_cap(
     assert 0.0 <= wait <= min(CAP, a / 2)
 
 
+def test_fill_waits_for_the_batch_size_that_keeps_up() -> None:
+    # 2,000 items/s on 4 slots of 20 ms + 0.5 ms per item: batches keep up from
+    # n = r·a / (k - r·b) = 40 / 3 items. With 5 waiting, the oldest there 1 ms, the rest
+    # take (40/3 - 5) / 2000 s to arrive.
+    auto, cost = _busy(2000), _cost(0.020, 0.0005)
+    need = 2000 * 0.020 / (4 - 2000 * 0.0005)
+    wait = auto.fill(1.0, 2000, 5, cost, 4, 32, 0.001)
+    assert wait == pytest.approx(0.001 + (need - 5) / 2000, rel=1e-3)
+    assert auto.fill(1.0, 2000, 14, cost, 4, 32, 0.001) == 0.0  # enough wait already
+    assert auto.fill(1.0, 2000, 5, cost, 8, 32, 0.001) < wait  # more slots, smaller batches
+    assert auto.fill(1.0, 2000, 5, cost, 4, 8, 0.0) == pytest.approx(3 / 2000, rel=1e-3)
+
+
+def test_fill_waits_for_a_full_batch_when_nothing_smaller_keeps_up() -> None:
+    # 2,000 items/s at 1 ms per item: 2 slots are busy with the items alone.
+    auto, cost = _busy(2000), _cost(0.001, 0.001)
+    assert auto.fill(1.0, 2000, 31, cost, 2, 32, 0.0) == pytest.approx(1 / 2000, rel=1e-3)
+
+
+def test_fill_waits_for_nothing_unmeasured() -> None:
+    assert Auto().fill(0.0, 1, 1, _cost(0.020), 4, 32, 0.0) == 0.0  # no rate yet
+    assert _busy(2000).fill(1.0, 2000, 1, Cost(), 4, 32, 0.0) == 0.0  # fn never ran
+    assert _busy(0).fill(1.0, 0, 1, _cost(0.020), 4, 32, 0.0) == 0.0  # nothing arrives
+
+
+@given(
+    rate=st.floats(0.0, 1e6),
+    per_batch=st.floats(0.0, 10.0),
+    per_item=st.floats(0.0, 1.0),
+    waiting=st.integers(1, 10_000),
+    slots=st.integers(2, 64),
+    size=st.integers(1, 1024),
+    waited=st.floats(0.0, 1.0),
+)
+def test_the_fill_wait_never_exceeds_the_cap(
+    rate: float,
+    per_batch: float,
+    per_item: float,
+    waiting: int,
+    slots: int,
+    size: int,
+    waited: float,
+) -> None:
+    auto, cost = _busy(rate, 0.2), _cost(per_batch, per_item)
+    wait = auto.fill(0.2, round(rate * 0.2), waiting, cost, slots, size, waited)
+    assert 0.0 <= wait <= CAP
+    if waiting >= size:
+        assert wait == 0.0  # a full batch never waits
+
+
 # -- through the public API, on both backends -------------------------------------------
 
 
 class Device:
-    """A batch function that takes ``per_batch`` seconds (virtual) and records each
-    batch's size and start."""
+    """A batch function that takes ``per_batch`` seconds (virtual), plus ``per_item`` per
+    item, and records each batch's size and start."""
 
-    def __init__(self, per_batch: float) -> None:
+    def __init__(self, per_batch: float, per_item: float = 0.0) -> None:
         self.per_batch = per_batch
+        self.per_item = per_item
         self.batches: list[tuple[float, int]] = []
 
     async def __call__(self, items: list[int]) -> list[int]:
         self.batches.append((anyio.current_time(), len(items)))
-        await anyio.sleep(self.per_batch)
+        await anyio.sleep(self.per_batch + self.per_item * len(items))
         return items
 
 
@@ -162,6 +213,30 @@ async def test_under_steady_load_a_free_slot_waits_for_company() -> None:
     assert 1 in sizes[0]  # what the test tells apart
     assert min(sizes["auto"]) >= 2
     assert max(sizes["auto"]) < max(sizes[0])  # the slots share the load more evenly
+
+
+@pytest.mark.anyio
+@pytest.mark.virtual_time
+async def test_with_several_slots_batches_keep_up_with_the_arrivals() -> None:
+    """Four slots of 20 ms + 0.5 ms per item, a call each half millisecond: batches keep
+    up from 40/3 items. Sent at once (timeout_ms=0), a free slot takes whatever waits,
+    down to lone items, and spends its 20 ms on them; "auto" waits for about as many
+    items as keep up, and every call is served sooner on average."""
+    sizes: dict[object, list[int]] = {}
+    latency: dict[object, float] = {}
+    for timeout in (0, "auto"):
+        device = Device(0.020, 0.0005)
+        with anyio.fail_after(60):
+            async with batched.Batcher(
+                device, batch_size=32, timeout_ms=timeout, max_concurrent_batches=4
+            ) as b:
+                start = anyio.current_time()
+                latencies = await _steady(b, 0.0005, 1000)
+        sizes[timeout] = [n for at, n in device.batches if at - start >= 0.2]
+        latency[timeout] = sum(latencies[200:]) / len(latencies[200:])
+    assert min(sizes[0]) == 1  # what the test tells apart
+    assert min(sizes["auto"]) >= 10
+    assert latency["auto"] < latency[0]
 
 
 @pytest.mark.anyio

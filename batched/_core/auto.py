@@ -24,18 +24,29 @@ saves about ``s - w``, where ``s = min(a, f - b·q)``. Waiting is worth it while
   batch of its size costs);
 - not before ``fn`` has run once: with nothing measured, nothing is worth waiting for.
 
+With several slots a second rule, on every free slot (``fill``): batches must keep up.
+``k`` slots serve batches of ``n`` at ``k·n / (a + b·n)`` items per second, which keeps
+up with ``r`` only for ``n ≥ need = r·a / (k - r·b)`` (every batch, once ``k ≤ r·b``).
+Sending fewer spends a slot's fixed cost ``a`` on too few items: under a large ``a`` the
+slots all go busy with small batches, and arrivals then queue behind them. So while
+fewer than ``need`` items wait, a free slot waits for the ``(need - q) / r`` seconds the
+rest take to arrive. (On one slot this rule is not used: the slot is busy ``a + b·q``
+after every cut, and the items arriving meanwhile make the next batch by themselves.)
+In a simulation with no batcher cost (Poisson arrivals, 2-8 slots of 10-20 ms, 10-95 %
+of the bound) it lowered p50 by up to a fifth against the first rule alone, throughput
+within 0.4 %.
+
 Under load the batches fill anyway: while every slot is busy items accumulate, and a
 slot that frees up takes them all. The rule decides only the margin, and with one slot
 it rarely waits at all (an item that arrives before a batch would end was mostly
 queued behind the running batch already): on one slot, sending whenever the slot is
 free is close to the best any rule does for latency (in a simulation of the open-loop
 benchmark's device, no rule of a grid of waiting rules had a p50 more than about 1 %
-lower). With several slots the rule is cautious (the last free slot only): it leaves
-latency on the table where a wait on every slot would have paid (see
-docs/adaptive-waiting.md).
+lower). With several slots the second rule does the waiting that pays there (see
+docs/adaptive-waiting.md for figures).
 
-The cap: the wait is below half of ``fn``'s per-batch cost ``a`` (from the formula),
-and never more than ``CAP`` (10 ms) from the oldest item's arrival. ``max_wait_ms`` and
+The cap: never more than ``CAP`` (10 ms) from the oldest item's arrival; the first rule's
+wait is also below half of ``fn``'s per-batch cost ``a`` (from the formula). ``max_wait_ms`` and
 a full batch act as with a fixed timeout.
 """
 
@@ -98,4 +109,23 @@ class Auto:
         if rate * saved <= waiting * (1.0 + rate * per_item):
             return 0.0
         wait = 0.5 * (saved - waiting * (1.0 / rate + per_item))
+        return wait if wait < CAP else CAP
+
+    def fill(
+        self, now: float, seen: int, waiting: int, cost: Cost, slots: int, size: int, waited: float
+    ) -> float:
+        """Seconds the oldest of ``waiting`` items (there ``waited`` seconds already) may
+        wait from its arrival so that batches of at most ``size`` keep up with the arrival
+        rate on ``slots`` slots (0: they do already)."""
+        if not cost.runs:
+            return 0.0
+        rate = self._rate(now, seen)
+        if rate <= 0.0:
+            return 0.0
+        per_batch, per_item = cost.line()
+        spare = slots - rate * per_item  # slot-seconds per second left for fixed costs
+        need = float(size) if spare <= 0.0 else min(float(size), rate * per_batch / spare)
+        if waiting >= need:
+            return 0.0
+        wait = waited + (need - waiting) / rate
         return wait if wait < CAP else CAP

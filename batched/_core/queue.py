@@ -552,24 +552,34 @@ class Core:
         return settings.timeout_ms / 1000.0
 
     def _wait(self, now: float) -> float:
-        """The wait "auto" chooses now, from the oldest item's arrival: none while another
-        slot is free (an item arriving meanwhile would start a batch there at once)."""
+        """The wait "auto" chooses now, from the oldest item's arrival (auto.py): for
+        company on the last free slot; with several slots, also until enough items wait
+        for the batches to keep up with the arrivals."""
         auto = self.auto
         assert auto is not None
         cost = self.counts.cost
+        slots = self.slots
+        if slots == 1:
+            return auto.wait(now, self.seq, self.waiting, cost, math.inf)
         free_in = math.inf  # until another slot is expected to free up
-        if self.slots > 1:
-            busy = 0
-            for batch in self.running:
-                # A batch past its expected end is taken as ending: likely the one whose
-                # slot asks (it is still counted running while the next is cut).
-                left = batch.cut_at + cost.estimate(len(batch.entries)) - now
-                if left > 0.0:
-                    busy += 1
-                    free_in = min(free_in, left)
-            if busy + 1 < self.slots:
-                return 0.0
-        return auto.wait(now, self.seq, self.waiting, cost, free_in)
+        busy = 0
+        for batch in self.running:
+            # A batch past its expected end is taken as ending: likely the one whose
+            # slot asks (it is still counted running while the next is cut).
+            left = batch.cut_at + cost.estimate(len(batch.entries)) - now
+            if left > 0.0:
+                busy += 1
+                free_in = min(free_in, left)
+        # With another slot free, an item arriving meanwhile starts a batch there at once:
+        # waiting for company buys nothing.
+        wait = 0.0 if busy + 1 < slots else auto.wait(now, self.seq, self.waiting, cost, free_in)
+        oldest = self.oldest()
+        if oldest is None:
+            return wait
+        fill = auto.fill(
+            now, self.seq, self.waiting, cost, slots, self.batch_size, now - oldest.arrival
+        )
+        return fill if fill > wait else wait
 
     def full(self) -> bool:
         """Whether what has been accepted fills a batch (read by the caller-driven leader
