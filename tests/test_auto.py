@@ -98,23 +98,37 @@ def test_fill_waits_for_the_batch_size_that_keeps_up() -> None:
     # take (40/3 - 5) / 2000 s to arrive.
     auto, cost = _busy(2000), _cost(0.020, 0.0005)
     need = 2000 * 0.020 / (4 - 2000 * 0.0005)
-    wait = auto.fill(1.0, 2000, 5, cost, 4, 32, 0.001)
+    wait = auto.fill(1.0, 2000, 5, cost, 4, 32, 0.999)
     assert wait == pytest.approx(0.001 + (need - 5) / 2000, rel=1e-3)
-    assert auto.fill(1.0, 2000, 14, cost, 4, 32, 0.001) == 0.0  # enough wait already
-    assert auto.fill(1.0, 2000, 5, cost, 8, 32, 0.001) < wait  # more slots, smaller batches
-    assert auto.fill(1.0, 2000, 5, cost, 4, 8, 0.0) == pytest.approx(3 / 2000, rel=1e-3)
+    assert auto.fill(1.0, 2000, 14, cost, 4, 32, 0.999) == 0.0  # enough wait already
+    assert auto.fill(1.0, 2000, 5, cost, 8, 32, 0.999) < wait  # more slots, smaller batches
+    assert auto.fill(1.0, 2000, 5, cost, 4, 8, 1.0) == pytest.approx(3 / 2000, rel=1e-3)
+
+
+def test_a_fill_wait_counts_from_the_last_arrival_not_from_each_wake_up() -> None:
+    """Asked again later with no new arrival (the driver's timer fired), the wait is not
+    pushed back: it is over once the rest were due (it shrinks a little as the rate,
+    with nothing arriving, decays)."""
+    auto, cost = _busy(2000), _cost(0.020, 0.0005)
+    first = auto.fill(1.0, 2000, 5, cost, 4, 32, 0.999)
+    again = auto.fill(0.999 + first, 2000, 5, cost, 4, 32, 0.999)
+    assert 0.0 < again <= first  # its end is now or past: the batch leaves
+    # A new arrival counts the rest from when it is first seen.
+    later = auto.fill(1.002, 2001, 6, cost, 4, 32, 0.999)
+    # (the rate read at 1.002 ms is a little below 2,000/s: a loose match)
+    assert later == pytest.approx(0.003 + (2000 * 0.020 / 3 - 6) / 2000, rel=0.03)
 
 
 def test_fill_waits_for_a_full_batch_when_nothing_smaller_keeps_up() -> None:
     # 2,000 items/s at 1 ms per item: 2 slots are busy with the items alone.
     auto, cost = _busy(2000), _cost(0.001, 0.001)
-    assert auto.fill(1.0, 2000, 31, cost, 2, 32, 0.0) == pytest.approx(1 / 2000, rel=1e-3)
+    assert auto.fill(1.0, 2000, 31, cost, 2, 32, 1.0) == pytest.approx(1 / 2000, rel=1e-3)
 
 
 def test_fill_waits_for_nothing_unmeasured() -> None:
     assert Auto().fill(0.0, 1, 1, _cost(0.020), 4, 32, 0.0) == 0.0  # no rate yet
-    assert _busy(2000).fill(1.0, 2000, 1, Cost(), 4, 32, 0.0) == 0.0  # fn never ran
-    assert _busy(0).fill(1.0, 0, 1, _cost(0.020), 4, 32, 0.0) == 0.0  # nothing arrives
+    assert _busy(2000).fill(1.0, 2000, 1, Cost(), 4, 32, 1.0) == 0.0  # fn never ran
+    assert _busy(0).fill(1.0, 0, 1, _cost(0.020), 4, 32, 1.0) == 0.0  # nothing arrives
 
 
 @given(
@@ -136,7 +150,7 @@ def test_the_fill_wait_never_exceeds_the_cap(
     waited: float,
 ) -> None:
     auto, cost = _busy(rate, 0.2), _cost(per_batch, per_item)
-    wait = auto.fill(0.2, round(rate * 0.2), waiting, cost, slots, size, waited)
+    wait = auto.fill(0.2, round(rate * 0.2), waiting, cost, slots, size, 0.2 - waited)
     assert 0.0 <= wait <= CAP
     if waiting >= size:
         assert wait == 0.0  # a full batch never waits
@@ -237,6 +251,27 @@ async def test_with_several_slots_batches_keep_up_with_the_arrivals() -> None:
     assert min(sizes[0]) == 1  # what the test tells apart
     assert min(sizes["auto"]) >= 10
     assert latency["auto"] < latency[0]
+
+
+@pytest.mark.anyio
+@pytest.mark.virtual_time
+async def test_after_a_busy_spell_a_late_pair_of_calls_does_not_wait_out_the_cap() -> None:
+    """Two slots of 2 ms after 5,000 calls/s: the rate read still says "busy" 5 ms later,
+    so two calls wait a little (about 0.3 ms) for company that does not come, then leave
+    (a wait whose end moved with each wake-up of the driver held them the whole 10 ms)."""
+    device = Device(0.002)
+    with anyio.fail_after(60):
+        async with batched.Batcher(
+            device, batch_size=32, timeout_ms="auto", max_concurrent_batches=2
+        ) as b:
+            await _steady(b, 0.0002, 500)
+            await anyio.sleep(0.005)
+            start = anyio.current_time()
+            async with anyio.create_task_group() as tg:
+                for i in (1000, 1001):
+                    tg.start_soon(b, i)
+            took = anyio.current_time() - start
+    assert took < 0.002 + CAP / 2
 
 
 @pytest.mark.anyio

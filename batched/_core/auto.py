@@ -30,7 +30,8 @@ up with ``r`` only for ``n ≥ need = r·a / (k - r·b)`` (every batch, once ``k
 Sending fewer spends a slot's fixed cost ``a`` on too few items: under a large ``a`` the
 slots all go busy with small batches, and arrivals then queue behind them. So while
 fewer than ``need`` items wait, a free slot waits for the ``(need - q) / r`` seconds the
-rest take to arrive. (On one slot this rule is not used: the slot is busy ``a + b·q``
+rest take to arrive, counted from the last arrival (so that a wake-up with nothing new
+finds the wait over instead of pushing it back). (On one slot this rule is not used: the slot is busy ``a + b·q``
 after every cut, and the items arriving meanwhile make the next batch by themselves.)
 In a simulation with no batcher cost (Poisson arrivals, 2-8 slots of 10-20 ms, 10-95 %
 of the bound) it lowered p50 by up to a fifth against the first rule alone, throughput
@@ -68,12 +69,16 @@ TAU = 0.1  # seconds: the arrival rate follows a change of load within about thi
 class Auto:
     """The measured arrival rate, and the wait it and ``fn``'s cost give a batch."""
 
-    __slots__ = ("rate", "seen", "since")
+    __slots__ = ("fill_from", "fill_seen", "rate", "seen", "since")
 
     def __init__(self) -> None:
         self.rate = 0.0  # items per second, smoothed
         self.since: float | None = None  # when the rate was last brought up to date
         self.seen = 0  # the core's arrival count then
+        # ``fill`` counts the rest's arrival from the last arrival it saw (at most this
+        # late): a wake-up with nothing new finds its wait over, not pushed back.
+        self.fill_from = 0.0
+        self.fill_seen = -1
 
     def _rate(self, now: float, seen: int) -> float:
         """The smoothed rate, with what arrived since the last update weighed in by how
@@ -112,11 +117,13 @@ class Auto:
         return wait if wait < CAP else CAP
 
     def fill(
-        self, now: float, seen: int, waiting: int, cost: Cost, slots: int, size: int, waited: float
+        self, now: float, seen: int, waiting: int, cost: Cost, slots: int, size: int, oldest: float
     ) -> float:
-        """Seconds the oldest of ``waiting`` items (there ``waited`` seconds already) may
-        wait from its arrival so that batches of at most ``size`` keep up with the arrival
-        rate on ``slots`` slots (0: they do already)."""
+        """Seconds the oldest of ``waiting`` items (arrived at ``oldest``) may wait from
+        its arrival so that batches of at most ``size`` keep up with the arrival rate on
+        ``slots`` slots (0: they do already). The rest are expected ``(need - q) / r``
+        after the last arrival: first seen at ``now`` while ``seen`` (the core's arrival
+        count) was new."""
         if not cost.runs:
             return 0.0
         rate = self._rate(now, seen)
@@ -127,5 +134,8 @@ class Auto:
         need = float(size) if spare <= 0.0 else min(float(size), rate * per_batch / spare)
         if waiting >= need:
             return 0.0
-        wait = waited + (need - waiting) / rate
+        if seen != self.fill_seen:
+            self.fill_seen = seen
+            self.fill_from = now
+        wait = self.fill_from - oldest + (need - waiting) / rate
         return wait if wait < CAP else CAP

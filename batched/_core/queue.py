@@ -576,9 +576,7 @@ class Core:
         oldest = self.oldest()
         if oldest is None:
             return wait
-        fill = auto.fill(
-            now, self.seq, self.waiting, cost, slots, self.batch_size, now - oldest.arrival
-        )
+        fill = auto.fill(now, self.seq, self.waiting, cost, slots, self.batch_size, oldest.arrival)
         return fill if fill > wait else wait
 
     def full(self) -> bool:

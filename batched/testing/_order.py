@@ -24,8 +24,8 @@ def check_rule_order(v: View) -> None:
 
     For a batch starting at ``d`` and an item x certainly in the pool at the cut
     (accepted when sent, sent before ``d``, in no batch started by ``d``, its caller
-    still there after ``d`` and its deadline not passed by then), no item y of the batch
-    may come after x in rule order:
+    still there after ``d``, not dropped for its deadline by then), no item y of the
+    batch may come after x in rule order:
 
     - x had waited more than ``max_wait_ms`` (overdue) and y arrived after x;
     - y had not waited ``max_wait_ms`` even counted from its sending (so it was cut by
@@ -47,9 +47,8 @@ def check_rule_order(v: View) -> None:
             if v.accepted_at_once(c)
             and c.done_ms is not None
             and us(c.submitted_ms) < d < us(c.done_ms)
-            and not v.expired_by(c, d)
             for j, item in enumerate(c.arrival.items)
-            if not v.dispatched_by(item, d)
+            if not v.dispatched_by(item, d) and not v.dropped_by(c, item, d)
         ]
         for y in batch.items:
             yc, yj = v.owner[item_key(y)]

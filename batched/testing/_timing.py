@@ -95,7 +95,7 @@ def check_no_idle_slot(v: View) -> None:
     Once everything at an instant has happened, if fewer calls of fn run than
     ``max_concurrent_batches``, the items certainly waiting (accepted when sent, or on a
     stepped run when the admission rule let them in; in no batch yet, caller still
-    there, its deadline not passed) are fewer than ``batch_size``, under
+    there, not dropped for its deadline) are fewer than ``batch_size``, under
     ``max_batch_length``, and none was sent ``timeout_ms`` ago or more. The instants are
     every recorded event and every arrival plus ``timeout_ms``, before an abnormal close.
     Once the block ended normally every waiting item is due: the batcher drains.
@@ -122,9 +122,8 @@ def check_no_idle_slot(v: View) -> None:
             if (arrived := v.arrival(c)) is not None
             and c.done_ms is not None
             and arrived <= t < us(c.done_ms)
-            and not v.expired_by(c, t)
             for item in c.arrival.items
-            if not v.dispatched_by(item, t)
+            if not v.dispatched_by(item, t) and not v.dropped_by(c, item, t)
         ]
         if v.driven and all(c.task in running for c, _, _ in waiting):
             continue

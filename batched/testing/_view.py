@@ -195,12 +195,16 @@ class View:
         """The caller may have called a batcher that was already closing."""
         return self.t_close is not None and us(c.submitted_ms) >= self.t_close
 
-    def expired_by(self, c: CallerOutcome, t: int) -> bool:
-        """The caller's cancel scope's deadline had passed by ``t``: a cut at ``t`` may
-        have dropped its items. Caller-driven, such a caller may still be there, running
-        a batch, long after (its cancellation is seen when that batch returns)."""
+    def dropped_by(self, c: CallerOutcome, item: Any, t: int) -> bool:
+        """A cut by ``t`` may have dropped ``item``: its caller's cancel scope's deadline
+        had passed by then, and it never reached ``fn``. Caller-driven, such a caller may
+        still be there, running a batch, long after (its cancellation is seen when that
+        batch returns). (An item that reached ``fn`` later was not dropped: deadlines
+        are read lazily, so an expired item may still be cut.)"""
         cancel = c.arrival.cancel_after_ms
-        return cancel is not None and us(c.submitted_ms) + us(cancel) <= t
+        return (
+            cancel is not None and us(c.submitted_ms) + us(cancel) <= t and self.first(item) is None
+        )
 
     def accepted_at_once(self, c: CallerOutcome) -> bool:
         """The call was certainly accepted when sent: its items arrived at ``submitted``.
