@@ -255,6 +255,32 @@ async def test_with_several_slots_batches_keep_up_with_the_arrivals() -> None:
 
 @pytest.mark.anyio
 @pytest.mark.virtual_time
+async def test_pulled_batches_count_each_consumer_as_a_slot() -> None:
+    """Four consumers of `batches()`, each 20 ms + 0.5 ms per item, a call each half
+    millisecond: as with four slots, batches keep up from 40/3 items. (Counted by
+    ``max_concurrent_batches``, which consumers do not use, "auto" saw one slot and sent
+    batches of 3.)"""
+    sizes: list[tuple[float, int]] = []
+    with anyio.fail_after(60):
+        async with batched.Batcher[int, int](batch_size=32, timeout_ms="auto") as b:
+
+            async def consume() -> None:
+                async for batch in b.batches():
+                    sizes.append((anyio.current_time(), len(batch.items)))
+                    await anyio.sleep(0.020 + 0.0005 * len(batch.items))
+                    batch.set_results(list(batch.items))
+
+            async with anyio.create_task_group() as consumers:
+                for _ in range(4):
+                    consumers.start_soon(consume)
+                start = anyio.current_time()
+                await _steady(b, 0.0005, 1000)
+                consumers.cancel_scope.cancel()
+    assert min(n for at, n in sizes if at - start >= 0.2) >= 10
+
+
+@pytest.mark.anyio
+@pytest.mark.virtual_time
 async def test_after_a_busy_spell_a_late_pair_of_calls_does_not_wait_out_the_cap() -> None:
     """Two slots of 2 ms after 5,000 calls/s: the rate read still says "busy" 5 ms later,
     so two calls wait a little (about 0.3 ms) for company that does not come, then leave

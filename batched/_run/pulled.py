@@ -65,7 +65,7 @@ class Batches(MemoryObjectReceiveStream["Batch[Any]"]):
         self._signal: Signal | None = None
         self._out: set[Batch[Any]] = set()  # received, not answered
         self._left = False
-        hub.consumers += 1
+        hub.count(+1)
 
     def receive_nowait(self) -> Batch[Any]:
         """A batch handed back by a consumer cancelled as it received it, if any.
@@ -167,7 +167,7 @@ class Batches(MemoryObjectReceiveStream["Batch[Any]"]):
             return
         self._left = True
         hub = self._hub
-        hub.consumers -= 1
+        hub.count(-1)
         if self in hub.waiting:
             hub.waiting.remove(self)
             signal = self._signal
@@ -210,6 +210,7 @@ class Pulled:
         self.waiting: deque[Batches] = deque()  # consumers waiting in receive(), FIFO
         self.ready: deque[Batch[Any]] = deque()  # cut, handed back by a cancelled consumer
         self.consumers = 0  # consumers whose stream is open
+        self.count(0)
         self.ended = False  # no batch will come: receive() ends
         self.signal: Signal | None = None  # the dispatcher's wake-up, while it waits
         self.tg: TaskGroup | None = None
@@ -223,11 +224,18 @@ class Pulled:
     def consumer(self) -> Batches:
         return Batches(self)
 
+    def count(self, change: int) -> None:
+        """A consumer opened (+1) or left (-1) its stream. Each consumer is a slot: what
+        ``timeout_ms="auto"`` counts as slots (never fewer than one)."""
+        self.consumers += change
+        self.core.slots = max(1, self.consumers)
+
     def configure(self, settings: Settings) -> None:
         """New tunable settings (checked by the front), effective from the next cut;
         ``max_concurrent_batches`` does not apply (each waiting consumer is a slot)."""
         self.core.check(settings)
         self.core.apply(settings)
+        self.count(0)  # apply() took max_concurrent_batches as the slots
         self.kick()  # the dispatcher asks `due` afresh
 
     def kick(self) -> None:
