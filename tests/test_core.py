@@ -34,6 +34,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from batched._core.auto import CAP
 from batched._core.calls import (
     CANCELLED,
     CLOSED,
@@ -276,7 +277,7 @@ _KEYS: dict[type, Callable[[float, int], Any]] = {
 OPTIONS = st.fixed_dictionaries(
     {
         "batch_size": st.integers(1, 8),
-        "timeout_ms": st.sampled_from([0, 1, 2.5, 5, 10]),
+        "timeout_ms": st.sampled_from([0, 1, 2.5, 5, 10, "auto"]),
         "max_batch_length": st.none() | st.integers(5, 30),
         "max_queue_size": st.none() | st.integers(1, 6),
         "strategy": st.sampled_from([Fifo(), ByLength(), ByPriority(), Reverse()]),
@@ -328,7 +329,11 @@ class CoreMachine(RuleBasedStateMachine):
         self.padded = bool(options["padded"]) and max_len is not None
         self.max_queue: int | None = options["max_queue_size"]
         self.threshold: int = options["small_batch_threshold"]
-        self.timeout: float = options["timeout_ms"] / 1000.0
+        # "auto" chooses each wait from the measured rate and cost (auto.py): any wait up
+        # to its cap is the rules'.
+        self.auto = options["timeout_ms"] == "auto"
+        self.timeout: float = CAP if self.auto else options["timeout_ms"] / 1000.0
+        self.started: dict[Cut, float] = {}  # when each running batch was cut
         self.max_wait: float = options["max_wait_ms"] / 1000.0
         self.key = _KEYS[type(strategy)]
         self.direct = not isinstance(strategy, Reverse)  # a user's pool fills from the intake
@@ -656,9 +661,14 @@ class CoreMachine(RuleBasedStateMachine):
                 now = self.clock.now
                 due = core.due(now)
                 expected = self.expected_due(now)
-                if due is None and expected is not None:
-                    raise AssertionError(f"premature cut: due(now) is now, the rules {expected}")
-                assert due == expected, f"due(now)={due}, the rules {expected}"
+                if self.auto and expected is not None:
+                    # Any wait up to the cap: due now, or later but by then.
+                    assert due is None or now < due <= expected, f"due(now)={due}, cap {expected}"
+                else:
+                    if due is None and expected is not None:
+                        msg = f"premature cut: due(now) is now, the rules {expected}"
+                        raise AssertionError(msg)
+                    assert due == expected, f"due(now)={due}, the rules {expected}"
             if due is not None:
                 core.wakeup = self.on_wakeup
                 self.armed, self.fired, self.expect_fire = True, 0, False
@@ -725,6 +735,7 @@ class CoreMachine(RuleBasedStateMachine):
         for slot in got:
             slot.where = "running"
         self.running[batch] = got
+        self.started[batch] = now
         if self.room:
             self.grant()
 
@@ -732,6 +743,7 @@ class CoreMachine(RuleBasedStateMachine):
         core = self.core
         batch = list(self.running)[i % len(self.running)]
         got = self.running.pop(batch)
+        started = self.started.pop(batch)
         live = core.live(batch)
         # What the batch function is handed: every item whose caller is still there, in
         # the batch's order; never an item of a caller that left.
@@ -747,6 +759,8 @@ class CoreMachine(RuleBasedStateMachine):
             self.processed.add(entry_id)
         slots = [self.by_entry[entry_id] for entry_id in ids]
         self.batches += 1
+        if live and plan != "close":  # fn ran: what "auto" learns its cost from
+            core.counts.ran(len(live), self.clock.now - started)
         if plan == "close":
             core.close_batch(batch)
             withdrawn = False
@@ -830,6 +844,7 @@ class CoreMachine(RuleBasedStateMachine):
         else:
             core.hurry()
             self.timeout = 0.0
+            self.auto = False
         self.close_room()
         self.expect_fire = True
         self.woken()
