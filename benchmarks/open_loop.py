@@ -131,6 +131,16 @@ def rule_name(rule: float | str) -> str:
     return "auto" if rule == "auto" else f"fixed {rule:g} ms"
 
 
+def _ideal_figures(latencies: list[float], end: float) -> dict[str, float]:
+    """p50 and p99 (ms) of ``latencies`` (s), and the throughput of all of them served
+    by ``end`` as a share of the bound."""
+    return {
+        "p50": statistics.median(latencies) * 1e3,
+        "p99": percentile(latencies, 99) * 1e3,
+        "throughput": len(latencies) / end / BOUND,
+    }
+
+
 def ideal(arrivals: list[float], timeout_ms: float = TIMEOUT_MS) -> dict[str, float]:
     """The same figures for a batcher that costs nothing: the contract's rule played
     exactly on ``arrivals`` (seconds from the start).
@@ -154,11 +164,7 @@ def ideal(arrivals: list[float], timeout_ms: float = TIMEOUT_MS) -> dict[str, fl
         free = cut + A + B * (last - first)
         latencies += [free - arrivals[i] for i in range(first, last)]
         first = last
-    return {
-        "p50": statistics.median(latencies) * 1e3,
-        "p99": percentile(latencies, 99) * 1e3,
-        "throughput": n / free / BOUND,
-    }
+    return _ideal_figures(latencies, free)
 
 
 def ideal_auto(arrivals: list[float]) -> dict[str, float]:
@@ -192,11 +198,7 @@ def ideal_auto(arrivals: list[float]) -> dict[str, float]:
         free = t + took
         latencies += [free - arrivals[i] for i in range(first, last)]
         first = last
-    return {
-        "p50": statistics.median(latencies) * 1e3,
-        "p99": percentile(latencies, 99) * 1e3,
-        "throughput": n / free / BOUND,
-    }
+    return _ideal_figures(latencies, free)
 
 
 class _Sample(NamedTuple):

@@ -514,7 +514,8 @@ class Core:
             return None
         oldest = self.oldest()
         assert oldest is not None
-        deadline = oldest.arrival + (self.timeout if self.auto is None else self._wait(now))
+        # Inline for a fixed timeout: due() runs at every wake-up of the driver.
+        deadline = oldest.arrival + (self.timeout if self.auto is None else self._wait(now, oldest))
         if urgent < deadline:
             deadline = urgent
         return None if now >= deadline else deadline
@@ -551,12 +552,13 @@ class Core:
         self.auto = None
         return settings.timeout_ms / 1000.0
 
-    def _wait(self, now: float) -> float:
-        """The wait "auto" chooses now, from the oldest item's arrival (auto.py): for
-        company on the last free slot; with several slots, also until enough items wait
-        for the batches to keep up with the arrivals."""
+    def _wait(self, now: float, oldest: Entry) -> float:
+        """How long the ``oldest`` waiting item may wait from its arrival: ``timeout_ms``,
+        or the wait "auto" chooses now (auto.py): for company on the last free slot; with
+        several slots, also until enough items wait for the batches to keep up."""
         auto = self.auto
-        assert auto is not None
+        if auto is None:
+            return self.timeout
         cost = self.counts.cost
         slots = self.slots
         if slots == 1:
@@ -573,9 +575,6 @@ class Core:
         # With another slot free, an item arriving meanwhile starts a batch there at once:
         # waiting for company buys nothing.
         wait = 0.0 if busy + 1 < slots else auto.wait(now, self.seq, self.waiting, cost, free_in)
-        oldest = self.oldest()
-        if oldest is None:
-            return wait
         fill = auto.fill(now, self.seq, self.waiting, cost, slots, self.batch_size, oldest.arrival)
         return fill if fill > wait else wait
 
@@ -602,10 +601,7 @@ class Core:
             return "overdue"
         # A partial batch sent early so that a caller meets its deadline.
         urgent = self.urgent_at
-        if urgent <= now and (
-            oldest is None
-            or urgent < oldest.arrival + (self.timeout if self.auto is None else self._wait(now))
-        ):
+        if urgent <= now and (oldest is None or urgent < oldest.arrival + self._wait(now, oldest)):
             return "deadline"
         return "timeout"
 
